@@ -1,0 +1,88 @@
+"""The Rust core of Forge's supervisor: claiming, reporting and leases.
+
+Private to the engine: the supervisor's modules are its only users. All
+database I/O runs on one background thread (a tokio runtime) that the Core
+starts, so a Core must only be created after the zygote has been forked.
+"""
+
+class JobPolicy:
+    """How the core retries one job type: the backoff of its retry policy.
+
+    backoff is "exponential" (base, 2*base, 4*base...), "linear" (base,
+    2*base, 3*base...) or "fixed" (base every time); each delay is capped by
+    max_ms when given, then spread by +/- jitter (a fraction, 0.0-1.0).
+    """
+
+    job_type: str
+    def __init__(
+        self, job_type: str, backoff: str, base_ms: float, max_ms: float | None, jitter: float
+    ) -> None: ...
+    def delay_ms(self, attempt: int) -> float:
+        """The delay before retrying after failed attempt number `attempt` (1-based), jitter included."""
+
+class ClaimedJob:
+    """A job this node now holds the lease of (status claimed)."""
+
+    id: int
+    job_type: str
+    attempt: int
+    max_attempts: int
+    priority: int
+    input: bytes
+    """The job's input, JSON as stored."""
+    parent_id: int | None
+
+class Core:
+    """The claim loop, the batched reporter and the lease heartbeat of one supervisor.
+
+    owner is the supervisor run's instance id (a UUID string), written to
+    claimed_by and required by every later statement. engine_sql is the text of
+    forge/db/sql/engine.sql. Claims are demand-driven: request(n) grants n
+    credits, and the core claims due jobs (at most max_batch per statement)
+    whenever it holds credits and has a reason: a NOTIFY on channel forge_jobs
+    (payload: milliseconds until the job is due), a retry it scheduled itself
+    coming due, a previous claim that came back full, or poll_interval_ms
+    without a claim. Raises ConnectionError when the database cannot be reached.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        owner: str,
+        capabilities: list[str],
+        policies: list[JobPolicy],
+        engine_sql: str,
+        *,
+        default_policy: JobPolicy,
+        max_batch: int = 100,
+        poll_interval_ms: int = 1000,
+        heartbeat_interval_ms: int = 2000,
+    ) -> None: ...
+    def fileno(self) -> int:
+        """A file descriptor that becomes readable when take() or logs() have something."""
+    def request(self, n: int) -> None:
+        """Grant n more claim credits."""
+    def take(self) -> list[ClaimedJob]:
+        """The jobs claimed since the last call, in claim order; resets fileno()."""
+    def logs(self) -> list[tuple[str, str]]:
+        """(level, message) lines the core wants logged since the last call."""
+    def start(self, id: int, attempt: int) -> None:
+        """Record that a claimed job was handed to a worker (claimed -> running)."""
+    def complete(self, id: int, attempt: int, result: bytes | None) -> None:
+        """Record a success; result is the JSON-encoded return value."""
+    def fail(self, id: int, attempt: int, retryable: bool, error: bytes, crashed: bool = False) -> None:
+        """Record a failed attempt; error is a JSON object. Retried after the
+        job type's backoff when retryable and attempts remain."""
+    def release(self, id: int, attempt: int) -> None:
+        """Hand a claimed job back unrun: pending again, attempt not charged."""
+    def progress(self, id: int, attempt: int, percent: int, message: str | None) -> None:
+        """Record a running job's progress (only the latest per flush is written)."""
+    def in_flight(self) -> int:
+        """How many jobs this core holds leases for."""
+    def flush(self, timeout_ms: int) -> bool:
+        """Block (without the GIL) until every report made so far is written; False on timeout."""
+    def stats(self) -> dict[str, int]:
+        """Counters: claimed, claims, started, completed, failed, retried, released,
+        fenced, flushes, statements, heartbeats, errors."""
+    def close(self) -> None:
+        """Flush what can be flushed, stop the runtime and close the connections."""

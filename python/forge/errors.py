@@ -1,0 +1,37 @@
+"""Forge's small error vocabulary: every error Forge raises is a ForgeError."""
+
+
+class ForgeError(Exception):
+    """Base class of every error Forge raises on purpose."""
+
+
+class ConfigError(ForgeError):
+    """forge.toml (or a job definition's options) is invalid; the message names the key."""
+
+
+class JobDefinitionError(ForgeError):
+    """A @forge.job declaration is invalid (bad option, duplicate name)."""
+
+
+class DispatchError(ForgeError):
+    """A job could not be dispatched: wrong input type, unknown job, bad schedule."""
+
+
+class DatabaseError(ForgeError):
+    """The database could not be reached or set up (migrations, embedded cluster)."""
+
+
+class JobTimeout(ForgeError):
+    """The job ran past its timeout and its worker process was killed."""
+
+
+class WorkerCrashed(ForgeError):
+    """The worker process running the job died (signal, os._exit, OOM killer)."""
+
+
+class UnknownJobType(ForgeError):
+    """A row names a job type no job on this node is registered under."""
+
+
+class InputDecodeError(ForgeError):
+    """A job's stored input does not decode into the job's declared input type."""
