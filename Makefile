@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make run` (the example) and `make test` (every test).
+# Both create .venv and build the Rust extension into it first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.forge-built
+SOURCES := pyproject.toml Cargo.toml $(shell find rust python -name '*.rs' -o -name '*.pyi' 2>/dev/null)
+
+.PHONY: install run test test-rust test-python clean
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(PY) examples/hello/run.py
+
+test: test-rust test-python
+
+test-rust:
+	cargo test --quiet
+
+test-python: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) target examples/hello/.forge

@@ -1,0 +1,47 @@
+"""The example app's jobs: a welcome email, a flaky sync that retries, a report with progress."""
+
+import random
+import time
+
+import msgspec
+
+import forge
+
+
+class Welcome(msgspec.Struct):
+    user_id: int
+    email: str
+
+
+class Sync(msgspec.Struct):
+    account: str
+
+
+class Report(msgspec.Struct):
+    pages: int
+
+
+class NetworkError(Exception):
+    pass
+
+
+@forge.job(priority="high", timeout="30s")
+def send_welcome_email(ctx: forge.JobContext, input: Welcome) -> dict:
+    time.sleep(0.05)  # talking to the mail server
+    ctx.log.info("welcome email sent", to=input.email)
+    return {"sent_to": input.email}
+
+
+@forge.job(retry=forge.Retry(max_attempts=4, backoff="exponential", base="1s", on=(NetworkError,)))
+def sync_external_service(ctx: forge.JobContext, input: Sync) -> None:
+    if ctx.attempt == 1 and random.random() < 0.5:
+        raise NetworkError(f"{input.account}: connection reset (will retry)")
+    ctx.log.info("synced", account=input.account, attempt=ctx.attempt)
+
+
+@forge.job(priority="low", timeout="2m")
+def generate_report(ctx: forge.JobContext, input: Report) -> dict:
+    for page in range(1, input.pages + 1):
+        time.sleep(0.1)
+        ctx.progress(page * 100 // input.pages, f"page {page}/{input.pages}")
+    return {"pages": input.pages}

@@ -1,0 +1,53 @@
+"""Forge: durable background jobs for Python on PostgreSQL.
+
+    import forge, msgspec
+
+    class SendEmail(msgspec.Struct):
+        user_id: int
+
+    @forge.job(retry=forge.Retry(max_attempts=5), timeout="5m", priority="high")
+    def send_welcome_email(ctx: forge.JobContext, input: SendEmail) -> None: ...
+
+    with psycopg.connect(url) as conn:
+        forge.dispatch(conn, send_welcome_email, SendEmail(user_id=1))
+
+Run the jobs with `forge-supervisor -c forge.toml`.
+"""
+
+from .context import JobContext
+from .dispatch import dispatch, dispatch_async, dispatch_many, dispatch_many_async
+from .errors import (
+    ConfigError,
+    DatabaseError,
+    DispatchError,
+    ForgeError,
+    InputDecodeError,
+    JobDefinitionError,
+    JobTimeout,
+    UnknownJobType,
+    WorkerCrashed,
+)
+from .job import PRIORITIES, Job, Resources, job
+from .retry import Retry
+
+__all__ = [
+    "PRIORITIES",
+    "ConfigError",
+    "DatabaseError",
+    "DispatchError",
+    "ForgeError",
+    "InputDecodeError",
+    "Job",
+    "JobContext",
+    "JobDefinitionError",
+    "JobTimeout",
+    "Resources",
+    "Retry",
+    "UnknownJobType",
+    "WorkerCrashed",
+    "dispatch",
+    "dispatch_async",
+    "dispatch_many",
+    "dispatch_many_async",
+    "job",
+]

@@ -1,0 +1,427 @@
+"""The typed configuration of forge.toml, validated once by load_config().
+
+Every default lives in the Struct definitions below. After loading, durations
+are float seconds and sizes int bytes. `${VAR}` in any string value is
+replaced from the environment. Every problem becomes one ConfigError naming
+the key path and, where it can be found, the file and line, e.g.
+
+    unknown key 'node.wrokers' at forge.toml:9; did you mean 'workers'?
+
+Database URL resolution: $FORGE_DATABASE_URL, else [database] url, else the
+embedded cluster under `<config folder>/.forge/postgres`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from forge.errors import ConfigError, DatabaseError
+from forge.units import UnitError, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from forge.db.embedded import EmbeddedPostgres
+
+__all__ = [
+    "AlertConfig", "AppConfig", "Config", "DatabaseConfig", "LogConfig", "NodeConfig",
+    "DATABASE_URL_ENV", "embedded_postgres", "import_app_modules", "load_config",
+    "parse_config", "resolve_database_url",
+]
+
+DATABASE_URL_ENV = "FORGE_DATABASE_URL"
+EMBEDDED_DIR = Path(".forge") / "postgres"  # relative to the config file's folder
+
+
+class Duration(float):
+    """Annotation: a duration written "30s"/"5m"/"250ms" or as seconds; a plain float after loading."""
+
+
+class PositiveDuration(Duration):
+    """A Duration that must be > 0 (intervals a loop sleeps for)."""
+
+
+class Size(int):
+    """Annotation: a size written "512MiB"/"8Gi"/"1GB" or as bytes; a plain int after loading."""
+
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Names = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    def __post_init__(self) -> None:
+        # Duration/Size values come from the dec_hook as subclasses; keep plain numbers.
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Duration):
+                setattr(self, field.name, float(value))
+            elif isinstance(value, Size):
+                setattr(self, field.name, int(value))
+
+
+class DatabaseConfig(_Section):
+    """[database]: url is optional; $FORGE_DATABASE_URL overrides it; without both the embedded cluster is used."""
+
+    url: str | None = None
+
+
+class AppConfig(_Section):
+    """[app]: modules holding the @forge.job definitions, imported before workers are forked."""
+
+    modules: Names
+
+
+class NodeConfig(_Section):
+    """[node]: this node's roles, worker pool and timing. Durations in seconds, sizes in bytes."""
+
+    roles: Names = msgspec.field(default_factory=lambda: ["worker"])
+    worker_capabilities: Names = msgspec.field(default_factory=lambda: ["general"])
+    workers: PositiveInt = 4
+    max_jobs_per_worker: PositiveInt | None = None  # recycle a worker after this many jobs
+    max_worker_memory: Size | None = None  # recycle a worker when its RSS passes this
+    shutdown_grace: Duration = 30.0  # running jobs get this long to finish on shutdown
+    kill_grace: Duration = 1.0  # SIGTERM -> SIGKILL gap for timeouts and shutdown
+    heartbeat_interval: PositiveDuration = 2.0
+    heartbeat_timeout: PositiveDuration = 30.0  # a lease not renewed this long is rescued
+    poll_interval: PositiveDuration = 1.0
+    claim_batch: PositiveInt = 100
+    # Extra jobs claimed beyond free workers, so a worker finishing a short job
+    # gets the next at once. None means one per worker (= workers).
+    prefetch: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    prefetch_timeout: Duration = 1.0  # a prefetched job not started by then is handed back
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prefetch is None:
+            self.prefetch = self.workers
+
+
+class LogConfig(_Section):
+    """[log]: level of Forge's own logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AlertConfig(_Section):
+    """One [[alerts]] entry: a metric condition held `for` a duration, sent to `notify` targets."""
+
+    name: str
+    condition: str
+    for_: Duration = msgspec.field(default=0.0, name="for")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    notify: list[str] = msgspec.field(default_factory=list)
+
+
+class Config(_Section, dict=True):
+    """The whole forge.toml. `path` and `folder` (absolute) are set by load_config, not read from the file."""
+
+    app: AppConfig
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    node: NodeConfig = msgspec.field(default_factory=NodeConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    alerts: list[AlertConfig] = msgspec.field(default_factory=list)
+
+    path: ClassVar[Path]
+    folder: ClassVar[Path]
+
+    def database_url(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The configured URL: $FORGE_DATABASE_URL, else [database] url, else None (use the embedded cluster)."""
+        env = os.environ if environ is None else environ
+        return env.get(DATABASE_URL_ENV) or self.database.url or None
+
+    @property
+    def embedded_dir(self) -> Path:
+        """Data directory of the embedded cluster: <config folder>/.forge/postgres."""
+        return self.folder / EMBEDDED_DIR
+
+
+# --- loading -------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate the forge.toml at `path`; ConfigError on any problem."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc}") from None
+    return parse_config(text, path=file, environ=environ)
+
+
+def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate forge.toml contents `text`; `path` is where it came from (for messages and `folder`)."""
+    file = Path(path)
+    source = _Source(str(path), text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise source.syntax_error(exc) from None
+    data = _expand_env(data, (), source, os.environ if environ is None else environ)
+    try:
+        config = msgspec.convert(data, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise source.validation_error(str(exc), data) from None
+    _check_relations(config, source)
+    config.path = file.absolute()
+    config.folder = config.path.parent
+    return config
+
+
+def _check_relations(config: Config, source: _Source) -> None:
+    """Checks between keys, which msgspec's per-value checks cannot express."""
+    node = config.node
+    if node.heartbeat_timeout <= node.heartbeat_interval:
+        at = ("node", "heartbeat_timeout")
+        raise ConfigError(
+            f"invalid value for 'node.heartbeat_timeout'{source.where(at)}: {node.heartbeat_timeout:g}s "
+            f"must be greater than node.heartbeat_interval ({node.heartbeat_interval:g}s)"
+        )
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    """Parse Duration and Size values; a ValueError here becomes a ValidationError with the key path."""
+    try:
+        if issubclass(kind, Duration):
+            seconds = parse_duration(value, what="value")
+            if issubclass(kind, PositiveDuration) and seconds <= 0:
+                raise ValueError(f"expected a duration > 0, got {value!r}")
+            return kind(seconds)
+        if issubclass(kind, Size):
+            return kind(parse_size(value, what="value"))
+    except UnitError as exc:
+        raise ValueError(exc.detail) from None
+    raise NotImplementedError(kind)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, at: tuple[str | int, ...], source: _Source, environ: Mapping[str, str]) -> Any:
+    """Replace ${VAR} in every string value of the parsed TOML (keys are left alone)."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*at, k), source, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*at, i), source, environ) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(
+                f"environment variable {name!r} is not set (used by {_dotted(at)!r}{source.where(at)})"
+            )
+        return environ[name]
+
+    return _ENV_REF.sub(replace, value)
+
+
+# --- error messages ------------------------------------------------------------
+
+
+def _dotted(at: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in at:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _split_path(msgspec_path: str) -> tuple[str | int, ...]:
+    """'$.alerts[0].name' -> ('alerts', 0, 'name')."""
+    parts: list[str | int] = []
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", msgspec_path):
+        parts.append(int(index) if index else name)
+    return tuple(parts)
+
+
+def _lookup(data: Any, at: tuple[str | int, ...]) -> Any:
+    for part in at:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _struct_at(at: tuple[str | int, ...]) -> type | None:
+    """The Struct type that validates the table at `at` (list indexes skipped), or None."""
+    kind: Any = Config
+    for part in at:
+        if isinstance(part, int):
+            continue
+        fields = {f.encode_name: f.type for f in msgspec.structs.fields(kind)}
+        kind = fields.get(part)
+        while getattr(kind, "__origin__", None) is list:
+            kind = kind.__args__[0]
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return None
+    return kind
+
+
+def _suggest(field: str, at: tuple[str | int, ...]) -> str:
+    kind = _struct_at(at)
+    if kind is None:
+        return ""
+    names = [f.encode_name for f in msgspec.structs.fields(kind)]
+    close = difflib.get_close_matches(field, names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+
+
+_MISSING_HINTS = {
+    "app": '; add an [app] section with modules = ["myapp.jobs"]',
+    "app.modules": '; list the modules defining your jobs, e.g. modules = ["myapp.jobs"]',
+}
+
+
+class _Source:
+    """The file's name and text, to turn key paths into 'at FILE:LINE'."""
+
+    _TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(?:#.*)?$")
+    _ARRAY_TABLE = re.compile(r"^\s*\[\[\s*([^\[\]]+?)\s*\]\]\s*(?:#.*)?$")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*)\s*=")
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.lines = self._key_lines(text)
+
+    @classmethod
+    def _key_lines(cls, text: str) -> dict[tuple[str | int, ...], int]:
+        """Map each table and key path to the line defining it (best effort; quoted keys ignored)."""
+        lines: dict[tuple[str | int, ...], int] = {}
+        counts: dict[tuple[str, ...], int] = {}
+        table: tuple[str | int, ...] = ()
+        for number, line in enumerate(text.splitlines(), start=1):
+            if match := cls._ARRAY_TABLE.match(line):
+                name = tuple(p.strip() for p in match.group(1).split("."))
+                counts[name] = counts.get(name, -1) + 1
+                table = (*name, counts[name])
+                lines.setdefault(name, number)
+            elif match := cls._TABLE.match(line):
+                table = tuple(p.strip() for p in match.group(1).split("."))
+            elif match := cls._KEY.match(line):
+                table_key = (*table, *(p.strip() for p in match.group(1).split(".")))
+                lines.setdefault(table_key, number)
+                continue
+            else:
+                continue
+            lines.setdefault(table, number)
+        return lines
+
+    def line_of(self, at: tuple[str | int, ...]) -> int | None:
+        """Line of `at`, or of its nearest enclosing key or table that has one."""
+        for end in range(len(at), 0, -1):
+            if (line := self.lines.get(at[:end])) is not None:
+                return line
+        return None
+
+    def where(self, at: tuple[str | int, ...]) -> str:
+        line = self.line_of(at)
+        return f" at {self.name}:{line}" if line is not None else f" in {self.name}"
+
+    def syntax_error(self, exc: tomllib.TOMLDecodeError) -> ConfigError:
+        message = str(exc)
+        match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        if match is None:
+            return ConfigError(f"invalid TOML in {self.name}: {message}")
+        detail = message[: match.start()]
+        return ConfigError(f"invalid TOML at {self.name}:{match.group(1)} (column {match.group(2)}): {detail}")
+
+    def validation_error(self, message: str, data: Any) -> ConfigError:
+        """Rewrite a msgspec ValidationError ('Detail - at `$.a.b`') into a message naming the key."""
+        detail, _, path = message.partition(" - at `")
+        at = _split_path(path.rstrip("`"))
+        if match := re.fullmatch(r"Object contains unknown field `(.+)`", detail):
+            key = (*at, match.group(1))
+            return ConfigError(f"unknown key {_dotted(key)!r}{self.where(key)}{_suggest(match.group(1), at)}")
+        if match := re.fullmatch(r"Object missing required field `(.+)`", detail):
+            key = (*at, match.group(1))
+            hint = _MISSING_HINTS.get(_dotted(key), "")
+            return ConfigError(f"missing required key {_dotted(key)!r}{self.where(at)}{hint}")
+        key = _dotted(at) or "(top level)"
+        return ConfigError(f"invalid value for {key!r}{self.where(at)}: {_detail(detail, at, data)}")
+
+
+def _detail(detail: str, at: tuple[str | int, ...], data: Any) -> str:
+    """msgspec's detail made to read as a sentence that shows the offending value."""
+    value = _lookup(data, at)
+    shown = repr(value) if len(repr(value)) <= 60 else type(value).__name__
+    if detail.startswith("Invalid enum value") and (choices := _choices(at)):
+        return f"expected one of {', '.join(map(repr, choices))}, got {shown}"
+    detail = detail[:1].lower() + detail[1:]
+    if ", got `" in detail:
+        return f"{detail} {shown}"
+    if ", got" not in detail and at:
+        return f"{detail}, got {shown}"
+    return detail
+
+
+def _choices(at: tuple[str | int, ...]) -> tuple[Any, ...]:
+    """The allowed values of a Literal-typed key, else ()."""
+    kind = _struct_at(at[:-1])
+    if kind is None or not at or isinstance(at[-1], int):
+        return ()
+    fields = {f.encode_name: f.type for f in msgspec.structs.fields(kind)}
+    field = fields.get(at[-1])
+    return tuple(getattr(field, "__args__", ())) if getattr(field, "__origin__", None) is Literal else ()
+
+
+# --- using the config ------------------------------------------------------------
+
+
+def import_app_modules(config: Config) -> list[Any]:
+    """Put the config folder on sys.path and import [app] modules; ConfigError if one does not exist."""
+    folder = str(config.folder)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    imported = []
+    for name in config.app.modules:
+        try:
+            imported.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise  # a module the app itself imports is missing: show the real traceback
+            raise ConfigError(
+                f"app.modules: module {name!r} not found (searched {folder} and sys.path; set in {config.path})"
+            ) from None
+    return imported
+
+
+def embedded_postgres(config: Config) -> EmbeddedPostgres:
+    """The embedded cluster of this config's folder (not started)."""
+    from forge.db.embedded import EmbeddedPostgres
+
+    return EmbeddedPostgres(config.embedded_dir)
+
+
+def resolve_database_url(
+    config: Config, *, start_embedded: bool, environ: Mapping[str, str] | None = None
+) -> tuple[str, EmbeddedPostgres | None]:
+    """The URL to use, and the embedded cluster when that is where it points.
+
+    $FORGE_DATABASE_URL > [database] url > the embedded cluster under
+    <config folder>/.forge/postgres, started here if start_embedded, else used
+    only if some process (forge-supervisor) already runs it.
+    """
+    if url := config.database_url(environ):
+        return url, None
+    embedded = embedded_postgres(config)
+    if start_embedded:
+        return embedded.start(), embedded
+    if (url := embedded.url) is not None:
+        return url, embedded
+    raise DatabaseError(
+        f"no database configured and the embedded PostgreSQL at {embedded.data_dir} is not running: "
+        f"start forge-supervisor -c {config.path}, set database.url in {config.path}, "
+        f"or set {DATABASE_URL_ENV}"
+    )

@@ -1,0 +1,1 @@
+"""Engine services that run beside the supervisor's arbiter (node registry, and later rescue, pruning, cron)."""

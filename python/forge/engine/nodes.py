@@ -1,0 +1,51 @@
+"""Node registration: each supervisor run announces itself in forge_nodes.
+
+The node id is new at every start and is the lease owner (claimed_by) of
+every job the run claims, so a restarted supervisor never mistakes an old
+run's jobs for its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+import psycopg
+
+from ..config import NodeConfig
+from ..db.queries import load_queries
+
+_SQL = load_queries("nodes.sql")
+
+
+def new_node_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def register(dsn: str, node_id: uuid.UUID, node: NodeConfig, job_types: list[str]) -> None:
+    """Insert this run's row."""
+    _execute(
+        dsn,
+        "register_node",
+        (
+            node_id,
+            socket.gethostname(),
+            os.getpid(),
+            list(node.roles),
+            list(node.worker_capabilities),
+            node.workers,
+            sorted(job_types),
+        ),
+    )
+
+
+def mark_stopped(dsn: str, node_id: uuid.UUID) -> None:
+    """Record a clean stop."""
+    _execute(dsn, "stop_node", (node_id,))
+
+
+def _execute(dsn: str, name: str, params: tuple[Any, ...]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.RawCursor(conn) as cur:
+        cur.execute(_SQL[name], params)

@@ -1,0 +1,225 @@
+"""Job definitions: the @forge.job decorator and the registry of job types.
+
+A worker runs only job types registered here, looked up by the name stored in
+the row; nothing is ever imported by name from the database.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+import msgspec
+
+from .errors import DispatchError, JobDefinitionError
+from .retry import Retry
+from .units import parse_duration, parse_size
+
+#: Claim order: a lower number is claimed first.
+PRIORITIES: dict[str, int] = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+
+DEFAULT_PRIORITY = "normal"
+#: Jobs run at most this long unless they say otherwise (timeout=None: no limit).
+DEFAULT_TIMEOUT = 30 * 60.0
+DEFAULT_CAPABILITY = "general"
+
+_UNSET: Any = object()
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one run of a job needs from its worker: CPUs, bytes of memory, GPUs."""
+
+    cpu: float | None = None
+    memory: int | None = None
+    gpu: int | None = None
+
+    def to_json(self) -> dict[str, float | int]:
+        return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory), ("gpu", self.gpu)) if v is not None}
+
+
+class Job(Generic[R]):
+    """A registered job type. Call it like the function to run it in-process (tests)."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        input_type: Any,
+        retry: Retry,
+        timeout: float | None,
+        priority: str,
+        capability: str,
+        resources: Resources | None,
+        heartbeat_timeout: float | None,
+        dead_letter_retain: float | None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.input_type = input_type
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.retry = retry
+        self.timeout = timeout
+        self.priority = priority
+        self.priority_rank = PRIORITIES[priority]
+        self.capability = capability
+        self.resources = resources
+        self.heartbeat_timeout = heartbeat_timeout
+        self.dead_letter_retain = dead_letter_retain
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, ctx: Any, input: Any) -> Any:
+        return self.fn(ctx, input)
+
+    def __repr__(self) -> str:
+        return f"<forge.Job {self.name}>"
+
+    def encode_input(self, value: Any) -> bytes:
+        """Validate `value` against the declared input type and encode it as JSON."""
+        checked = convert_input(self, value)
+        return msgspec.json.encode(checked)
+
+
+_registry: dict[str, Job[Any]] = {}
+
+
+def registry() -> dict[str, Job[Any]]:
+    """The job types this process knows, by name (read-only use, please)."""
+    return _registry
+
+
+def job(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    timeout: Any = _UNSET,
+    priority: str = DEFAULT_PRIORITY,
+    worker_capability: str = DEFAULT_CAPABILITY,
+    resources: Resources | dict[str, Any] | None = None,
+    heartbeat_timeout: Any = None,
+    dead_letter_retain: Any = None,
+) -> Any:
+    """Register a function `fn(ctx, input)` as a job type.
+
+    The job type's name is the function's name unless `name` is given. The
+    input type is the annotation of the second parameter (any type msgspec
+    can decode; unannotated means any JSON). Timeouts and durations take
+    "30s"/"5m"/"7d", seconds or a timedelta. Usable as @job or @job(...).
+    """
+
+    def register(func: Callable[..., Any]) -> Job[Any]:
+        definition = Job(
+            func,
+            name=name or func.__name__,
+            input_type=_input_type(func),
+            retry=retry if retry is not None else Retry(),
+            timeout=_timeout(timeout),
+            priority=_priority(priority),
+            capability=_capability(worker_capability),
+            resources=_resources(resources),
+            heartbeat_timeout=_optional_duration(heartbeat_timeout, "heartbeat_timeout"),
+            dead_letter_retain=_optional_duration(dead_letter_retain, "dead_letter_retain"),
+        )
+        if not isinstance(definition.retry, Retry):
+            raise JobDefinitionError(f"job {definition.name!r}: retry= must be a forge.Retry")
+        existing = _registry.get(definition.name)
+        if existing is not None:
+            raise JobDefinitionError(
+                f"two jobs are named {definition.name!r}: {_where(existing.fn)} and {_where(func)}; "
+                "give one of them name=..."
+            )
+        _registry[definition.name] = definition
+        return definition
+
+    return register(fn) if fn is not None else register
+
+
+def convert_input(definition: Job[Any], value: Any) -> Any:
+    """`value` checked against the job's input type (dicts become Structs, etc.)."""
+    declared = definition.input_type
+    if declared is Any:
+        return value
+    if isinstance(declared, type) and isinstance(value, declared):
+        return value
+    try:
+        return msgspec.convert(value, declared, from_attributes=True)
+    except msgspec.ValidationError as exc:
+        raise DispatchError(
+            f"input for job {definition.name!r} does not match {_type_name(declared)}: {exc}"
+        ) from None
+
+
+def _input_type(func: Callable[..., Any]) -> Any:
+    params = list(inspect.signature(func).parameters.values())
+    if len(params) != 2:
+        raise JobDefinitionError(f"job function {_where(func)} must take exactly (ctx, input)")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as exc:  # unresolvable forward reference: say which function
+        raise JobDefinitionError(f"cannot resolve the annotations of {_where(func)}: {exc}") from None
+    return hints.get(params[1].name, Any)
+
+
+def _timeout(value: Any) -> float | None:
+    if value is _UNSET:
+        return DEFAULT_TIMEOUT
+    return _optional_duration(value, "timeout")
+
+
+def _optional_duration(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value, what=what)
+    except ValueError as exc:
+        raise JobDefinitionError(str(exc)) from None
+    if seconds <= 0:
+        raise JobDefinitionError(f"{what}={value!r}: must be longer than zero")
+    return seconds
+
+
+def _priority(value: str) -> str:
+    if value not in PRIORITIES:
+        raise JobDefinitionError(f"priority={value!r}: must be one of {', '.join(PRIORITIES)}")
+    return value
+
+
+def _capability(value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise JobDefinitionError(f"worker_capability={value!r}: must be a non-empty string")
+    return value
+
+
+def _resources(value: Resources | dict[str, Any] | None) -> Resources | None:
+    if value is None or isinstance(value, Resources):
+        return value
+    unknown = set(value) - {"cpu", "memory", "gpu"}
+    if unknown:
+        raise JobDefinitionError(f"resources: unknown key(s) {sorted(unknown)}; use cpu, memory, gpu")
+    try:
+        memory = value.get("memory")
+        return Resources(
+            cpu=None if value.get("cpu") is None else float(value["cpu"]),
+            memory=None if memory is None else parse_size(memory, what="resources.memory"),
+            gpu=None if value.get("gpu") is None else int(value["gpu"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise JobDefinitionError(f"resources: {exc}") from None
+
+
+def _where(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__qualname__", None) or repr(tp)
+
+
+__all__ = ["Job", "Resources", "job", "registry", "PRIORITIES"]

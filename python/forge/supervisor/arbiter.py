@@ -1,0 +1,467 @@
+"""The arbiter: the supervisor's one loop, in the manner of gunicorn's.
+
+Signal handlers only record the signal; the loop acts on it. Each pass:
+  1. waits for the zygote, the workers, the Rust core or a signal to speak;
+  2. records what workers report (outcomes go to the core, which writes them
+     in batches) and what the zygote reports (spawned and exited workers);
+  3. enforces deadlines: job timeouts (SIGTERM to the worker's process group,
+     SIGKILL after kill_grace), prefetched jobs held too long, the shutdown grace;
+  4. hands claimed jobs to idle workers, best priority first;
+  5. grants the core claim credits for the slots that are free.
+Per job the arbiter does O(1) work: decode one frame, one call into the core,
+encode one frame. A worker that dies fails only the job it ran.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .._core import ClaimedJob, Core
+from ..config import NodeConfig
+from ..errors import JobTimeout, UnknownJobType, WorkerCrashed
+from ..job import Job
+from .protocol import (
+    Completed,
+    Failed,
+    FrameReader,
+    FromWorker,
+    Heartbeat,
+    Progress,
+    RunJob,
+    WorkerSettings,
+    encode,
+    error_payload,
+)
+from .zygote import Zygote
+
+_log = logging.getLogger("forge.arbiter")
+
+#: How often the loop wakes with nothing to do, for housekeeping, in seconds.
+_IDLE_WAKE = 1.0
+#: How long to wait for the zygote to report killed workers during shutdown.
+_EXIT_WAIT = 5.0
+#: How often throughput is summarised in the log, in seconds.
+_SUMMARY_EVERY = 10.0
+
+
+class State(Enum):
+    RUNNING = "running"
+    DRAINING = "draining"  # no new jobs; running ones may finish until the grace ends
+    KILLING = "killing"  # grace over: workers are being killed, their jobs handed back
+
+
+@dataclass
+class Slot:
+    """One worker position: its process, socket and the job it runs."""
+
+    index: int
+    sock: socket.socket | None = None
+    reader: FrameReader = field(default_factory=lambda: FrameReader(FromWorker))
+    pid: int | None = None
+    job: ClaimedJob | None = None
+    deadline: float | None = None  # the running job's timeout, monotonic
+    beat_deadline: float | None = None  # the running job's heartbeat timeout, monotonic
+    kill_reason: str | None = None  # "timeout", "hung" or "shutdown" once we killed it
+    sigkill_at: float | None = None
+    retiring: bool = False
+    started: float = 0.0
+
+    @property
+    def idle(self) -> bool:
+        return self.pid is not None and self.job is None and not self.retiring and self.kill_reason is None
+
+
+@dataclass(order=True)
+class _Queued:
+    """A claimed job waiting for a free worker; ordered by priority then claim order."""
+
+    priority: int
+    seq: int
+    held_since: float = field(compare=False)
+    job: ClaimedJob = field(compare=False)
+
+
+class Arbiter:
+    def __init__(
+        self,
+        node: NodeConfig,
+        core: Core,
+        zygote: Zygote,
+        jobs: dict[str, Job[Any]],
+        settings: WorkerSettings,
+    ) -> None:
+        self.node = node
+        self.core = core
+        self.zygote = zygote
+        self.jobs = jobs
+        self.settings = settings
+        self.state = State.RUNNING
+        self.slots = [Slot(i) for i in range(node.workers)]
+        self._by_pid: dict[int, Slot] = {}
+        self._queue: list[_Queued] = []
+        self._seq = 0
+        self._requested = 0
+        self._received = 0
+        self._prefetching = True
+        self._signals: list[int] = []
+        self._grace_ends = 0.0
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._next_summary = time.monotonic() + _SUMMARY_EVERY
+        self._last_stats: dict[str, int] = {}
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a stop signal has been handled and every worker is gone; the exit code."""
+        self._install_signals()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._selector.register(self.zygote.fileno(), selectors.EVENT_READ, self._on_zygote)
+        self._selector.register(self.core.fileno(), selectors.EVENT_READ, self._on_core)
+        for slot in self.slots:
+            self._spawn(slot)
+        while not self._finished():
+            self._wait(self._timeout())
+            self._handle_signals()
+            now = time.monotonic()
+            self._enforce_deadlines(now)
+            self._assign(now)
+            self._grant_credits()
+            self._summarise(now)
+        self._hand_back_queue()
+        return 0
+
+    def _wait(self, timeout: float) -> None:
+        for key, _ in self._selector.select(timeout):
+            key.data(key)
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        moments = [now + _IDLE_WAKE]
+        for slot in self.slots:
+            moments.extend(t for t in (slot.deadline, slot.beat_deadline, slot.sigkill_at) if t is not None)
+        if self._queue:
+            moments.append(min(q.held_since for q in self._queue) + self.node.prefetch_timeout)
+        if self.state is State.DRAINING:
+            moments.append(self._grace_ends)
+        return max(0.0, min(moments) - now)
+
+    def _finished(self) -> bool:
+        if self.state is State.RUNNING:
+            return False
+        alive = [s for s in self.slots if s.pid is not None or s.sock is not None]
+        if not alive:
+            return True
+        if self.state is State.KILLING and time.monotonic() > self._grace_ends + self.node.kill_grace + _EXIT_WAIT:
+            _log.error("workers %s did not report their exit; giving up on them", [s.pid for s in alive])
+            for slot in alive:
+                self._worker_gone(slot, None)
+            return True
+        return False
+
+    # -- signals ------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+
+    def _on_wake(self, _key: object) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGQUIT or self.state is not State.RUNNING:
+                self._kill_all(signal.Signals(signum).name)
+            else:
+                self._drain(signal.Signals(signum).name)
+
+    def _drain(self, reason: str) -> None:
+        """Stop claiming, hand back what has not started, let running jobs finish."""
+        _log.info("%s: stopping; running jobs have %.0fs to finish", reason, self.node.shutdown_grace)
+        self.state = State.DRAINING
+        self._grace_ends = time.monotonic() + self.node.shutdown_grace
+        self.core.pause()
+        self._hand_back_queue()
+        for slot in self.slots:
+            if slot.job is None:
+                self._dismiss(slot)
+
+    def _kill_all(self, reason: str) -> None:
+        """Grace over (or asked twice): kill every busy worker; its job goes back unrun."""
+        if self.state is not State.KILLING:
+            _log.warning("%s: killing the workers still running jobs", reason)
+        if self.state is State.RUNNING:
+            self.core.pause()
+            self._hand_back_queue()
+        self.state = State.KILLING
+        self._grace_ends = min(self._grace_ends or time.monotonic(), time.monotonic())
+        for slot in self.slots:
+            if slot.job is not None and slot.kill_reason is None:
+                self._kill(slot, "shutdown")
+            elif slot.job is None:
+                self._dismiss(slot)
+
+    # -- the zygote and worker processes -----------------------------------------
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.sock = self.zygote.spawn(slot.index, self.settings)
+        slot.reader = FrameReader(FromWorker)
+        slot.pid = None
+        slot.retiring = False
+        slot.kill_reason = None
+        slot.sigkill_at = None
+        self._selector.register(slot.sock, selectors.EVENT_READ, lambda key, s=slot: self._on_worker(s))
+
+    def _on_zygote(self, _key: object) -> None:
+        messages = self.zygote.receive()
+        if messages is None:
+            raise SystemExit("forge-supervisor: the zygote (fork server) died; cannot fork workers any more")
+        for message in messages:
+            if message.__class__.__name__ == "Spawned":
+                slot = self.slots[message.slot]
+                slot.pid = message.pid
+                slot.started = time.monotonic()
+                self._by_pid[message.pid] = slot
+                if self.state is not State.RUNNING:
+                    self._dismiss(slot)
+            else:
+                slot = self._by_pid.pop(message.pid, None)
+                if slot is not None:
+                    self._worker_gone(slot, message.status)
+
+    def _on_worker(self, slot: Slot) -> None:
+        assert slot.sock is not None
+        try:
+            data = slot.sock.recv(262144)
+        except OSError:
+            data = b""
+        if not data:  # the worker is gone; its exit status comes from the zygote
+            self._selector.unregister(slot.sock)
+            slot.sock.close()
+            slot.sock = None
+            return
+        for message in slot.reader.feed(data):
+            self._on_message(slot, message)
+
+    def _on_message(self, slot: Slot, message: Any) -> None:
+        job = slot.job
+        if job is None or message.id != job.id or message.attempt != job.attempt:
+            _log.warning("worker %s reported on job %s it does not run; ignored", slot.pid, message.id)
+            return
+        if isinstance(message, Completed):
+            self.core.complete(job.id, job.attempt, message.result)
+            self._job_done(slot, message.retiring)
+        elif isinstance(message, Failed):
+            self.core.fail(job.id, job.attempt, message.retryable, message.error)
+            self._job_done(slot, message.retiring)
+        elif isinstance(message, Progress):
+            self.core.progress(job.id, job.attempt, message.percent, message.message)
+            self._renew_beat(slot)
+        elif isinstance(message, Heartbeat):
+            self._renew_beat(slot)
+
+    def _job_done(self, slot: Slot, retiring: bool) -> None:
+        slot.job = None
+        slot.deadline = slot.beat_deadline = None
+        slot.retiring = retiring
+        self._prefetching = True
+        if self.state is not State.RUNNING:
+            self._dismiss(slot)
+
+    def _renew_beat(self, slot: Slot) -> None:
+        definition = self.jobs.get(slot.job.job_type) if slot.job else None
+        if definition is not None and definition.heartbeat_timeout is not None:
+            slot.beat_deadline = time.monotonic() + definition.heartbeat_timeout
+
+    def _worker_gone(self, slot: Slot, status: int | None) -> None:
+        """The worker process ended: settle its job, then replace it unless stopping."""
+        if slot.sock is not None:
+            self._selector.unregister(slot.sock)
+            slot.sock.close()
+            slot.sock = None
+        job, reason = slot.job, slot.kill_reason
+        slot.job = None
+        slot.pid = None
+        slot.deadline = slot.beat_deadline = slot.sigkill_at = None
+        if job is not None:
+            self._settle_killed(job, reason, status)
+        if self.state is State.RUNNING:
+            self._spawn(slot)
+
+    def _settle_killed(self, job: ClaimedJob, reason: str | None, status: int | None) -> None:
+        definition = self.jobs.get(job.job_type)
+        if reason == "shutdown":
+            self.core.release(job.id, job.attempt)
+            return
+        if reason == "timeout":
+            timeout = definition.timeout if definition else None
+            error: Exception = JobTimeout(f"job {job.id} ran past its timeout of {timeout:g}s; its worker was killed")
+        elif reason == "hung":
+            error = JobTimeout(f"job {job.id} sent no heartbeat within its heartbeat_timeout; its worker was killed")
+        else:
+            error = WorkerCrashed(f"the worker running job {job.id} {describe_exit(status)}")
+        retryable = definition.retry.retries(error) if definition else True
+        _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
+        self.core.fail(job.id, job.attempt, retryable, _error_json(error, job.attempt), crashed=reason is None)
+
+    def _dismiss(self, slot: Slot) -> None:
+        """Close an idle worker's socket: it exits by itself."""
+        if slot.sock is not None and slot.job is None and slot.pid is not None:
+            self._selector.unregister(slot.sock)
+            slot.sock.close()
+            slot.sock = None
+
+    def _kill(self, slot: Slot, reason: str) -> None:
+        slot.kill_reason = reason
+        slot.deadline = slot.beat_deadline = None
+        slot.sigkill_at = time.monotonic() + self.node.kill_grace
+        _signal_group(slot.pid, signal.SIGTERM)
+
+    # -- deadlines ------------------------------------------------------------
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.deadline is not None and now >= slot.deadline:
+                self._kill(slot, "timeout")
+            elif slot.beat_deadline is not None and now >= slot.beat_deadline:
+                self._kill(slot, "hung")
+            elif slot.sigkill_at is not None and now >= slot.sigkill_at:
+                slot.sigkill_at = None
+                _signal_group(slot.pid, signal.SIGKILL)
+        if self.state is State.DRAINING and now >= self._grace_ends:
+            self._kill_all("shutdown grace over")
+        self._release_stale(now)
+
+    def _release_stale(self, now: float) -> None:
+        """Prefetched jobs not started within prefetch_timeout go back for other nodes."""
+        limit = now - self.node.prefetch_timeout
+        stale = [q for q in self._queue if q.held_since <= limit]
+        if not stale:
+            return
+        self._queue = [q for q in self._queue if q.held_since > limit]
+        heapq.heapify(self._queue)
+        for queued in stale:
+            self.core.release(queued.job.id, queued.job.attempt)
+        self._prefetching = False
+
+    # -- handing out jobs -------------------------------------------------------
+
+    def _on_core(self, _key: object) -> None:
+        for level, message in self.core.logs():
+            _log.log(logging.getLevelName(level.upper()), "core: %s", message)
+        now = time.monotonic()
+        for job in self.core.take():
+            self._received += 1
+            if self.state is not State.RUNNING:
+                self.core.release(job.id, job.attempt)
+                continue
+            self._seq += 1
+            heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
+
+    def _assign(self, now: float) -> None:
+        if not self._queue:
+            return
+        for slot in self.slots:
+            while slot.idle and self._queue:
+                self._start(slot, heapq.heappop(self._queue).job, now)
+
+    def _start(self, slot: Slot, job: ClaimedJob, now: float) -> None:
+        definition = self.jobs.get(job.job_type)
+        if definition is None:
+            error = UnknownJobType(
+                f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as"
+            )
+            _log.error("%s", error)
+            self.core.fail(job.id, job.attempt, True, _error_json(error, job.attempt))
+            return
+        assert slot.sock is not None
+        try:
+            slot.sock.sendall(encode(RunJob(job.id, job.attempt, job.job_type, job.input, job.parent_id)))
+        except OSError:  # the worker just died; the zygote will tell us how
+            self._seq += 1
+            heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
+            slot.retiring = True
+            return
+        self.core.start(job.id, job.attempt)
+        slot.job = job
+        slot.deadline = now + definition.timeout if definition.timeout is not None else None
+        slot.beat_deadline = now + definition.heartbeat_timeout if definition.heartbeat_timeout else None
+
+    def _grant_credits(self) -> None:
+        if self.state is not State.RUNNING:
+            return
+        free = sum(1 for s in self.slots if s.job is None and not s.retiring and s.kill_reason is None)
+        prefetch = self.node.prefetch if self._prefetching else 0
+        wanted = free + prefetch - len(self._queue) - (self._requested - self._received)
+        if wanted > 0:
+            self.core.request(wanted)
+            self._requested += wanted
+
+    def _hand_back_queue(self) -> None:
+        for queued in self._queue:
+            self.core.release(queued.job.id, queued.job.attempt)
+        self._queue.clear()
+        for job in self.core.take():
+            self._received += 1
+            self.core.release(job.id, job.attempt)
+
+    def _summarise(self, now: float) -> None:
+        if now < self._next_summary:
+            return
+        self._next_summary = now + _SUMMARY_EVERY
+        stats = self.core.stats()
+        delta = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
+        self._last_stats = stats
+        if delta.get("completed") or delta.get("failed") or delta.get("retried"):
+            _log.info(
+                "last %.0fs: %d completed, %d retried, %d failed; %d running",
+                _SUMMARY_EVERY,
+                delta.get("completed", 0),
+                delta.get("retried", 0),
+                delta.get("failed", 0),
+                sum(1 for s in self.slots if s.job is not None),
+            )
+
+
+def describe_exit(status: int | None) -> str:
+    """How a worker process ended, in words, from its wait status."""
+    if status is None:
+        return "vanished without an exit status"
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        hint = " (possibly the OOM killer)" if signum == signal.SIGKILL else ""
+        return f"was killed by signal {signum} ({name}){hint}"
+    return f"exited with status {os.WEXITSTATUS(status)} in the middle of the job"
+
+
+def _signal_group(pid: int | None, signum: int) -> None:
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _error_json(error: Exception, attempt: int) -> bytes:
+    cls = type(error)
+    return error_payload(f"{cls.__module__}.{cls.__qualname__}", str(error), attempt)

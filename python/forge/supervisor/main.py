@@ -1,0 +1,130 @@
+"""forge-supervisor: the job engine of one node.
+
+Start-up order matters for fork safety: the app is imported and the zygote
+forked while this process is still single-threaded; only then are the
+database reached and the Rust core (which runs a thread) started.
+
+Exit status: 0 after a clean stop, 2 for a bad configuration, 3 when the
+app's job modules cannot be imported, 4 when the database cannot be reached
+or migrated. A boot failure therefore stops instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .. import logs
+from .._core import Core, JobPolicy
+from ..config import Config, import_app_modules, load_config, resolve_database_url
+from ..db.migrate import migrate
+from ..db.queries import SQL_DIR
+from ..engine import nodes
+from ..errors import ConfigError, DatabaseError
+from ..job import Job, registry
+from ..retry import Retry
+from .arbiter import Arbiter
+from .protocol import WorkerSettings
+from .zygote import Zygote
+
+EXIT_CONFIG = 2
+EXIT_APP = 3
+EXIT_DATABASE = 4
+
+_log = logging.getLogger("forge.supervisor")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Path of forge.toml.",
+)
+def main(config_path: str) -> None:
+    """Run Forge's supervisor: claim due jobs and run them in forked worker processes."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"forge-supervisor: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    logs.configure(config.log.level)
+    try:
+        import_app_modules(config)
+    except ConfigError as exc:
+        click.echo(f"forge-supervisor: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except Exception as exc:
+        _log.exception("cannot import the app's job modules: %s", exc)
+        sys.exit(EXIT_APP)
+    sys.exit(run(config, dict(registry())))
+
+
+def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
+    """Boot the node, run the arbiter until stopped, tear down; the exit status."""
+    zygote = Zygote.start()
+    embedded = None
+    try:
+        try:
+            dsn, embedded = resolve_database_url(config, start_embedded=True)
+            applied = migrate(dsn)
+            if applied:
+                _log.info("applied migrations %s", applied)
+        except (DatabaseError, ConfigError) as exc:
+            _log.error("%s", exc)
+            return EXIT_DATABASE
+        return _serve(config, jobs, zygote, dsn)
+    finally:
+        zygote.stop()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, dsn: str) -> int:
+    node_id = nodes.new_node_id()
+    nodes.register(dsn, node_id, config.node, list(jobs))
+    try:
+        core = Core(
+            dsn,
+            str(node_id),
+            list(config.node.worker_capabilities),
+            [policy(name, job.retry) for name, job in jobs.items()],
+            (SQL_DIR / "engine.sql").read_text(encoding="utf-8"),
+            default_policy=policy("", Retry()),
+            max_batch=config.node.claim_batch,
+            poll_interval_ms=int(config.node.poll_interval * 1000),
+            heartbeat_interval_ms=int(config.node.heartbeat_interval * 1000),
+        )
+    except ConnectionError as exc:
+        _log.error("cannot connect the core to the database: %s", exc)
+        return EXIT_DATABASE
+    settings = WorkerSettings(
+        dsn=dsn,
+        max_jobs=config.node.max_jobs_per_worker,
+        max_memory=config.node.max_worker_memory,
+        log_level=config.log.level,
+    )
+    _log.info(
+        "node %s: %d workers, capabilities %s, %d job types",
+        node_id,
+        config.node.workers,
+        list(config.node.worker_capabilities),
+        len(jobs),
+    )
+    try:
+        return Arbiter(config.node, core, zygote, jobs, settings).run()
+    finally:
+        core.close()
+        nodes.mark_stopped(dsn, node_id)
+        _log.info("node %s stopped", node_id)
+
+
+def policy(job_type: str, retry: Retry) -> JobPolicy:
+    """The Rust core's view of a retry policy: its backoff in milliseconds."""
+    cap = None if retry.max_backoff is None else retry.max_backoff * 1000
+    return JobPolicy(job_type, retry.backoff, retry.base * 1000, cap, retry.jitter)

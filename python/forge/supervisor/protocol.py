@@ -1,0 +1,157 @@
+"""Frames between the supervisor, the zygote and the workers.
+
+Every frame is a msgspec-encoded (MessagePack) tagged struct preceded by its
+length as 4 big-endian bytes, over a Unix stream socket. Job inputs and
+results travel as the JSON bytes stored in the database, never re-encoded.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Union
+
+import msgspec
+
+_LENGTH = struct.Struct(">I")
+
+
+class RunJob(msgspec.Struct, tag="run", array_like=True):
+    """Supervisor -> worker: run this job now."""
+
+    id: int
+    attempt: int
+    job_type: str
+    input: bytes
+    parent_id: int | None = None
+
+
+class Completed(msgspec.Struct, tag="done", array_like=True):
+    """Worker -> supervisor: the job returned; result is its JSON (None for None)."""
+
+    id: int
+    attempt: int
+    result: bytes | None
+    retiring: bool = False
+
+
+class Failed(msgspec.Struct, tag="fail", array_like=True):
+    """Worker -> supervisor: the job raised; error is a JSON object."""
+
+    id: int
+    attempt: int
+    retryable: bool
+    error: bytes
+    retiring: bool = False
+
+
+class Progress(msgspec.Struct, tag="progress", array_like=True):
+    """Worker -> supervisor: the running job's progress (0-100) and message."""
+
+    id: int
+    attempt: int
+    percent: int
+    message: str | None
+
+
+class Heartbeat(msgspec.Struct, tag="beat", array_like=True):
+    """Worker -> supervisor: the running job is alive (ctx.heartbeat())."""
+
+    id: int
+    attempt: int
+
+
+class Spawn(msgspec.Struct, tag="spawn", array_like=True):
+    """Supervisor -> zygote: fork a worker for `slot` on the socket sent with this frame."""
+
+    slot: int
+    settings: bytes
+
+
+class Spawned(msgspec.Struct, tag="spawned", array_like=True):
+    """Zygote -> supervisor: the worker for `slot` runs as `pid`."""
+
+    slot: int
+    pid: int
+
+
+class Exited(msgspec.Struct, tag="exited", array_like=True):
+    """Zygote -> supervisor: worker `pid` ended with wait status `status`."""
+
+    pid: int
+    status: int
+
+
+ToWorker = RunJob
+FromWorker = Union[Completed, Failed, Progress, Heartbeat]
+FromZygote = Union[Spawned, Exited]
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """One frame: length prefix and body."""
+    body = _encoder.encode(message)
+    return _LENGTH.pack(len(body)) + body
+
+
+class FrameReader:
+    """Splits a byte stream into decoded messages of one union type."""
+
+    def __init__(self, message_type: object) -> None:
+        self._decoder = msgspec.msgpack.Decoder(message_type)
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[msgspec.Struct]:
+        """Add received bytes; return every message now complete."""
+        self._buffer += data
+        messages = []
+        offset = 0
+        with memoryview(self._buffer) as view:
+            while len(view) - offset >= _LENGTH.size:
+                (size,) = _LENGTH.unpack_from(view, offset)
+                end = offset + _LENGTH.size + size
+                if len(view) < end:
+                    break
+                messages.append(self._decoder.decode(view[offset + _LENGTH.size : end]))
+                offset = end
+        del self._buffer[:offset]
+        return messages
+
+
+def read_message(sock: socket.socket, decoder: msgspec.msgpack.Decoder) -> msgspec.Struct | None:
+    """Blocking read of one frame (for workers); None at end of stream."""
+    header = _recv_exactly(sock, _LENGTH.size)
+    if header is None:
+        return None
+    (size,) = _LENGTH.unpack(header)
+    body = _recv_exactly(sock, size)
+    if body is None:
+        return None
+    return decoder.decode(body)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+def error_payload(error_type: str, message: str, attempt: int, traceback: str | None = None) -> bytes:
+    """The JSON stored in forge_jobs.last_error for one failed attempt."""
+    return msgspec.json.encode(
+        {"type": error_type, "message": message, "traceback": traceback, "attempt": attempt}
+    )
+
+
+class WorkerSettings(msgspec.Struct, array_like=True):
+    """What a freshly forked worker needs to know (sent with each Spawn)."""
+
+    dsn: str
+    max_jobs: int | None
+    max_memory: int | None
+    log_level: str

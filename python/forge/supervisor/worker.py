@@ -1,0 +1,137 @@
+"""The worker process: runs the jobs the supervisor sends it, one at a time.
+
+A worker is forked by the zygote with the app already imported. It owns no
+state the supervisor needs: if it dies, the supervisor fails (or hands back)
+the one job it was running and the zygote forks a fresh one. It exits 0 when
+the supervisor closes its socket or when it retires itself (max_jobs_per_worker
+or max_worker_memory reached) right after reporting a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import socket
+import traceback
+from typing import Any
+
+import msgspec
+import psycopg
+
+from ..context import JobContext
+from ..errors import InputDecodeError, UnknownJobType
+from ..job import Job, registry
+from .protocol import (
+    Completed,
+    Failed,
+    Heartbeat,
+    Progress,
+    RunJob,
+    WorkerSettings,
+    encode,
+    error_payload,
+    read_message,
+)
+
+_log = logging.getLogger("forge.worker")
+_PAGE_SIZE = resource.getpagesize()
+
+
+def serve(sock: socket.socket, settings: WorkerSettings) -> int:
+    """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
+    runner = JobRunner(sock, settings.dsn)
+    decoder = msgspec.msgpack.Decoder(RunJob)
+    done = 0
+    while True:
+        frame = read_message(sock, decoder)
+        if frame is None:
+            return 0
+        outcome = runner.run(frame)
+        done += 1
+        outcome.retiring = _should_retire(settings, done)
+        sock.sendall(encode(outcome))
+        if outcome.retiring:
+            return 0
+
+
+class JobRunner:
+    """Decodes, runs and encodes the outcome of one job at a time."""
+
+    def __init__(self, sock: socket.socket, dsn: str) -> None:
+        self._sock = sock
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+        self._loop: Any = None
+
+    def run(self, frame: RunJob) -> Completed | Failed:
+        job = registry().get(frame.job_type)
+        if job is None:
+            return _failure(frame, UnknownJobType(f"no job named {frame.job_type!r} is registered"), False)
+        try:
+            value = msgspec.json.decode(frame.input, type=job.input_type)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            error = InputDecodeError(f"input of job {frame.id} does not decode into {_name(job.input_type)}: {exc}")
+            return _failure(frame, error, False)
+        ctx = self._context(frame)
+        try:
+            result = self._call(job, ctx, value)
+        except BaseException as exc:  # job code may raise anything, SystemExit included
+            return _failure(frame, exc, job.retry.retries(exc))
+        try:
+            encoded = None if result is None else msgspec.json.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            return _failure(frame, TypeError(f"the job's return value is not JSON-encodable: {exc}"), False)
+        return Completed(frame.id, frame.attempt, encoded)
+
+    def _call(self, job: Job[Any], ctx: JobContext, value: Any) -> Any:
+        if not job.is_async:
+            return job.fn(ctx, value)
+        if self._loop is None:
+            import uvloop
+
+            self._loop = uvloop.new_event_loop()
+        return self._loop.run_until_complete(job.fn(ctx, value))
+
+    def _context(self, frame: RunJob) -> JobContext:
+        def report(kind: str, percent: int | None, message: str | None) -> None:
+            if kind == "progress":
+                self._sock.sendall(encode(Progress(frame.id, frame.attempt, percent or 0, message)))
+            else:
+                self._sock.sendall(encode(Heartbeat(frame.id, frame.attempt)))
+
+        return JobContext(
+            job_id=frame.id,
+            job_type=frame.job_type,
+            attempt=frame.attempt,
+            parent_id=frame.parent_id,
+            report=report,
+            connect=self._connection,
+        )
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self._dsn, autocommit=True)
+        return self._conn
+
+
+def _failure(frame: RunJob, exc: BaseException, retryable: bool) -> Failed:
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    trace = "".join(traceback.format_exception(exc))
+    return Failed(frame.id, frame.attempt, retryable, error_payload(name, str(exc), frame.attempt, trace))
+
+
+def _should_retire(settings: WorkerSettings, done: int) -> bool:
+    if settings.max_jobs is not None and done >= settings.max_jobs:
+        return True
+    return settings.max_memory is not None and rss_bytes() > settings.max_memory
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process, from /proc."""
+    with open(f"/proc/{pid}/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_SIZE
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__qualname__", None) or repr(tp)

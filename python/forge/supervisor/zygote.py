@@ -1,0 +1,195 @@
+"""The zygote: a fork server for worker processes.
+
+Forking a process that runs threads (a tokio runtime, a connection pool) can
+deadlock the child on a lock some other thread held. So the supervisor forks
+the zygote first, while it is still single-threaded and has only imported the
+app, and from then on every worker is forked by the zygote, never by the
+supervisor. The zygote runs no job code and opens no connection; it only:
+  - forks a worker for each Spawn frame, on the socket passed with it,
+  - reaps its workers and reports each exit status (Exited),
+  - dies with the supervisor (PR_SET_PDEATHSIG), and its workers die with it.
+Frames travel over a SOCK_SEQPACKET pair so each Spawn keeps its socket.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+import msgspec
+
+from . import worker
+from .protocol import Exited, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
+
+_PR_SET_PDEATHSIG = 1
+#: A worker that could not even start its loop exits with this code.
+EXIT_WORKER_BOOT_FAILED = 70
+
+
+class Zygote:
+    """The supervisor's handle on its fork server."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        self._reader = FrameReader(FromZygote)
+
+    @classmethod
+    def start(cls) -> "Zygote":
+        """Fork the zygote. Must run before this process starts any thread."""
+        ensure_single_threaded("the supervisor")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            code = 1
+            try:
+                code = _serve(theirs, parent)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        return cls(pid, ours)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def spawn(self, slot: int, settings: WorkerSettings) -> socket.socket:
+        """Ask for a worker for `slot`; returns the supervisor's end of its socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        frame = encode(Spawn(slot, msgspec.msgpack.encode(settings)))
+        socket.send_fds(self.sock, [frame], [theirs.fileno()])
+        theirs.close()
+        return ours
+
+    def receive(self) -> list[msgspec.Struct] | None:
+        """Spawned/Exited reports now readable; None when the zygote is gone."""
+        data = self.sock.recv(65536)
+        if not data:
+            return None
+        return self._reader.feed(data)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the channel (the zygote exits, its workers with it) and reap it."""
+        self.sock.close()
+        _wait_or_kill(self.pid, timeout)
+
+
+def ensure_single_threaded(who: str) -> None:
+    """Refuse to fork while other threads run: they could hold locks the child inherits."""
+    count = threading.active_count()
+    if count != 1:
+        names = ", ".join(t.name for t in threading.enumerate())
+        raise RuntimeError(f"{who} must be single-threaded to fork, but runs {count} threads: {names}")
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _serve(sock: socket.socket, parent: int) -> int:
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    reader = FrameReader(Spawn)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is sock:
+                data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 1)
+                if not data:
+                    return 0
+                for spawn in reader.feed(data):
+                    pid = _fork_worker(spawn, fds[0], sock, (wake_r, wake_w))
+                    os.close(fds[0])
+                    sock.send(encode(Spawned(spawn.slot, pid)))
+            else:
+                _drain(wake_r)
+                _reap(sock)
+
+
+def _fork_worker(spawn: Spawn, fd: int, control: socket.socket, wake: tuple[int, int]) -> int:
+    ensure_single_threaded("the zygote")
+    zygote = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_WORKER_BOOT_FAILED
+        try:
+            control.close()
+            signal.set_wakeup_fd(-1)
+            for end in wake:
+                os.close(end)
+            code = _worker_main(zygote, fd, msgspec.msgpack.decode(spawn.settings, type=WorkerSettings))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    # Both sides set the process group, so it exists before Spawned is sent and
+    # the supervisor can signal the whole group (the job's children too).
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # the child already did it, or already exited
+    return pid
+
+
+def _worker_main(zygote: int, fd: int, settings: WorkerSettings) -> int:
+    os.setpgid(0, 0)
+    die_with_parent(zygote)
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return worker.serve(socket.socket(fileno=fd), settings)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _reap(control: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        control.send(encode(Exited(pid, status)))
+
+
+def _wait_or_kill(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)

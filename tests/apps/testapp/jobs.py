@@ -1,0 +1,123 @@
+"""Jobs the acceptance tests run under real supervisors.
+
+Each job records what happened to it in test_events (created by the tests),
+with the database clock, so tests can check order, spacing and timing.
+"""
+
+import asyncio
+import os
+import time
+
+import msgspec
+
+import forge
+
+
+class N(msgspec.Struct):
+    n: int
+
+
+class Sleep(msgspec.Struct):
+    seconds: float
+
+
+class Crash(msgspec.Struct):
+    code: int = 3
+
+
+class Fail(msgspec.Struct):
+    error: str = "NetworkError"
+
+
+class NetworkError(Exception):
+    pass
+
+
+class RateLimitError(Exception):
+    pass
+
+
+class ValidationProblem(Exception):
+    pass
+
+
+ERRORS = {cls.__name__: cls for cls in (NetworkError, RateLimitError, ValidationProblem)}
+
+
+def record(ctx: forge.JobContext, event: str) -> None:
+    ctx.db.execute(
+        "INSERT INTO test_events (job_id, job_type, attempt, event, pid) VALUES (%s, %s, %s, %s, %s)",
+        (ctx.job_id, ctx.job_type, ctx.attempt, event, os.getpid()),
+    )
+
+
+@forge.job
+def double(ctx: forge.JobContext, input: N) -> int:
+    record(ctx, "start")
+    return input.n * 2
+
+
+@forge.job
+async def double_async(ctx: forge.JobContext, input: N) -> dict:
+    await asyncio.sleep(0.001)
+    return {"doubled": input.n * 2}
+
+
+def _always_fails(ctx: forge.JobContext, input: Fail) -> None:
+    record(ctx, "start")
+    record(ctx, "end")
+    raise ERRORS[input.error](f"attempt {ctx.attempt} failed")
+
+
+for _kind in ("exponential", "linear", "fixed"):
+    forge.job(name=f"fail_{_kind}", retry=forge.Retry(max_attempts=4, backoff=_kind, base="0.3s"))(_always_fails)
+
+forge.job(
+    name="fail_capped",
+    retry=forge.Retry(max_attempts=4, backoff="exponential", base="0.3s", max_backoff="0.5s"),
+)(_always_fails)
+
+forge.job(
+    name="picky",
+    retry=forge.Retry(max_attempts=3, backoff="fixed", base="0.05s", on=(NetworkError, "RateLimitError")),
+)(_always_fails)
+
+
+@forge.job(timeout="1s", retry=forge.Retry(max_attempts=1))
+def sleep_forever(ctx: forge.JobContext, input: Sleep) -> None:
+    record(ctx, "start")
+    time.sleep(3600)
+
+
+@forge.job(timeout="1s", retry=forge.Retry(max_attempts=1))
+def spin(ctx: forge.JobContext, input: Sleep) -> None:
+    record(ctx, "start")
+    while True:
+        pass
+
+
+@forge.job(timeout="1s", retry=forge.Retry(max_attempts=2, backoff="fixed", base="0.1s"))
+def sleep_then_retry(ctx: forge.JobContext, input: Sleep) -> None:
+    record(ctx, "start")
+    time.sleep(input.seconds if ctx.attempt > 1 else 3600)
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def crash(ctx: forge.JobContext, input: Crash) -> None:
+    record(ctx, "start")
+    os._exit(input.code)
+
+
+@forge.job(timeout="2m")
+def nap(ctx: forge.JobContext, input: Sleep) -> float:
+    record(ctx, "start")
+    time.sleep(input.seconds)
+    record(ctx, "end")
+    return input.seconds
+
+
+@forge.job
+def report_progress(ctx: forge.JobContext, input: N) -> None:
+    for step in range(1, input.n + 1):
+        ctx.progress(step * 100 // input.n, f"step {step} of {input.n}")
+    ctx.log.info("progress reported", steps=input.n)

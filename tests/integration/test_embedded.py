@@ -1,0 +1,91 @@
+"""forge.db.embedded: a real cluster started, found by other processes, and stopped."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from forge.db.embedded import EmbeddedPostgres
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A short /tmp folder; any cluster left in it is stopped before it is removed."""
+    path = Path(tempfile.mkdtemp(prefix="forge-emb-"))
+    try:
+        yield path
+    finally:
+        EmbeddedPostgres(path / "pg").stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def postmaster_pid(cluster: EmbeddedPostgres) -> int:
+    return int((cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def start_in_other_process(data_dir: str) -> str:
+    return EmbeddedPostgres(data_dir, durable=False).start()
+
+
+def test_start_connect_stop(folder):
+    cluster = EmbeddedPostgres(folder / "pg", durable=False)
+    assert not cluster.running() and cluster.url is None
+
+    url = cluster.start()
+    assert url.startswith("postgresql://postgres@127.0.0.1:")
+    assert cluster.running() and cluster.url == url
+    assert cluster.url_file.read_text().strip() == url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.execute("SHOW fsync").fetchone() == ("off",)
+        assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+
+    cluster.stop()
+    assert not cluster.running() and cluster.url is None
+    assert not cluster.url_file.exists()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2)
+
+
+def test_second_start_reuses_the_running_cluster(folder):
+    first = EmbeddedPostgres(folder / "pg", durable=False)
+    url = first.start()
+    pid = postmaster_pid(first)
+
+    second = EmbeddedPostgres(folder / "pg", durable=False)
+    assert second.start() == url
+    assert postmaster_pid(second) == pid
+
+    # Another process (the forge CLI, a dispatch script) finds it by the URL file.
+    code = "import sys; from forge.db.embedded import EmbeddedPostgres as E; print(E(sys.argv[1]).url)"
+    found = subprocess.run(
+        [sys.executable, "-c", code, str(folder / "pg")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert found == url
+
+
+def test_data_survives_a_restart(folder):
+    cluster = EmbeddedPostgres(folder / "pg", durable=False)
+    with psycopg.connect(cluster.start(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (v int)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    cluster.stop()
+    with psycopg.connect(cluster.start()) as conn:
+        assert conn.execute("SELECT v FROM kept").fetchone() == (7,)
+
+
+def test_concurrent_first_starts_share_one_cluster(folder):
+    data_dir = str(folder / "pg")
+    with ProcessPoolExecutor(max_workers=3) as pool:
+        urls = list(pool.map(start_in_other_process, [data_dir] * 3))
+    assert len(set(urls)) == 1
+    with psycopg.connect(urls[0]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
