@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.forge-built
 SOURCES := pyproject.toml Cargo.toml $(shell find rust python -name '*.rs' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: install run test test-rust test-python clean
+.PHONY: install run test test-rust test-python bench clean
 
 install: $(STAMP)
 
@@ -30,3 +30,6 @@ test-python: $(STAMP)
 
 clean:
 	rm -rf $(VENV) target examples/hello/.forge
+
+bench: $(STAMP)
+	$(PY) benches/throughput.py

@@ -62,6 +62,9 @@ class Core:
         """A file descriptor that becomes readable when take() or logs() have something."""
     def request(self, n: int) -> None:
         """Grant n more claim credits."""
+    def pause(self) -> None:
+        """Stop claiming for good (shutdown); reports keep flowing. A claim already
+        under way may still deliver jobs, which the caller hands back."""
     def take(self) -> list[ClaimedJob]:
         """The jobs claimed since the last call, in claim order; resets fileno()."""
     def logs(self) -> list[tuple[str, str]]:
@@ -69,20 +72,32 @@ class Core:
     def start(self, id: int, attempt: int) -> None:
         """Record that a claimed job was handed to a worker (claimed -> running)."""
     def complete(self, id: int, attempt: int, result: bytes | None) -> None:
-        """Record a success; result is the JSON-encoded return value."""
+        """Record a success; result is the JSON-encoded return value.
+        Raises ValueError when result is not valid JSON that jsonb accepts."""
     def fail(self, id: int, attempt: int, retryable: bool, error: bytes, crashed: bool = False) -> None:
         """Record a failed attempt; error is a JSON object. Retried after the
-        job type's backoff when retryable and attempts remain."""
+        job type's backoff when retryable and attempts remain. Raises
+        ValueError when error is not valid JSON that jsonb accepts."""
     def release(self, id: int, attempt: int) -> None:
         """Hand a claimed job back unrun: pending again, attempt not charged."""
     def progress(self, id: int, attempt: int, percent: int, message: str | None) -> None:
-        """Record a running job's progress (only the latest per flush is written)."""
+        """Record a running job's progress (only the latest per flush is written).
+        Raises ValueError unless 0 <= percent <= 100."""
     def in_flight(self) -> int:
         """How many jobs this core holds leases for."""
     def flush(self, timeout_ms: int) -> bool:
         """Block (without the GIL) until every report made so far is written; False on timeout."""
     def stats(self) -> dict[str, int]:
         """Counters: claimed, claims, started, completed, failed, retried, released,
-        fenced, flushes, statements, heartbeats, errors."""
+        progress, fenced, flushes, statements, heartbeats, lost, errors.
+
+        started counts rows moved to running: a start reported in the same
+        flush as the job's end is not sent (the end sets started_at), so it
+        can be lower than the number of start() calls. fenced counts reports
+        the lease guard rejected; lost counts held leases a heartbeat did not
+        renew (each once)."""
     def close(self) -> None:
-        """Flush what can be flushed, stop the runtime and close the connections."""
+        """Flush what can be flushed (waiting up to 5 s), stop the runtime and
+        close the connections. A second close() does nothing; any other method
+        raises RuntimeError after close(), and in a process other than the
+        creating one (a forked child)."""

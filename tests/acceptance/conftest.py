@@ -15,6 +15,8 @@ from psycopg.rows import dict_row
 import pytest
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
+if str(APPS) not in sys.path:  # the tests import the test app's jobs to dispatch them
+    sys.path.insert(0, str(APPS))
 SUPERVISOR = str(Path(sys.executable).with_name("forge-supervisor"))
 
 EVENTS_TABLE = """
@@ -117,12 +119,6 @@ def db(app_db: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the per-test database."""
     with psycopg.connect(app_db, autocommit=True) as conn:
         yield conn
-
-
-@pytest.fixture(autouse=True)
-def _testapp_importable() -> None:
-    if str(APPS) not in sys.path:
-        sys.path.insert(0, str(APPS))
 
 
 def job_row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def test_one_worker_runs_jobs_strictly_by_priority(supervisor, db):
     supervisor(workers=1)
     wait_for(lambda: finished(db, *ids), what="all jobs")
     started = db.execute(
-        "SELECT priority FROM forge_jobs WHERE id = ANY(%s) ORDER BY started_at", (ids,)
+        "SELECT j.priority FROM test_events e JOIN forge_jobs j ON j.id = e.job_id ORDER BY e.at"
     ).fetchall()
     assert [r[0] for r in started] == [0, 0, 1, 1, 2, 2, 3, 3]
 

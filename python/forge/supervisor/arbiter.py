@@ -37,6 +37,7 @@ from .protocol import (
     Heartbeat,
     Progress,
     RunJob,
+    Spawned,
     WorkerSettings,
     encode,
     error_payload,
@@ -77,7 +78,13 @@ class Slot:
 
     @property
     def idle(self) -> bool:
-        return self.pid is not None and self.job is None and not self.retiring and self.kill_reason is None
+        return (
+            self.sock is not None
+            and self.pid is not None
+            and self.job is None
+            and not self.retiring
+            and self.kill_reason is None
+        )
 
 
 @dataclass(order=True)
@@ -235,7 +242,7 @@ class Arbiter:
         if messages is None:
             raise SystemExit("forge-supervisor: the zygote (fork server) died; cannot fork workers any more")
         for message in messages:
-            if message.__class__.__name__ == "Spawned":
+            if isinstance(message, Spawned):
                 slot = self.slots[message.slot]
                 slot.pid = message.pid
                 slot.started = time.monotonic()

@@ -1,0 +1,407 @@
+//! The Core: the Python-thread side (cheap, non-blocking calls) and the one
+//! background thread running a current-thread tokio runtime that does all
+//! database I/O.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::batch::Report;
+use crate::claim::{ClaimState, Claimed};
+use crate::db::Db;
+use crate::errors::CoreError;
+use crate::heartbeat::InFlight;
+use crate::stats::{Stat, Stats};
+use crate::tasks;
+use crate::wake::Wake;
+
+/// How long close() waits for pending reports to be written.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
+/// Everything the runtime needs, fixed at construction.
+#[derive(Debug)]
+pub struct Config {
+    pub dsn: String,
+    pub owner: Uuid,
+    pub capabilities: Vec<String>,
+    pub sql: HashMap<String, String>,
+    pub max_batch: u64,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+/// Retry policies by job type, used when Python reports a failure.
+#[derive(Debug)]
+pub struct Policies {
+    pub by_type: HashMap<String, Backoff>,
+    pub default: Backoff,
+}
+
+impl Policies {
+    fn delay_ms(&self, job_type: Option<&str>, attempt: i32) -> f64 {
+        let policy = job_type
+            .and_then(|t| self.by_type.get(t))
+            .unwrap_or(&self.default);
+        policy.delay_ms(attempt.max(1) as u32)
+    }
+}
+
+/// A report with its sequence number, for flush().
+pub type Sequenced = (u64, Report);
+
+/// State shared by the Python thread and the runtime thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub wake: Wake,
+    pub jobs: Mutex<Vec<Claimed>>,
+    pub logs: Mutex<Vec<(&'static str, String)>>,
+    pub stats: Stats,
+    pub inflight: Mutex<InFlight>,
+    pub claim: Mutex<ClaimState>,
+    /// Wakes the producer: credits granted, NOTIFY, retry scheduled.
+    pub claim_wake: Notify,
+    /// Sequence number of the last report written, and its waiters.
+    written: Mutex<u64>,
+    written_cv: Condvar,
+}
+
+/// Locks ignoring poisoning: the guarded data stays consistent because no
+/// code path panics while holding these locks mid-update.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn log(&self, level: &'static str, message: String) {
+        lock(&self.logs).push((level, message));
+        self.wake.signal();
+    }
+
+    /// Changes the claim state and wakes the producer to re-decide.
+    pub fn claim_event(&self, change: impl FnOnce(&mut ClaimState)) {
+        change(&mut lock(&self.claim));
+        self.claim_wake.notify_one();
+    }
+
+    /// Hands claimed jobs to Python: leases first, so a fail() right after
+    /// take() finds the job's type.
+    pub fn deliver(&self, jobs: Vec<Claimed>) {
+        if jobs.is_empty() {
+            return;
+        }
+        {
+            let mut inflight = lock(&self.inflight);
+            for j in &jobs {
+                inflight.add(j.id, j.attempt, j.job_type.clone());
+            }
+        }
+        self.stats.add(Stat::Claimed, jobs.len() as u64);
+        lock(&self.jobs).extend(jobs);
+        self.wake.signal();
+    }
+
+    /// Reports up to `seq` are in the database: wake flush() waiters.
+    pub fn mark_written(&self, seq: u64) {
+        *lock(&self.written) = seq;
+        self.written_cv.notify_all();
+    }
+
+    /// Waits until reports up to `seq` are written; false at the deadline.
+    fn wait_written(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut written = lock(&self.written);
+        while *written < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            written = self
+                .written_cv
+                .wait_timeout(written, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// The report queue's sending end and the last sequence number handed out;
+/// one lock so sequence order is queue order even with several Python threads.
+struct Reporter {
+    seq: u64,
+    tx: mpsc::UnboundedSender<Sequenced>,
+}
+
+pub struct Core {
+    shared: Arc<Shared>,
+    policies: Policies,
+    reporter: Mutex<Reporter>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pid: u32,
+}
+
+impl Core {
+    /// Starts the runtime thread and waits for both connections (blocking).
+    pub fn new(config: Config, policies: Policies) -> Result<Core, CoreError> {
+        let wake = Wake::new().map_err(|e| CoreError::Invalid(format!("eventfd: {e}")))?;
+        let shared = Arc::new(Shared {
+            wake,
+            jobs: Mutex::default(),
+            logs: Mutex::default(),
+            stats: Stats::default(),
+            inflight: Mutex::default(),
+            claim: Mutex::new(ClaimState::new(config.max_batch, config.poll_interval)),
+            claim_wake: Notify::new(),
+            written: Mutex::new(0),
+            written_cv: Condvar::new(),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let runtime_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("forge-core".into())
+            .spawn(move || run_thread(config, runtime_shared, rx, stop_rx, ready_tx))
+            .map_err(|e| CoreError::Invalid(format!("cannot start the core thread: {e}")))?;
+        let ready = ready_rx.recv().unwrap_or(Err(CoreError::Closed));
+        if let Err(e) = ready {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Ok(Core {
+            shared,
+            policies,
+            reporter: Mutex::new(Reporter { seq: 0, tx }),
+            stop: Mutex::new(Some(stop_tx)),
+            thread: Mutex::new(Some(thread)),
+            pid: std::process::id(),
+        })
+    }
+
+    /// Every method starts here: same process, not closed.
+    fn check(&self) -> Result<(), CoreError> {
+        if std::process::id() != self.pid {
+            return Err(CoreError::WrongProcess);
+        }
+        if lock(&self.stop).is_none() {
+            return Err(CoreError::Closed);
+        }
+        Ok(())
+    }
+
+    pub fn fileno(&self) -> Result<i32, CoreError> {
+        self.check()?;
+        Ok(self.shared.wake.fd())
+    }
+
+    pub fn request(&self, n: u64) -> Result<(), CoreError> {
+        self.check()?;
+        self.shared.claim_event(|c| c.grant(n));
+        Ok(())
+    }
+
+    pub fn pause(&self) -> Result<(), CoreError> {
+        self.check()?;
+        self.shared.claim_event(|c| c.pause());
+        Ok(())
+    }
+
+    /// Resets the fd before draining so a push after the drain signals again;
+    /// re-signals when logs are still waiting, so the fd stays readable while
+    /// either queue has something.
+    pub fn take(&self) -> Result<Vec<Claimed>, CoreError> {
+        self.check()?;
+        self.shared.wake.reset();
+        let jobs = std::mem::take(&mut *lock(&self.shared.jobs));
+        if !lock(&self.shared.logs).is_empty() {
+            self.shared.wake.signal();
+        }
+        Ok(jobs)
+    }
+
+    /// Like take(), for the log lines.
+    pub fn logs(&self) -> Result<Vec<(&'static str, String)>, CoreError> {
+        self.check()?;
+        self.shared.wake.reset();
+        let logs = std::mem::take(&mut *lock(&self.shared.logs));
+        if !lock(&self.shared.jobs).is_empty() {
+            self.shared.wake.signal();
+        }
+        Ok(logs)
+    }
+
+    fn send(&self, report: Report) -> Result<(), CoreError> {
+        self.check()?;
+        let mut reporter = lock(&self.reporter);
+        let seq = reporter.seq + 1;
+        reporter
+            .tx
+            .send((seq, report))
+            .map_err(|_| CoreError::Closed)?;
+        reporter.seq = seq;
+        Ok(())
+    }
+
+    pub fn start(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
+        self.send(Report::Start { id, attempt })
+    }
+
+    pub fn complete(&self, id: i64, attempt: i32, result: Option<String>) -> Result<(), CoreError> {
+        self.check()?;
+        lock(&self.shared.inflight).remove(id, attempt);
+        self.send(Report::Complete {
+            id,
+            attempt,
+            result,
+        })
+    }
+
+    /// The retry delay comes from the policy of the job's type, known from
+    /// its claim; a job this core does not hold gets the default policy (the
+    /// statement's lease guard fences it anyway).
+    pub fn fail(
+        &self,
+        id: i64,
+        attempt: i32,
+        retryable: bool,
+        error: String,
+        crashed: bool,
+    ) -> Result<(), CoreError> {
+        self.check()?;
+        let job_type = lock(&self.shared.inflight).remove(id, attempt);
+        let delay_ms = self.policies.delay_ms(job_type.as_deref(), attempt);
+        self.send(Report::Fail {
+            id,
+            attempt,
+            retryable,
+            delay_ms,
+            error,
+            crashed,
+        })
+    }
+
+    pub fn release(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
+        self.check()?;
+        lock(&self.shared.inflight).remove(id, attempt);
+        self.send(Report::Release { id, attempt })
+    }
+
+    pub fn progress(
+        &self,
+        id: i64,
+        attempt: i32,
+        percent: i16,
+        message: Option<String>,
+    ) -> Result<(), CoreError> {
+        self.send(Report::Progress {
+            id,
+            attempt,
+            percent,
+            message,
+        })
+    }
+
+    pub fn in_flight(&self) -> Result<usize, CoreError> {
+        self.check()?;
+        Ok(lock(&self.shared.inflight).len())
+    }
+
+    /// Blocks (the caller releases the GIL) until every report sent before
+    /// the call is written.
+    pub fn flush(&self, timeout: Duration) -> Result<bool, CoreError> {
+        self.check()?;
+        let target = lock(&self.reporter).seq;
+        Ok(self.shared.wait_written(target, timeout))
+    }
+
+    pub fn stats(&self) -> Result<Vec<(&'static str, u64)>, CoreError> {
+        self.check()?;
+        Ok(self.shared.stats.snapshot())
+    }
+
+    /// Flushes (bounded), stops the runtime and joins its thread. Closing
+    /// twice is a no-op.
+    pub fn close(&self) -> Result<(), CoreError> {
+        if std::process::id() != self.pid {
+            return Err(CoreError::WrongProcess);
+        }
+        if lock(&self.stop).is_none() {
+            return Ok(());
+        }
+        let target = lock(&self.reporter).seq;
+        self.shared.wait_written(target, CLOSE_FLUSH);
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Signals the runtime to stop and joins it. In a forked child the thread
+    /// does not exist, so this must not be reached there (see Drop).
+    fn shutdown(&self) {
+        if let Some(stop) = lock(&self.stop).take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Core {
+    /// In a forked child the runtime thread does not exist: its handle and
+    /// the channel ends (whose drop would wake the parent's runtime through
+    /// inherited fds) are leaked instead of joined or closed.
+    fn drop(&mut self) {
+        if std::process::id() == self.pid {
+            self.shutdown();
+            return;
+        }
+        std::mem::forget(lock(&self.thread).take());
+        std::mem::forget(lock(&self.stop).take());
+        let (tx, _) = mpsc::unbounded_channel();
+        std::mem::forget(std::mem::replace(&mut lock(&self.reporter).tx, tx));
+    }
+}
+
+/// The runtime thread: connect, report readiness, run the tasks until stopped.
+/// Dropping the runtime at the end cancels the tasks and closes the sockets.
+fn run_thread(
+    config: Config,
+    shared: Arc<Shared>,
+    reports: mpsc::UnboundedReceiver<Sequenced>,
+    stop: oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<Result<(), CoreError>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(CoreError::Invalid(format!("tokio runtime: {e}"))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let config = Arc::new(config);
+        let db = Arc::new(Db::new(config.clone(), shared.clone()));
+        let listener = match tokio::try_join!(db.client(), db.listen()) {
+            Ok((_, listener)) => listener,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        tokio::spawn(tasks::listen(db.clone(), listener));
+        tokio::spawn(tasks::produce(db.clone()));
+        tokio::spawn(tasks::report(db.clone(), reports));
+        tokio::spawn(tasks::heartbeat(db));
+        let _ = stop.await;
+    });
+}

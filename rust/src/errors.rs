@@ -1,0 +1,103 @@
+//! The core's one error type, and the one place it becomes a Python exception.
+
+use std::fmt;
+
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
+use pyo3::PyErr;
+
+/// Every failure the core reports to Python or logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoreError {
+    /// The database could not be reached or the connection broke.
+    Connect(String),
+    /// The server answered a statement with an error.
+    Database(String),
+    /// An argument from Python is out of range or malformed.
+    Invalid(String),
+    /// The Core was closed, or its runtime thread is gone.
+    Closed,
+    /// The Core is used in a process other than the one that created it (a fork).
+    WrongProcess,
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreError::Connect(m) => write!(f, "database connection failed: {m}"),
+            CoreError::Database(m) => write!(f, "database error: {m}"),
+            CoreError::Invalid(m) => write!(f, "{m}"),
+            CoreError::Closed => write!(f, "the Core is closed"),
+            CoreError::WrongProcess => {
+                write!(
+                    f,
+                    "the Core was created in another process (fork); create a new one"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+impl From<tokio_postgres::Error> for CoreError {
+    /// A server-side error (SQLSTATE) leaves the connection usable; anything
+    /// else (I/O, closed socket, protocol) means the connection is gone.
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) if !e.is_closed() => CoreError::Database(format!(
+                "{} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            )),
+            _ => CoreError::Connect(describe(&e)),
+        }
+    }
+}
+
+/// An error with its causes: tokio-postgres keeps the server's message and
+/// the I/O error in the source chain, not in its own Display ("db error").
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            CoreError::Connect(_) => PyConnectionError::new_err(msg),
+            CoreError::Invalid(_) => PyValueError::new_err(msg),
+            CoreError::Database(_) | CoreError::Closed | CoreError::WrongProcess => {
+                PyRuntimeError::new_err(msg)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_includes_causes() {
+        let io = std::io::Error::other("refused");
+        let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, io);
+        assert_eq!(describe(&e), "refused");
+        let wrapped: Box<dyn std::error::Error> = Box::new(CoreError::Closed);
+        assert_eq!(describe(wrapped.as_ref()), "the Core is closed");
+    }
+
+    #[test]
+    fn messages_name_the_failure() {
+        let e = CoreError::Connect("refused".into());
+        assert_eq!(e.to_string(), "database connection failed: refused");
+        assert_eq!(CoreError::Invalid("bad".into()).to_string(), "bad");
+        assert!(CoreError::WrongProcess.to_string().contains("fork"));
+    }
+}

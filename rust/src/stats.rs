@@ -1,0 +1,83 @@
+//! Counters the core keeps for stats(), updated from any thread without locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Stat {
+    /// Jobs claimed.
+    Claimed,
+    /// Claim statements that returned rows or not.
+    Claims,
+    Started,
+    Completed,
+    /// Failed for good (no retry left, or not retryable).
+    Failed,
+    /// Failed attempts put back in retry.
+    Retried,
+    Released,
+    /// Progress rows written.
+    Progress,
+    /// Reports the lease guard rejected (late, duplicate or lost lease).
+    Fenced,
+    /// Report batches written.
+    Flushes,
+    /// Statements run, of every kind.
+    Statements,
+    Heartbeats,
+    /// Held leases a heartbeat did not renew.
+    Lost,
+    /// Database errors of any task.
+    Errors,
+}
+
+const NAMES: [&str; 14] = [
+    "claimed",
+    "claims",
+    "started",
+    "completed",
+    "failed",
+    "retried",
+    "released",
+    "progress",
+    "fenced",
+    "flushes",
+    "statements",
+    "heartbeats",
+    "lost",
+    "errors",
+];
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    counters: [AtomicU64; NAMES.len()],
+}
+
+impl Stats {
+    pub fn add(&self, stat: Stat, n: u64) {
+        self.counters[stat as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        NAMES
+            .iter()
+            .zip(&self.counters)
+            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_name() {
+        let s = Stats::default();
+        s.add(Stat::Claimed, 3);
+        s.add(Stat::Errors, 1);
+        let snap = s.snapshot();
+        assert_eq!(snap[0], ("claimed", 3));
+        assert_eq!(snap[Stat::Errors as usize], ("errors", 1));
+        assert_eq!(snap.len(), 14);
+    }
+}
