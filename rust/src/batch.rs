@@ -1,9 +1,10 @@
 //! Reports accumulated into one flush, as the column arrays of each statement.
 //!
-//! Rules: progress keeps only the latest report per (id, attempt) and is
-//! dropped for jobs that end in the same flush (the end supersedes it); a
-//! start is dropped when the same (id, attempt) also ends in the flush, since
-//! the end statements set started_at themselves.
+//! Rules: progress keeps only the latest report per (id, attempt), also for
+//! jobs that end in the same flush (the progress statement is sent first, so
+//! the last message a job reported survives its end); a start is dropped when
+//! the same (id, attempt) also ends in the flush, since the end statements set
+//! started_at themselves.
 
 use std::collections::{HashMap, HashSet};
 
@@ -172,7 +173,7 @@ impl Batch {
             .collect();
         let mut latest_progress: HashMap<(i64, i32), usize> = HashMap::new();
         for (i, r) in reports.iter().enumerate() {
-            if matches!(r, Report::Progress { .. }) && !ended.contains(&r.key()) {
+            if matches!(r, Report::Progress { .. }) {
                 latest_progress.insert(r.key(), i);
             }
         }
@@ -307,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn ending_a_job_drops_its_start_and_progress() {
+    fn ending_a_job_drops_its_start_but_keeps_its_last_progress() {
         let b = Batch::build(vec![
             Report::Start { id: 1, attempt: 1 },
             progress(1, 40),
@@ -324,7 +325,7 @@ mod tests {
             progress(4, 20),
         ]);
         assert_eq!(b.starts.ids, [4]);
-        assert_eq!(b.progress.ids, [4]);
+        assert_eq!(b.progress.ids, [1, 4]);
         assert_eq!(b.completes.ids, [1]);
         assert_eq!(b.fails.ids, [2]);
         assert_eq!(b.releases.ids, [3]);

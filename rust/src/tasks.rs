@@ -165,7 +165,9 @@ pub async fn report(db: Arc<Db>, mut queue: mpsc::UnboundedReceiver<Sequenced>) 
 }
 
 /// Starts first (claimed -> running), then the rest pipelined on the one
-/// connection. Each written part is cleared, so a retry redoes only the rest.
+/// connection. join! polls in order and tokio-postgres sends in poll order,
+/// so progress reaches the server before the statements that end a job.
+/// Each written part is cleared, so a retry redoes only the rest.
 async fn write_batch(db: &Db, batch: &mut Batch) -> Result<(), CoreError> {
     let conn = db.client().await?;
     write_starts(db, &conn, &mut batch.starts).await?;

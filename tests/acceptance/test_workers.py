@@ -47,15 +47,20 @@ def test_timed_out_job_is_retried_per_its_policy(supervisor, db):
     assert (row["status"], row["attempts"]) == ("completed", 2)
 
 
-def test_a_crashing_worker_fails_only_its_own_job(supervisor, db):
+@pytest.mark.parametrize(
+    ("job", "death"),
+    [(jobs.crash, "exited with status 3"), (jobs.segfault, "killed by signal 11 (SIGSEGV)")],
+    ids=["os._exit", "segfault"],
+)
+def test_a_crashing_worker_fails_only_its_own_job(supervisor, db, job, death):
     sup = supervisor(workers=2)
-    crashed = forge.dispatch(db, jobs.crash, jobs.Crash(code=3))
+    crashed = forge.dispatch(db, job, jobs.Crash(code=3) if job is jobs.crash else jobs.N(n=0))
     others = forge.dispatch_many(db, jobs.double, [jobs.N(n=i) for i in range(50)])
     wait_for(lambda: finished(db, crashed, *others), what="all jobs")
     row = job_row(db, crashed)
     assert row["status"] == "failed"
     assert row["last_error"]["type"] == "forge.errors.WorkerCrashed"
-    assert "exited with status 3" in row["last_error"]["message"]
+    assert death in row["last_error"]["message"]
     assert row["crashes"] == 1
     statuses = db.execute("SELECT DISTINCT status FROM forge_jobs WHERE id = ANY(%s)", (others,)).fetchall()
     assert statuses == [("completed",)]
@@ -69,3 +74,28 @@ def test_workers_are_recycled_after_max_jobs(supervisor, db):
     per_pid = db.execute("SELECT count(*) FROM test_events GROUP BY pid ORDER BY min(at)").fetchall()
     assert [n for (n,) in per_pid] == [3, 3, 3, 1]
     assert db.execute("SELECT count(*) FROM forge_jobs WHERE status = 'completed'").fetchone()[0] == 10
+
+
+def test_workers_are_recycled_when_their_memory_passes_the_limit(supervisor, db):
+    supervisor(workers=1, max_worker_memory="150MiB")
+    ids = forge.dispatch_many(db, jobs.leak, [jobs.N(n=200)] * 3)
+    wait_for(lambda: finished(db, *ids), what="the leaking jobs")
+    pids = db.execute("SELECT count(DISTINCT pid) FROM test_events").fetchone()[0]
+    assert pids == 3  # each leak pushed its worker past the limit, so each ran in a fresh one
+    small = forge.dispatch_many(db, jobs.leak, [jobs.N(n=1)] * 3)
+    wait_for(lambda: finished(db, *small), what="the small jobs")
+    assert db.execute("SELECT count(DISTINCT pid) FROM test_events").fetchone()[0] == 4
+
+
+def test_a_prefetched_job_goes_back_when_its_worker_stays_busy(supervisor, db):
+    supervisor(workers=1, prefetch=1, prefetch_timeout="300ms")
+    long_job = forge.dispatch(db, jobs.nap, jobs.Sleep(seconds=20))
+    wait_for(lambda: job_row(db, long_job)["status"] == "running", what="the long job to start")
+    waiting = forge.dispatch(db, jobs.double, jobs.N(n=4))
+    wait_for(lambda: job_row(db, waiting)["status"] == "claimed", what="the prefetch claim")
+    supervisor(workers=1)
+    wait_for(lambda: finished(db, waiting), timeout=10, what="the idle node to run the handed-back job")
+    pid_of = "SELECT pid FROM test_events WHERE job_id = %s"
+    assert db.execute(pid_of, (waiting,)).fetchone()[0] != db.execute(pid_of, (long_job,)).fetchone()[0]
+    assert job_row(db, waiting)["attempts"] == 1  # the unstarted claim was not charged
+    assert job_row(db, long_job)["status"] == "running"

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import msgspec
+
 from .._core import ClaimedJob, Core
 from ..config import NodeConfig
 from ..errors import JobTimeout, UnknownJobType, WorkerCrashed
@@ -278,12 +280,27 @@ class Arbiter:
             self._job_done(slot, message.retiring)
         elif isinstance(message, Failed):
             self.core.fail(job.id, job.attempt, message.retryable, message.error)
+            self._log_failure(job, message)
             self._job_done(slot, message.retiring)
         elif isinstance(message, Progress):
             self.core.progress(job.id, job.attempt, message.percent, message.message)
             self._renew_beat(slot)
         elif isinstance(message, Heartbeat):
             self._renew_beat(slot)
+
+    def _log_failure(self, job: ClaimedJob, message: Failed) -> None:
+        error = msgspec.json.decode(message.error)
+        outlook = "may be retried" if message.retryable else "not retryable"
+        _log.warning(
+            "job %s (%s) attempt %s/%s raised %s: %s (%s)",
+            job.id,
+            job.job_type,
+            job.attempt,
+            job.max_attempts,
+            error.get("type"),
+            error.get("message"),
+            outlook,
+        )
 
     def _job_done(self, slot: Slot, retiring: bool) -> None:
         slot.job = None

@@ -121,3 +121,21 @@ def report_progress(ctx: forge.JobContext, input: N) -> None:
     for step in range(1, input.n + 1):
         ctx.progress(step * 100 // input.n, f"step {step} of {input.n}")
     ctx.log.info("progress reported", steps=input.n)
+
+
+_leaked: list[bytes] = []
+
+
+@forge.job
+def leak(ctx: forge.JobContext, input: N) -> None:
+    """Keeps input.n MiB alive in the worker for good, like a leaking job would."""
+    record(ctx, "start")
+    _leaked.append(b"\x01" * (input.n * 1024 * 1024))  # written, so resident
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def segfault(ctx: forge.JobContext, input: N) -> None:
+    import ctypes
+
+    record(ctx, "start")
+    ctypes.string_at(0)
