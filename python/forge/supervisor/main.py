@@ -119,6 +119,8 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, dsn: str) 
     try:
         return Arbiter(config.node, core, zygote, jobs, settings).run()
     finally:
+        core.flush(5000)
+        _log.info("core totals: %s", " ".join(f"{k}={v}" for k, v in sorted(core.stats().items())))
         core.close()
         nodes.mark_stopped(dsn, node_id)
         _log.info("node %s stopped", node_id)
