@@ -42,7 +42,27 @@ class Core:
     whenever it holds credits and has a reason: a NOTIFY on channel forge_jobs
     (payload: milliseconds until the job is due), a retry it scheduled itself
     coming due, a previous claim that came back full, or poll_interval_ms
-    without a claim. Raises ConnectionError when the database cannot be reached.
+    without a claim. Only jobs whose job_type is one of `policies` are claimed,
+    so a node never takes a job it cannot run (rolling deploys are safe).
+    Raises ConnectionError when the database cannot be reached at start, and
+    ValueError on a bad argument (heartbeat_timeout_ms must exceed
+    heartbeat_interval_ms).
+
+    heartbeat_timeout_ms: a lease not renewed this long is rescued by any
+    node's maintenance sweep; it also sets the client-side timeout of every
+    statement round and connection attempt (a third of it, within 1-10 s), so
+    a connection that hangs is replaced well before the leases expire.
+    max_crashes: crash-class endings (fail(crashed=True), a lost lease) after
+    which a job is failed whatever max_attempts says, with a "reason" in
+    last_error. maintenance_interval_ms: how often this node sweeps (rescue
+    of lost nodes' jobs, failed -> dead_letter after dead_letter_after_ms,
+    dead letters deleted after dead_letter_retain_ms unless the row sets its
+    own dead_letter_retain, due jobs of types no live node runs failed,
+    registrations of nodes silent for max(10 x heartbeat timeout, 1 h)
+    deleted). While the database is unreachable nothing raises: reports
+    wait in memory and are written after the reconnect, and the core tries
+    to reconnect at most about twice a second (all its connections
+    together), logging each outage once when it starts and once when it ends.
     """
 
     def __init__(
@@ -57,9 +77,16 @@ class Core:
         max_batch: int = 100,
         poll_interval_ms: int = 1000,
         heartbeat_interval_ms: int = 2000,
+        heartbeat_timeout_ms: int = 30000,
+        max_crashes: int = 3,
+        maintenance_interval_ms: int = 1000,
+        dead_letter_after_ms: int = 0,
+        dead_letter_retain_ms: int = 604800000,
     ) -> None: ...
     def fileno(self) -> int:
-        """A file descriptor that becomes readable when take() or logs() have something."""
+        """A file descriptor that becomes readable when take() or logs() have
+        something; it is also signalled when lost() gets new leases (always
+        with a log line), so call lost() whenever it is readable."""
     def request(self, n: int) -> None:
         """Grant n more claim credits."""
     def pause(self) -> None:
@@ -75,21 +102,45 @@ class Core:
         """Record a success; result is the JSON-encoded return value.
         Raises ValueError when result is not valid JSON that jsonb accepts."""
     def fail(self, id: int, attempt: int, retryable: bool, error: bytes, crashed: bool = False) -> None:
-        """Record a failed attempt; error is a JSON object. Retried after the
-        job type's backoff when retryable and attempts remain. Raises
-        ValueError when error is not valid JSON that jsonb accepts."""
+        """Record a failed attempt; error is a JSON object. crashed marks a
+        crash-class ending (signal, OOM, os._exit, killed for a lost lease):
+        it increments the job's crashes. Retried after the job type's backoff
+        when retryable, attempts remain and crashes stay below max_crashes;
+        when only the crash cap stops the retry (a poison pill) the job fails
+        with "reason": "crashed N times (max_crashes M)" merged into error,
+        counted in stats()["poisoned"]. Raises ValueError when error is not
+        valid JSON that jsonb accepts."""
     def release(self, id: int, attempt: int) -> None:
         """Hand a claimed job back unrun: pending again, attempt not charged."""
     def progress(self, id: int, attempt: int, percent: int, message: str | None) -> None:
         """Record a running job's progress (only the latest per flush is written).
         Raises ValueError unless 0 <= percent <= 100."""
+    def lease_age_ms(self) -> int:
+        """Milliseconds since the last heartbeat round that succeeded (this
+        node's registration and every held lease written) was sent; counted
+        from the Core's start before the first round. Grows while the
+        database is unreachable: the caller fences itself on it."""
+    def lost(self) -> list[tuple[int, int]]:
+        """The (id, attempt) leases the heartbeat found lost (rescued or taken
+        by another node) since the last call. They are no longer held: not
+        renewed again, not counted by in_flight(); a later report of them is
+        fenced."""
     def in_flight(self) -> int:
         """How many jobs this core holds leases for."""
     def flush(self, timeout_ms: int) -> bool:
         """Block (without the GIL) until every report made so far is written; False on timeout."""
     def stats(self) -> dict[str, int]:
         """Counters: claimed, claims, started, completed, failed, retried, released,
-        progress, fenced, flushes, statements, heartbeats, lost, errors.
+        progress, fenced, flushes, statements, heartbeats, lost, errors,
+        poisoned, rescued, dead_lettered, pruned, unknown_failed, nodes_reaped,
+        sweeps, connects.
+
+        poisoned counts this node's failures that the crash cap stopped from
+        being retried (also counted in failed). rescued, dead_lettered,
+        pruned, unknown_failed and nodes_reaped count rows this node's
+        maintenance sweeps changed; sweeps counts completed sweep rounds;
+        connects counts connection attempts (all connections, the first ones
+        included).
 
         started counts rows moved to running: a start reported in the same
         flush as the job's end is not sent (the end sets started_at), so it

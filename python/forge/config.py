@@ -98,6 +98,12 @@ class NodeConfig(_Section):
     # gets the next at once. None means one per worker (= workers).
     prefetch: Annotated[int, msgspec.Meta(ge=0)] | None = None
     prefetch_timeout: Duration = 1.0  # a prefetched job not started by then is handed back
+    # Crash-class endings (signal, OOM, lost lease) a job may have before it
+    # fails for good, whatever its max_attempts says.
+    max_crashes: PositiveInt = 3
+    maintenance_interval: PositiveDuration = 1.0  # rescue and dead-letter sweeps
+    dead_letter_after: Duration = 0.0  # a failed job moves to dead_letter this long after failing
+    dead_letter_retain: PositiveDuration = 7 * 86400.0  # unless the job sets its own retention
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,11 +187,12 @@ def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[st
 def _check_relations(config: Config, source: _Source) -> None:
     """Checks between keys, which msgspec's per-value checks cannot express."""
     node = config.node
-    if node.heartbeat_timeout <= node.heartbeat_interval:
+    if node.heartbeat_timeout < 3 * node.heartbeat_interval:
         at = ("node", "heartbeat_timeout")
         raise ConfigError(
             f"invalid value for 'node.heartbeat_timeout'{source.where(at)}: {node.heartbeat_timeout:g}s "
-            f"must be greater than node.heartbeat_interval ({node.heartbeat_interval:g}s)"
+            f"must be at least 3 x node.heartbeat_interval ({node.heartbeat_interval:g}s), so a node "
+            "can fence itself before its leases are rescued"
         )
 
 

@@ -35,3 +35,11 @@ class UnknownJobType(ForgeError):
 
 class InputDecodeError(ForgeError):
     """A job's stored input does not decode into the job's declared input type."""
+
+
+class LeaseLost(ForgeError):
+    """The node could not renew (or was found to have lost) a job's lease; the job's worker was killed."""
+
+
+class NodeLost(ForgeError):
+    """The node running the job stopped renewing its lease; another node rescued the job."""

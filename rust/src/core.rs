@@ -16,6 +16,7 @@ use crate::claim::{ClaimState, Claimed};
 use crate::db::Db;
 use crate::errors::CoreError;
 use crate::heartbeat::InFlight;
+use crate::rescue;
 use crate::stats::{Stat, Stats};
 use crate::tasks;
 use crate::wake::Wake;
@@ -29,10 +30,46 @@ pub struct Config {
     pub dsn: String,
     pub owner: Uuid,
     pub capabilities: Vec<String>,
+    /// The job types this node runs: the only ones it claims.
+    pub job_types: Vec<String>,
     pub sql: HashMap<String, String>,
     pub max_batch: u64,
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// A lease not renewed this long is rescued by the maintenance sweep.
+    pub heartbeat_timeout: Duration,
+    /// Crash-class endings after which a job is failed whatever its attempts.
+    pub max_crashes: i32,
+    pub maintenance_interval: Duration,
+    /// How long a failed job stays failed before the dead letter queue.
+    pub dead_letter_after: Duration,
+    /// How long a dead letter is kept when its row sets no retention.
+    pub dead_letter_retain: Duration,
+}
+
+/// Bounds of the client-side timeout of every statement round and connect.
+const IO_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const IO_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+/// Gone nodes' registrations are kept at least this long (the dashboard).
+const REAP_NODES_MIN: Duration = Duration::from_secs(3600);
+
+impl Config {
+    /// The client-side timeout of a statement round or a connection
+    /// attempt: a third of the heartbeat timeout, within 1-10 s, so a hung
+    /// connection is replaced well before this node's leases expire.
+    pub fn io_timeout(&self) -> Duration {
+        io_timeout(self.heartbeat_timeout)
+    }
+
+    /// How long a node must have been silent before its registration is
+    /// deleted: 10 heartbeat timeouts, at least an hour.
+    pub fn reap_nodes_after(&self) -> Duration {
+        (self.heartbeat_timeout * 10).max(REAP_NODES_MIN)
+    }
+}
+
+pub fn io_timeout(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 3).clamp(IO_TIMEOUT_MIN, IO_TIMEOUT_MAX)
 }
 
 /// Retry policies by job type, used when Python reports a failure.
@@ -62,6 +99,11 @@ pub struct Shared {
     pub logs: Mutex<Vec<(&'static str, String)>>,
     pub stats: Stats,
     pub inflight: Mutex<InFlight>,
+    /// Leases the heartbeat found lost, until Python's lost().
+    pub lost: Mutex<Vec<(i64, i32)>>,
+    /// When the last heartbeat round that renewed everything was sent (the
+    /// core's start before the first one).
+    pub renewed_at: Mutex<Instant>,
     pub claim: Mutex<ClaimState>,
     /// Wakes the producer: credits granted, NOTIFY, retry scheduled.
     pub claim_wake: Notify,
@@ -156,6 +198,8 @@ impl Core {
             logs: Mutex::default(),
             stats: Stats::default(),
             inflight: Mutex::default(),
+            lost: Mutex::default(),
+            renewed_at: Mutex::new(Instant::now()),
             claim: Mutex::new(ClaimState::new(config.max_batch, config.poll_interval)),
             claim_wake: Notify::new(),
             written: Mutex::new(0),
@@ -307,6 +351,19 @@ impl Core {
         })
     }
 
+    /// Milliseconds since the last heartbeat round that succeeded was sent.
+    pub fn lease_age_ms(&self) -> Result<u64, CoreError> {
+        self.check()?;
+        let at = *lock(&self.shared.renewed_at);
+        Ok(at.elapsed().as_millis() as u64)
+    }
+
+    /// The (id, attempt) leases the heartbeat found lost since the last call.
+    pub fn lost(&self) -> Result<Vec<(i64, i32)>, CoreError> {
+        self.check()?;
+        Ok(std::mem::take(&mut *lock(&self.shared.lost)))
+    }
+
     pub fn in_flight(&self) -> Result<usize, CoreError> {
         self.check()?;
         Ok(lock(&self.shared.inflight).len())
@@ -389,7 +446,13 @@ fn run_thread(
     };
     runtime.block_on(async move {
         let config = Arc::new(config);
-        let db = Arc::new(Db::new(config.clone(), shared.clone()));
+        let db = match Db::new(config.clone(), shared.clone()) {
+            Ok(db) => Arc::new(db),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
         let listener = match tokio::try_join!(db.client(), db.listen()) {
             Ok((_, listener)) => listener,
             Err(e) => {
@@ -401,7 +464,27 @@ fn run_thread(
         tokio::spawn(tasks::listen(db.clone(), listener));
         tokio::spawn(tasks::produce(db.clone()));
         tokio::spawn(tasks::report(db.clone(), reports));
-        tokio::spawn(tasks::heartbeat(db));
+        tokio::spawn(tasks::heartbeat(db.clone()));
+        tokio::spawn(rescue::maintain(db));
         let _ = stop.await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_timeout_is_a_third_of_the_heartbeat_timeout_within_bounds() {
+        assert_eq!(io_timeout(Duration::from_secs(30)), Duration::from_secs(10));
+        assert_eq!(
+            io_timeout(Duration::from_secs(300)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(io_timeout(Duration::from_secs(6)), Duration::from_secs(2));
+        assert_eq!(
+            io_timeout(Duration::from_millis(900)),
+            Duration::from_secs(1)
+        );
+    }
 }

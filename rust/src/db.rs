@@ -1,11 +1,19 @@
-//! The two database connections: the main one (claim, reports, heartbeats,
+//! The three database connections: the main one (claim, reports, heartbeats,
 //! pipelined by tokio-postgres, every statement prepared once per
-//! connection) and the LISTEN one, whose notifications feed the producer.
+//! connection), the maintenance one (the sweeps, so a slow one never delays
+//! the hot path) and the LISTEN one, whose notifications feed the producer.
+//!
+//! Losing the database never panics or ends a task: every round of
+//! statements has a client-side timeout (a connection that hangs without
+//! closing, e.g. a blackholed network path, is dropped and replaced), TCP
+//! keepalives are on, the server's statement_timeout matches, and every
+//! connection attempt of the core is paced (see pacing.rs). An outage is
+//! logged once when it starts and once when it ends.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
@@ -14,25 +22,41 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use crate::claim::parse_delay;
-use crate::core::{Config, Shared};
+use crate::core::{lock, Config, Shared};
 use crate::errors::{describe, CoreError};
-use crate::sql::REQUIRED;
+use crate::pacing::{ConnKind, Outage, Pacer};
+use crate::sql::{MAIN, MAINTENANCE};
 use crate::stats::Stat;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The channel engine.sql's notify statement and job inserts notify.
 const CHANNEL: &str = "forge_jobs";
 
-/// The main connection with its prepared statements.
+/// A connection with its prepared statements. Dropping the last handle
+/// stops its driver task, which also closes a socket that hangs.
 pub struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    driver: JoinHandle<()>,
+    /// Set when a statement timed out: the connection is replaced.
+    broken: AtomicBool,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed) && !self.client.is_closed()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 /// The LISTEN connection: the client keeps it open, the driver task reads
 /// its notifications and ends when it closes.
 pub struct Listener {
-    _client: Client,
+    client: Client,
     driver: JoinHandle<()>,
 }
 
@@ -41,25 +65,62 @@ impl Listener {
     pub async fn closed(&mut self) {
         let _ = (&mut self.driver).await;
     }
+
+    /// A round trip within the timeout: a silent connection (nothing comes
+    /// back, nothing closes) is otherwise indistinguishable from a quiet one.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.client.simple_query("")).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// One reconnecting connection slot; the async lock makes concurrent
+/// callers wait for one reconnect instead of each opening a connection.
+struct Slot {
+    kind: ConnKind,
+    names: &'static [&'static str],
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
 
 pub struct Db {
     config: Arc<Config>,
     shared: Arc<Shared>,
-    /// The main connection; the async lock makes concurrent callers wait for
-    /// one reconnect instead of each opening a connection.
-    main: tokio::sync::Mutex<Option<Arc<Conn>>>,
-    connected_once: AtomicBool,
+    /// The parsed DSN with timeouts, keepalives and statement_timeout set.
+    pg: tokio_postgres::Config,
+    main: Slot,
+    maintenance: Slot,
+    pacer: Mutex<Pacer>,
+    outage: Mutex<Outage>,
 }
 
 impl Db {
-    pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Db {
-        Db {
+    pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Result<Db, CoreError> {
+        let pg = pg_config(&config.dsn, config.io_timeout())?;
+        Ok(Db {
             config,
             shared,
-            main: tokio::sync::Mutex::new(None),
-            connected_once: AtomicBool::new(false),
-        }
+            pg,
+            main: Slot {
+                kind: ConnKind::Main,
+                names: &MAIN,
+                conn: tokio::sync::Mutex::new(None),
+            },
+            maintenance: Slot {
+                kind: ConnKind::Maintenance,
+                names: &MAINTENANCE,
+                conn: tokio::sync::Mutex::new(None),
+            },
+            pacer: Mutex::new(Pacer::new(Instant::now())),
+            outage: Mutex::new(Outage::default()),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -72,49 +133,115 @@ impl Db {
 
     /// The main connection, reconnecting (and re-preparing) if it closed.
     pub async fn client(&self) -> Result<Arc<Conn>, CoreError> {
-        let mut slot = self.main.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            if !conn.client.is_closed() {
-                return Ok(conn.clone());
-            }
-            *slot = None;
-            self.shared
-                .log("warning", "database connection lost; reconnecting".into());
-        }
-        let conn = Arc::new(self.connect_main().await?);
-        if self.connected_once.swap(true, Ordering::Relaxed) {
-            self.shared
-                .log("info", "database connection restored".into());
-        }
-        *slot = Some(conn.clone());
-        Ok(conn)
+        self.slot(&self.main).await
     }
 
-    async fn connect_main(&self) -> Result<Conn, CoreError> {
+    /// The maintenance connection, likewise.
+    pub async fn maintenance_client(&self) -> Result<Arc<Conn>, CoreError> {
+        self.slot(&self.maintenance).await
+    }
+
+    async fn slot(&self, slot: &Slot) -> Result<Arc<Conn>, CoreError> {
+        let mut held = slot.conn.lock().await;
+        if let Some(conn) = held.as_ref() {
+            if conn.usable() {
+                return Ok(conn.clone());
+            }
+            *held = None;
+            self.lost(slot.kind, "the connection closed or stopped answering");
+        }
+        match self.connect_prepared(slot.names).await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                *held = Some(conn.clone());
+                self.restored(slot.kind);
+                Ok(conn)
+            }
+            Err(e) => {
+                self.lost(slot.kind, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// `conn` is down: logs the outage if this starts one.
+    pub fn lost(&self, conn: ConnKind, why: &str) {
+        if lock(&self.outage).lost(conn, Instant::now()) {
+            self.shared.log(
+                "warning",
+                format!(
+                    "database connection lost ({} connection: {why}); reconnecting, \
+                     at most {} attempts per second",
+                    conn.name(),
+                    crate::pacing::CONNECTS_PER_SEC
+                ),
+            );
+        }
+    }
+
+    /// `conn` is up; logs the end of the outage if this ends it. A restored
+    /// main or LISTEN connection may have missed NOTIFYs: claim once.
+    pub fn restored(&self, conn: ConnKind) {
+        let mut outage = lock(&self.outage);
+        let was_down = outage.is_down(conn);
+        let ended = outage.restored(conn, Instant::now());
+        drop(outage);
+        if let Some(length) = ended {
+            self.shared.log(
+                "info",
+                format!(
+                    "database connection restored after {:.1} s",
+                    length.as_secs_f64()
+                ),
+            );
+        }
+        if was_down && conn != ConnKind::Maintenance {
+            self.shared.claim_event(|c| c.resync());
+        }
+    }
+
+    /// Waits for this attempt's slot in the core-wide connection pace.
+    async fn paced(&self) {
+        let wait = lock(&self.pacer).reserve(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        self.shared.stats.add(Stat::Connects, 1);
+    }
+
+    async fn connect_prepared(&self, names: &'static [&'static str]) -> Result<Conn, CoreError> {
+        self.paced().await;
         let setup = async {
-            let (client, connection) = connect(&self.config.dsn).await?;
-            tokio::spawn(async move {
+            let (client, connection) = connect(&self.pg).await?;
+            let driver = tokio::spawn(async move {
                 let _ = connection.await;
             });
             let prepared = try_join_all(
-                REQUIRED
+                names
                     .iter()
                     .map(|name| prepare(&client, name, &self.config.sql[*name])),
             )
             .await?;
             Ok(Conn {
                 client,
-                statements: REQUIRED.into_iter().zip(prepared).collect(),
+                statements: names.iter().copied().zip(prepared).collect(),
+                driver,
+                broken: AtomicBool::new(false),
             })
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, setup)
+        let timeout = self.config.io_timeout();
+        tokio::time::timeout(timeout, setup)
             .await
-            .unwrap_or_else(|_| Err(timed_out()))
+            .unwrap_or_else(|_| Err(timed_out("connecting", timeout)))
     }
 
     /// Opens the LISTEN connection; each notification updates the claim state.
     pub async fn listen(&self) -> Result<Listener, CoreError> {
-        let (client, mut connection) = connect(&self.config.dsn).await?;
+        self.paced().await;
+        let timeout = self.config.io_timeout();
+        let (client, mut connection) = tokio::time::timeout(timeout, connect(&self.pg))
+            .await
+            .map_err(|_| timed_out("connecting", timeout))??;
         let shared = self.shared.clone();
         // Driving the connection through poll_message is what surfaces
         // notifications; None or an error means the connection is gone.
@@ -126,47 +253,87 @@ impl Db {
                 }
             }
         });
+        let listener = Listener { client, driver };
         let listen = format!("LISTEN {CHANNEL}");
-        let subscribe = client.batch_execute(&listen);
-        tokio::time::timeout(CONNECT_TIMEOUT, subscribe)
+        tokio::time::timeout(timeout, listener.client.batch_execute(&listen))
             .await
-            .map_err(|_| timed_out())??;
-        Ok(Listener {
-            _client: client,
-            driver,
-        })
+            .map_err(|_| timed_out("LISTEN", timeout))??;
+        Ok(listener)
     }
 
-    /// Runs a prepared statement, counted in stats.
+    /// Runs a prepared statement within the I/O timeout, counted in stats.
+    /// A timeout or a broken connection marks the connection for
+    /// replacement; the caller's next client() reconnects.
     pub async fn query(
         &self,
         conn: &Conn,
         name: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, CoreError> {
-        let rows = conn.client.query(&conn.statements[name], params).await?;
-        self.shared.stats.add(Stat::Statements, 1);
-        Ok(rows)
+        let timeout = self.config.io_timeout();
+        let result =
+            tokio::time::timeout(timeout, conn.client.query(&conn.statements[name], params)).await;
+        match result {
+            Ok(Ok(rows)) => {
+                self.shared.stats.add(Stat::Statements, 1);
+                Ok(rows)
+            }
+            Ok(Err(e)) => {
+                let e = CoreError::from(e);
+                if matches!(e, CoreError::Connect(_)) {
+                    conn.broken.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+            Err(_) => {
+                conn.broken.store(true, Ordering::Relaxed);
+                Err(timed_out(name, timeout))
+            }
+        }
     }
 }
 
-fn timed_out() -> CoreError {
-    CoreError::Connect(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))
+fn timed_out(what: &str, timeout: Duration) -> CoreError {
+    CoreError::Connect(format!(
+        "{what}: no answer within {:.1} s",
+        timeout.as_secs_f64()
+    ))
+}
+
+/// The DSN with the core's connection settings: the connect timeout, TCP
+/// keepalives (a dead peer is noticed by the kernel even on an idle
+/// connection) and a server-side statement_timeout equal to the client-side
+/// one, so a statement the core gave up on does not keep running (and
+/// holding row locks) on the server.
+fn pg_config(dsn: &str, io_timeout: Duration) -> Result<tokio_postgres::Config, CoreError> {
+    let mut pg: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|e: tokio_postgres::Error| CoreError::Connect(describe(&e)))?;
+    pg.connect_timeout(io_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(io_timeout);
+    let timeout = format!("-c statement_timeout={}", io_timeout.as_millis());
+    let options = match pg.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} {timeout}"),
+        _ => timeout,
+    };
+    pg.options(options);
+    Ok(pg)
 }
 
 type Connection =
     tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
 
-/// Connects within the timeout; the caller must spawn a task polling the
-/// connection. Any failure here, server errors included (unknown database,
-/// authentication), is a connection failure.
-async fn connect(dsn: &str) -> Result<(Client, Connection), CoreError> {
-    let connecting = tokio_postgres::connect(dsn, NoTls);
-    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+/// Connects (the caller bounds the time); the caller must spawn a task
+/// polling the connection. Any failure here, server errors included (unknown
+/// database, authentication), is a connection failure.
+async fn connect(pg: &tokio_postgres::Config) -> Result<(Client, Connection), CoreError> {
+    pg.connect(NoTls)
         .await
-        .map_err(|_| timed_out())?
-        .map_err(|e| CoreError::Connect(describe(&e)))?;
-    Ok((client, connection))
+        .map_err(|e| CoreError::Connect(describe(&e)))
 }
 
 async fn prepare(client: &Client, name: &str, sql: &str) -> Result<Statement, CoreError> {
@@ -177,4 +344,27 @@ async fn prepare(client: &Client, name: &str, sql: &str) -> Result<Statement, Co
             CoreError::Database(m) => CoreError::Database(format!("preparing {name}: {m}")),
             other => other,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dsn_gets_timeouts_keepalives_and_statement_timeout() {
+        let pg = pg_config(
+            "host=127.0.0.1 port=5432 user=u dbname=d options='-c search_path=x'",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert!(pg.get_keepalives());
+        assert_eq!(
+            pg.get_options(),
+            Some("-c search_path=x -c statement_timeout=10000")
+        );
+        let url = pg_config("postgresql://u@127.0.0.1:5432/d", Duration::from_secs(3)).unwrap();
+        assert_eq!(url.get_options(), Some("-c statement_timeout=3000"));
+        assert!(pg_config("postgresql://u@[bad", Duration::from_secs(3)).is_err());
+    }
 }

@@ -9,6 +9,8 @@ mod core;
 mod db;
 mod errors;
 mod heartbeat;
+mod pacing;
+mod rescue;
 mod sql;
 mod stats;
 mod tasks;
@@ -112,7 +114,9 @@ impl Core {
     #[new]
     #[pyo3(signature = (
         dsn, owner, capabilities, policies, engine_sql, *, default_policy,
-        max_batch = 100, poll_interval_ms = 1000, heartbeat_interval_ms = 2000
+        max_batch = 100, poll_interval_ms = 1000, heartbeat_interval_ms = 2000,
+        heartbeat_timeout_ms = 30_000, max_crashes = 3, maintenance_interval_ms = 1000,
+        dead_letter_after_ms = 0, dead_letter_retain_ms = DEFAULT_DEAD_LETTER_RETAIN_MS
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -126,17 +130,42 @@ impl Core {
         max_batch: i64,
         poll_interval_ms: i64,
         heartbeat_interval_ms: i64,
+        heartbeat_timeout_ms: i64,
+        max_crashes: i64,
+        maintenance_interval_ms: i64,
+        dead_letter_after_ms: i64,
+        dead_letter_retain_ms: i64,
     ) -> PyResult<Self> {
+        let heartbeat_interval = millis(heartbeat_interval_ms, "heartbeat_interval_ms")?;
+        let heartbeat_timeout = millis(heartbeat_timeout_ms, "heartbeat_timeout_ms")?;
+        if heartbeat_timeout <= heartbeat_interval {
+            return Err(CoreError::Invalid(format!(
+                "heartbeat_timeout_ms ({heartbeat_timeout_ms}) must be greater than \
+                 heartbeat_interval_ms ({heartbeat_interval_ms})"
+            ))
+            .into());
+        }
         let config = Config {
             dsn,
             owner: owner
                 .parse()
                 .map_err(|_| CoreError::Invalid(format!("owner must be a UUID, not {owner:?}")))?,
             capabilities,
+            job_types: policies.iter().map(|p| p.job_type.clone()).collect(),
             sql: sql::parse_engine_sql(engine_sql)?,
             max_batch: u64::from(positive_u32(max_batch, "max_batch")?),
             poll_interval: millis(poll_interval_ms, "poll_interval_ms")?,
-            heartbeat_interval: millis(heartbeat_interval_ms, "heartbeat_interval_ms")?,
+            heartbeat_interval,
+            heartbeat_timeout,
+            max_crashes: positive_u32(max_crashes, "max_crashes")?
+                .try_into()
+                .map_err(|_| CoreError::Invalid(format!("max_crashes too large: {max_crashes}")))?,
+            maintenance_interval: millis(maintenance_interval_ms, "maintenance_interval_ms")?,
+            dead_letter_after: non_negative_millis(dead_letter_after_ms, "dead_letter_after_ms")?,
+            dead_letter_retain: non_negative_millis(
+                dead_letter_retain_ms,
+                "dead_letter_retain_ms",
+            )?,
         };
         let policies = Policies {
             by_type: policies
@@ -211,6 +240,14 @@ impl Core {
         Ok(self.0.progress(id, attempt, percent, message)?)
     }
 
+    fn lease_age_ms(&self) -> PyResult<u64> {
+        Ok(self.0.lease_age_ms()?)
+    }
+
+    fn lost(&self) -> PyResult<Vec<(i64, i32)>> {
+        Ok(self.0.lost()?)
+    }
+
     fn in_flight(&self) -> PyResult<usize> {
         Ok(self.0.in_flight()?)
     }
@@ -240,6 +277,16 @@ fn positive_u32(n: i64, what: &str) -> Result<u32, CoreError> {
 fn millis(ms: i64, what: &str) -> Result<Duration, CoreError> {
     Ok(Duration::from_millis(u64::from(positive_u32(ms, what)?)))
 }
+
+/// A duration that may be zero (dead_letter_after_ms: at the next sweep).
+fn non_negative_millis(ms: i64, what: &str) -> Result<Duration, CoreError> {
+    u64::try_from(ms)
+        .map(Duration::from_millis)
+        .map_err(|_| CoreError::Invalid(format!("{what} must be >= 0, not {ms}")))
+}
+
+/// How long dead letters are kept by default: 7 days.
+const DEFAULT_DEAD_LETTER_RETAIN_MS: i64 = 7 * 24 * 3600 * 1000;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

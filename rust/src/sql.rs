@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use crate::errors::CoreError;
 
 /// The statements the core runs; all must be present in engine_sql.
-pub const REQUIRED: [&str; 9] = [
+pub const REQUIRED: [&str; 14] = [
     "claim",
     "start",
     "complete",
@@ -18,6 +18,35 @@ pub const REQUIRED: [&str; 9] = [
     "progress",
     "heartbeat",
     "node_heartbeat",
+    "notify",
+    "rescue",
+    "dead_letter",
+    "prune_dead_letters",
+    "fail_unknown_types",
+    "reap_nodes",
+];
+
+/// Prepared on the main connection (the hot path).
+pub const MAIN: [&str; 9] = [
+    "claim",
+    "start",
+    "complete",
+    "fail",
+    "release",
+    "progress",
+    "heartbeat",
+    "node_heartbeat",
+    "notify",
+];
+
+/// Prepared on the maintenance connection, so a slow sweep never delays a
+/// claim, report or heartbeat pipelined on the main one.
+pub const MAINTENANCE: [&str; 6] = [
+    "rescue",
+    "dead_letter",
+    "prune_dead_letters",
+    "fail_unknown_types",
+    "reap_nodes",
     "notify",
 ];
 
@@ -119,6 +148,15 @@ mod tests {
         let text = include_str!("../../python/forge/db/sql/engine.sql");
         let b = parse_engine_sql(text).unwrap();
         assert!(b["claim"].contains("SKIP LOCKED"));
+        assert!(b["claim"].contains("$4::text[]"));
+        for name in MAINTENANCE.iter().filter(|n| **n != "notify") {
+            assert!(b[*name].contains("SKIP LOCKED"), "{name}");
+            assert!(b[*name].contains("LIMIT 1000"), "{name}");
+        }
+        assert!(MAIN
+            .iter()
+            .chain(&MAINTENANCE)
+            .all(|n| REQUIRED.contains(n)));
         assert!(b
             .values()
             .all(|s| !s.starts_with("--") && !s.ends_with(';')));

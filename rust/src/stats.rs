@@ -28,9 +28,26 @@ pub enum Stat {
     Lost,
     /// Database errors of any task.
     Errors,
+    /// Jobs failed for good because the crash cap (max_crashes) stopped a
+    /// retry they would otherwise have had (by this node's reports).
+    Poisoned,
+    /// Jobs of lost nodes the maintenance sweep put back in retry or failed.
+    Rescued,
+    /// Failed jobs moved to the dead letter queue.
+    DeadLettered,
+    /// Dead letters deleted after their retention.
+    Pruned,
+    /// Due jobs failed because no live node runs their type.
+    UnknownFailed,
+    /// forge_nodes rows of long-gone nodes deleted.
+    NodesReaped,
+    /// Maintenance rounds completed.
+    Sweeps,
+    /// Connection attempts (all connections, the first ones included).
+    Connects,
 }
 
-const NAMES: [&str; 14] = [
+const NAMES: [&str; 22] = [
     "claimed",
     "claims",
     "started",
@@ -45,6 +62,14 @@ const NAMES: [&str; 14] = [
     "heartbeats",
     "lost",
     "errors",
+    "poisoned",
+    "rescued",
+    "dead_lettered",
+    "pruned",
+    "unknown_failed",
+    "nodes_reaped",
+    "sweeps",
+    "connects",
 ];
 
 #[derive(Debug, Default)]
@@ -78,6 +103,8 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap[0], ("claimed", 3));
         assert_eq!(snap[Stat::Errors as usize], ("errors", 1));
-        assert_eq!(snap.len(), 14);
+        assert_eq!(snap.len(), 22);
+        s.add(Stat::Connects, 2);
+        assert_eq!(s.snapshot()[Stat::Connects as usize], ("connects", 2));
     }
 }

@@ -15,6 +15,7 @@ use crate::claim::{Claimed, Decision};
 use crate::core::{lock, Sequenced, Shared};
 use crate::db::{Conn, Db, Listener};
 use crate::errors::CoreError;
+use crate::pacing::ConnKind;
 use crate::stats::Stat;
 
 /// Reports written per flush at most, to bound statement size.
@@ -22,57 +23,72 @@ const MAX_REPORTS_PER_FLUSH: usize = 10_000;
 /// Lost lease ids listed in one log line.
 const MAX_IDS_LOGGED: usize = 20;
 
-/// Logs the first error of a run of failures and the recovery, not every retry.
-struct Streak {
+/// Logs the first error of a run of failures and the recovery, not every
+/// retry. Connection failures are only counted: the Db logs each outage
+/// once for the whole core.
+pub struct Streak {
     what: &'static str,
     failing: bool,
 }
 
 impl Streak {
-    fn new(what: &'static str) -> Self {
+    pub fn new(what: &'static str) -> Self {
         Streak {
             what,
             failing: false,
         }
     }
 
-    fn failed(&mut self, shared: &Shared, e: &CoreError) {
+    pub fn failed(&mut self, shared: &Shared, e: &CoreError) {
         shared.stats.add(Stat::Errors, 1);
-        if !self.failing {
+        if !self.failing && !matches!(e, CoreError::Connect(_)) {
             self.failing = true;
             shared.log("error", format!("{} failed, retrying: {e}", self.what));
         }
     }
 
-    fn ok(&mut self, shared: &Shared) {
+    pub fn ok(&mut self, shared: &Shared) {
         if std::mem::take(&mut self.failing) {
             shared.log("info", format!("{} recovered", self.what));
         }
     }
 }
 
-/// Keeps the LISTEN connection up; after a reconnect claims once, since
-/// notifications sent meanwhile were missed.
+/// Keeps the LISTEN connection up: pings it every heartbeat interval (a
+/// connection that hangs without closing delivers nothing and never ends)
+/// and replaces it when it closes or a ping gets no answer. After a
+/// reconnect the Db makes the producer claim once, since notifications sent
+/// meanwhile were missed.
 pub async fn listen(db: Arc<Db>, mut listener: Listener) {
     let shared = db.shared();
     let mut streak = Streak::new("LISTEN reconnect");
-    let mut retry = RetryDelay::default();
+    let every = db.config().heartbeat_interval;
+    let timeout = db.config().io_timeout();
     loop {
-        listener.closed().await;
-        shared.log("warning", "LISTEN connection lost; reconnecting".into());
+        loop {
+            tokio::select! {
+                _ = listener.closed() => break,
+                _ = tokio::time::sleep(every) => {
+                    if !listener.ping(timeout).await {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        db.lost(
+            ConnKind::Listen,
+            "the connection closed or stopped answering",
+        );
         listener = loop {
             match db.listen().await {
                 Ok(l) => break l,
-                Err(e) => {
-                    streak.failed(shared, &e);
-                    tokio::time::sleep(retry.next_delay()).await;
-                }
+                // the connection attempts themselves are paced by the Db
+                Err(e) => streak.failed(shared, &e),
             }
         };
-        retry.reset();
         streak.ok(shared);
-        shared.log("info", "LISTEN connection restored".into());
-        shared.claim_event(|c| c.resync());
+        db.restored(ConnKind::Listen);
     }
 }
 
@@ -115,7 +131,11 @@ async fn claim(db: &Db, n: i64) -> Result<Vec<Claimed>, CoreError> {
     let conn = db.client().await?;
     let config = db.config();
     let rows = db
-        .query(&conn, "claim", &[&n, &config.capabilities, &config.owner])
+        .query(
+            &conn,
+            "claim",
+            &[&n, &config.capabilities, &config.owner, &config.job_types],
+        )
         .await?;
     db.shared().stats.add(Stat::Claims, 1);
     rows.iter().map(claimed_from_row).collect()
@@ -239,7 +259,7 @@ async fn write_fails(db: &Db, conn: &Conn, part: &mut Fails) -> Result<(), CoreE
     if part.ids.is_empty() {
         return Ok(());
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
         &part.ids,
         &part.attempts,
         &part.retryable,
@@ -247,21 +267,27 @@ async fn write_fails(db: &Db, conn: &Conn, part: &mut Fails) -> Result<(), CoreE
         &part.errors,
         &part.crashed,
         &db.config().owner,
+        &db.config().max_crashes,
     ];
     let rows = db.query(conn, "fail", &params).await?;
     let now = Instant::now();
     let shared = db.shared();
     let mut due = Vec::new();
+    let mut poisoned = 0;
     for row in &rows {
         let bad = |e: tokio_postgres::Error| CoreError::Database(format!("fail row: {e}"));
         let id: i64 = row.try_get("id").map_err(bad)?;
         let status: &str = row.try_get("status").map_err(bad)?;
+        if row.try_get::<_, bool>("poisoned").map_err(bad)? {
+            poisoned += 1;
+        }
         if status == "retry" {
             let delay = part.delay_of(id).unwrap_or(0.0);
             due.push(now + Duration::from_secs_f64(delay.max(0.0) / 1000.0));
         }
     }
     shared.stats.add(Stat::Retried, due.len() as u64);
+    shared.stats.add(Stat::Poisoned, poisoned);
     shared
         .stats
         .add(Stat::Failed, (rows.len() - due.len()) as u64);
@@ -315,10 +341,16 @@ pub async fn heartbeat(db: Arc<Db>) {
     }
 }
 
+/// One round: the node's registration and every held lease, pipelined.
+/// Only a round where both were written moves the lease clock, to the
+/// instant the round was sent (the database's now() is at or after it).
+/// Leases not renewed leave the in-flight set for Python's lost(), and the
+/// wake fd is signalled so the supervisor acts on them at once.
 async fn beat(db: &Db) -> Result<(), CoreError> {
     let conn = db.client().await?;
     let shared = db.shared();
     let owner = &db.config().owner;
+    let sent_at = Instant::now();
     let sent = lock(&shared.inflight).snapshot();
     let leases = async {
         if sent.is_empty() {
@@ -336,7 +368,11 @@ async fn beat(db: &Db) -> Result<(), CoreError> {
         .collect::<Result<HashSet<i64>, _>>()
         .map_err(|e| CoreError::Database(format!("heartbeat row: {e}")))?;
     shared.stats.add(Stat::Heartbeats, 1);
-    let lost = lock(&shared.inflight).mark_lost(&sent, &renewed);
+    {
+        let mut at = lock(&shared.renewed_at);
+        *at = (*at).max(sent_at);
+    }
+    let lost = lock(&shared.inflight).take_lost(&sent, &renewed);
     if !lost.is_empty() {
         shared.stats.add(Stat::Lost, lost.len() as u64);
         let ids: Vec<String> = lost
@@ -344,6 +380,8 @@ async fn beat(db: &Db) -> Result<(), CoreError> {
             .take(MAX_IDS_LOGGED)
             .map(|(id, a)| format!("{id}/{a}"))
             .collect();
+        lock(&shared.lost).extend(lost.iter().copied());
+        // log() signals the wake fd too
         shared.log(
             "warning",
             format!(

@@ -46,7 +46,8 @@ class Supervisor:
         self.database_url = database_url
         self.config = folder / "forge.toml"
         self.log_path = folder / "supervisor.log"
-        settings = {"workers": 2, "poll_interval": "200ms", "shutdown_grace": "5s", **node}
+        # failed jobs stay 'failed' (not yet dead letters) unless a test asks otherwise
+        settings = {"workers": 2, "poll_interval": "200ms", "shutdown_grace": "5s", "dead_letter_after": "1h", **node}
         lines = [f'{k} = {_toml(v)}' for k, v in settings.items()]
         self.config.write_text(
             f'[database]\nurl = "{database_url}"\n\n[app]\nmodules = ["testapp.jobs"]\n\n'

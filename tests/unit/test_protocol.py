@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import threading
@@ -10,6 +11,7 @@ import pytest
 
 from forge.supervisor.arbiter import describe_exit
 from forge.supervisor.protocol import Completed, Failed, FrameReader, FromWorker, Progress, encode
+from forge.supervisor.lease import LeaseClock
 from forge.supervisor.zygote import Zygote, ensure_single_threaded
 
 
@@ -35,7 +37,7 @@ def test_the_zygote_refuses_to_fork_beside_threads():
     thread.start()
     try:
         with pytest.raises(RuntimeError, match="single-threaded"):
-            Zygote.start()
+            Zygote.start(LeaseClock(), fence_after=30.0)
     finally:
         stop.set()
         thread.join()
@@ -46,6 +48,7 @@ def _status(code: int | None = None, signum: int | None = None) -> int:
     pid = os.fork()
     if pid == 0:
         if signum is not None:
+            faulthandler.disable()  # pytest's handler would print the fatal signal
             os.kill(os.getpid(), signum)
         os._exit(code or 0)
     return os.waitpid(pid, 0)[1]

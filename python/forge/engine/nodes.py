@@ -41,11 +41,15 @@ def register(dsn: str, node_id: uuid.UUID, node: NodeConfig, job_types: list[str
     )
 
 
-def mark_stopped(dsn: str, node_id: uuid.UUID) -> None:
-    """Record a clean stop."""
-    _execute(dsn, "stop_node", (node_id,))
+def mark_stopped(dsn: str, node_id: uuid.UUID) -> bool:
+    """Record a clean stop; False when the database cannot be reached (the row then ages out)."""
+    try:
+        _execute(dsn, "stop_node", (node_id,))
+    except psycopg.OperationalError:
+        return False
+    return True
 
 
 def _execute(dsn: str, name: str, params: tuple[Any, ...]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.RawCursor(conn) as cur:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn, psycopg.RawCursor(conn) as cur:
         cur.execute(_SQL[name], params)

@@ -5,7 +5,10 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
   2. records what workers report (outcomes go to the core, which writes them
      in batches) and what the zygote reports (spawned and exited workers);
   3. enforces deadlines: job timeouts (SIGTERM to the worker's process group,
-     SIGKILL after kill_grace), prefetched jobs held too long, the shutdown grace;
+     SIGKILL after kill_grace), prefetched jobs held too long, the shutdown grace,
+     and the lease: when the core has not renewed this node's leases for
+     fence_after, or finds a lease lost, the workers concerned are SIGKILLed
+     so that no job runs here while another node runs it;
   4. hands claimed jobs to idle workers, best priority first;
   5. grants the core claim credits for the slots that are free.
 Per job the arbiter does O(1) work: decode one frame, one call into the core,
@@ -29,7 +32,7 @@ import msgspec
 
 from .._core import ClaimedJob, Core
 from ..config import NodeConfig
-from ..errors import JobTimeout, UnknownJobType, WorkerCrashed
+from ..errors import JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed
 from ..job import Job
 from .protocol import (
     Completed,
@@ -39,11 +42,13 @@ from .protocol import (
     Heartbeat,
     Progress,
     RunJob,
+    Fenced,
     Spawned,
     WorkerSettings,
     encode,
     error_payload,
 )
+from .lease import LeaseClock, fence_after
 from .zygote import Zygote
 
 _log = logging.getLogger("forge.arbiter")
@@ -73,7 +78,7 @@ class Slot:
     job: ClaimedJob | None = None
     deadline: float | None = None  # the running job's timeout, monotonic
     beat_deadline: float | None = None  # the running job's heartbeat timeout, monotonic
-    kill_reason: str | None = None  # "timeout", "hung" or "shutdown" once we killed it
+    kill_reason: str | None = None  # "timeout", "hung", "shutdown", "fenced" or "lost" once killed
     sigkill_at: float | None = None
     retiring: bool = False
     started: float = 0.0
@@ -107,8 +112,12 @@ class Arbiter:
         zygote: Zygote,
         jobs: dict[str, Job[Any]],
         settings: WorkerSettings,
+        lease: LeaseClock,
     ) -> None:
         self.node = node
+        self.lease = lease
+        self._fence_after = fence_after(node.heartbeat_timeout)
+        self._fenced = False
         self.core = core
         self.zygote = zygote
         self.jobs = jobs
@@ -136,12 +145,14 @@ class Arbiter:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._selector.register(self.zygote.fileno(), selectors.EVENT_READ, self._on_zygote)
         self._selector.register(self.core.fileno(), selectors.EVENT_READ, self._on_core)
+        self._watch_lease(time.monotonic())
         for slot in self.slots:
             self._spawn(slot)
         while not self._finished():
             self._wait(self._timeout())
             self._handle_signals()
             now = time.monotonic()
+            self._watch_lease(now)
             self._enforce_deadlines(now)
             self._assign(now)
             self._grant_credits()
@@ -244,7 +255,9 @@ class Arbiter:
         if messages is None:
             raise SystemExit("forge-supervisor: the zygote (fork server) died; cannot fork workers any more")
         for message in messages:
-            if isinstance(message, Spawned):
+            if isinstance(message, Fenced):
+                self._zygote_fenced(message.pids)
+            elif isinstance(message, Spawned):
                 slot = self.slots[message.slot]
                 slot.pid = message.pid
                 slot.started = time.monotonic()
@@ -340,11 +353,19 @@ class Arbiter:
             error: Exception = JobTimeout(f"job {job.id} ran past its timeout of {timeout:g}s; its worker was killed")
         elif reason == "hung":
             error = JobTimeout(f"job {job.id} sent no heartbeat within its heartbeat_timeout; its worker was killed")
+        elif reason == "fenced":
+            error = LeaseLost(
+                f"this node could not renew the lease of job {job.id} for {self._fence_after:g}s "
+                "(database unreachable or node paused); its worker was killed so the job never runs twice"
+            )
+        elif reason == "lost":
+            error = LeaseLost(f"the lease of job {job.id} was taken over by another node; its worker was killed")
         else:
             error = WorkerCrashed(f"the worker running job {job.id} {describe_exit(status)}")
         retryable = definition.retry.retries(error) if definition else True
         _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
-        self.core.fail(job.id, job.attempt, retryable, _error_json(error, job.attempt), crashed=reason is None)
+        crashed = reason in (None, "fenced", "lost")
+        self.core.fail(job.id, job.attempt, retryable, _error_json(error, job.attempt), crashed=crashed)
 
     def _dismiss(self, slot: Slot) -> None:
         """Close an idle worker's socket: it exits by itself."""
@@ -353,11 +374,54 @@ class Arbiter:
             slot.sock.close()
             slot.sock = None
 
-    def _kill(self, slot: Slot, reason: str) -> None:
+    def _kill(self, slot: Slot, reason: str, *, at_once: bool = False) -> None:
+        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once."""
         slot.kill_reason = reason
         slot.deadline = slot.beat_deadline = None
-        slot.sigkill_at = time.monotonic() + self.node.kill_grace
-        _signal_group(slot.pid, signal.SIGTERM)
+        if at_once:
+            slot.sigkill_at = None
+            _signal_group(slot.pid, signal.SIGKILL)
+        else:
+            slot.sigkill_at = time.monotonic() + self.node.kill_grace
+            _signal_group(slot.pid, signal.SIGTERM)
+
+    # -- the lease ------------------------------------------------------------
+
+    def _watch_lease(self, now: float) -> None:
+        """Share the lease age with the zygote; fence this node while it is stale."""
+        age = self.core.lease_age_ms() / 1000.0
+        self.lease.renewed(now - age)
+        stale = age > self._fence_after
+        if stale and not self._fenced:
+            _log.error(
+                "leases not renewed for %.1fs (limit %.1fs): killing the workers running jobs", age, self._fence_after
+            )
+            for slot in self.slots:
+                if slot.job is not None and slot.kill_reason in (None, "timeout", "hung", "shutdown"):
+                    self._kill(slot, "fenced", at_once=True)
+        elif self._fenced and not stale:
+            _log.warning("leases renewed again; running jobs resumes")
+        self._fenced = stale
+        for job_id, attempt in self.core.lost():
+            self._lease_lost(job_id, attempt)
+
+    def _lease_lost(self, job_id: int, attempt: int) -> None:
+        for slot in self.slots:
+            if slot.job is not None and (slot.job.id, slot.job.attempt) == (job_id, attempt):
+                _log.error("job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid)
+                self._kill(slot, "lost", at_once=True)
+                return
+        kept = [q for q in self._queue if (q.job.id, q.job.attempt) != (job_id, attempt)]
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            heapq.heapify(self._queue)
+
+    def _zygote_fenced(self, pids: list[int]) -> None:
+        _log.error("the zygote found the lease clock stale and killed workers %s", pids)
+        for pid in pids:
+            slot = self._by_pid.get(pid)
+            if slot is not None and slot.job is not None:
+                slot.kill_reason = "fenced"
 
     # -- deadlines ------------------------------------------------------------
 
@@ -401,7 +465,7 @@ class Arbiter:
             heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
 
     def _assign(self, now: float) -> None:
-        if not self._queue:
+        if not self._queue or self._fenced:
             return
         for slot in self.slots:
             while slot.idle and self._queue:

@@ -27,6 +27,7 @@ from ..errors import ConfigError, DatabaseError
 from ..job import Job, registry
 from ..retry import Retry
 from .arbiter import Arbiter
+from .lease import LeaseClock, fence_after
 from .protocol import WorkerSettings
 from .zygote import Zygote
 
@@ -67,7 +68,8 @@ def main(config_path: str) -> None:
 
 def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
     """Boot the node, run the arbiter until stopped, tear down; the exit status."""
-    zygote = Zygote.start()
+    lease = LeaseClock()
+    zygote = Zygote.start(lease, fence_after(config.node.heartbeat_timeout))
     embedded = None
     try:
         try:
@@ -78,14 +80,14 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
         except (DatabaseError, ConfigError) as exc:
             _log.error("%s", exc)
             return EXIT_DATABASE
-        return _serve(config, jobs, zygote, dsn)
+        return _serve(config, jobs, zygote, lease, dsn)
     finally:
         zygote.stop()
         if embedded is not None:
             embedded.stop()
 
 
-def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, dsn: str) -> int:
+def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
     node_id = nodes.new_node_id()
     nodes.register(dsn, node_id, config.node, list(jobs))
     try:
@@ -97,8 +99,13 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, dsn: str) 
             (SQL_DIR / "engine.sql").read_text(encoding="utf-8"),
             default_policy=policy("", Retry()),
             max_batch=config.node.claim_batch,
-            poll_interval_ms=int(config.node.poll_interval * 1000),
-            heartbeat_interval_ms=int(config.node.heartbeat_interval * 1000),
+            poll_interval_ms=_ms(config.node.poll_interval),
+            heartbeat_interval_ms=_ms(config.node.heartbeat_interval),
+            heartbeat_timeout_ms=_ms(config.node.heartbeat_timeout),
+            max_crashes=config.node.max_crashes,
+            maintenance_interval_ms=_ms(config.node.maintenance_interval),
+            dead_letter_after_ms=_ms(config.node.dead_letter_after),
+            dead_letter_retain_ms=_ms(config.node.dead_letter_retain),
         )
     except ConnectionError as exc:
         _log.error("cannot connect the core to the database: %s", exc)
@@ -117,13 +124,18 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, dsn: str) 
         len(jobs),
     )
     try:
-        return Arbiter(config.node, core, zygote, jobs, settings).run()
+        return Arbiter(config.node, core, zygote, jobs, settings, lease).run()
     finally:
         core.flush(5000)
         _log.info("core totals: %s", " ".join(f"{k}={v}" for k, v in sorted(core.stats().items())))
         core.close()
-        nodes.mark_stopped(dsn, node_id)
+        if not nodes.mark_stopped(dsn, node_id):
+            _log.warning("node %s: could not record the stop (database unreachable)", node_id)
         _log.info("node %s stopped", node_id)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 def policy(job_type: str, retry: Retry) -> JobPolicy:

@@ -82,9 +82,15 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
     status: int
 
 
+class Fenced(msgspec.Struct, tag="fenced", array_like=True):
+    """Zygote -> supervisor: the lease went stale, so these workers were SIGKILLed."""
+
+    pids: list[int]
+
+
 ToWorker = RunJob
 FromWorker = Union[Completed, Failed, Progress, Heartbeat]
-FromZygote = Union[Spawned, Exited]
+FromZygote = Union[Spawned, Exited, Fenced]
 
 _encoder = msgspec.msgpack.Encoder()
 

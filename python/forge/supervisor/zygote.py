@@ -27,11 +27,14 @@ import traceback
 import msgspec
 
 from . import worker
-from .protocol import Exited, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
+from .lease import LeaseClock
+from .protocol import Exited, Fenced, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
 
 _PR_SET_PDEATHSIG = 1
 #: A worker that could not even start its loop exits with this code.
 EXIT_WORKER_BOOT_FAILED = 70
+#: How often the zygote looks at the lease clock, in seconds.
+_WATCH_EVERY = 0.1
 
 
 class Zygote:
@@ -43,7 +46,7 @@ class Zygote:
         self._reader = FrameReader(FromZygote)
 
     @classmethod
-    def start(cls) -> "Zygote":
+    def start(cls, lease: LeaseClock, fence_after: float) -> "Zygote":
         """Fork the zygote. Must run before this process starts any thread."""
         ensure_single_threaded("the supervisor")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -53,7 +56,7 @@ class Zygote:
             ours.close()
             code = 1
             try:
-                code = _serve(theirs, parent)
+                code = _Server(theirs, lease, fence_after).serve(parent)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -102,30 +105,66 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _serve(sock: socket.socket, parent: int) -> int:
-    die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    selector = selectors.DefaultSelector()
-    selector.register(sock, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
-    reader = FrameReader(Spawn)
-    while True:
-        for key, _ in selector.select():
-            if key.fileobj is sock:
-                data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 1)
-                if not data:
-                    return 0
-                for spawn in reader.feed(data):
-                    pid = _fork_worker(spawn, fds[0], sock, (wake_r, wake_w))
-                    os.close(fds[0])
-                    sock.send(encode(Spawned(spawn.slot, pid)))
-            else:
-                _drain(wake_r)
-                _reap(sock)
+class _Server:
+    """The zygote's loop: spawn requests, child exits, the lease watch."""
+
+    def __init__(self, sock: socket.socket, lease: LeaseClock, fence_after: float) -> None:
+        self.sock = sock
+        self.lease = lease
+        self.fence_after = fence_after
+        self.workers: set[int] = set()
+        self.fenced = False
+
+    def serve(self, parent: int) -> int:
+        die_with_parent(parent)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        selector = selectors.DefaultSelector()
+        selector.register(self.sock, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        reader = FrameReader(Spawn)
+        while True:
+            for key, _ in selector.select(_WATCH_EVERY):
+                if key.fileobj is self.sock:
+                    data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
+                    if not data:
+                        return 0
+                    for spawn in reader.feed(data):
+                        pid = _fork_worker(spawn, fds[0], self.sock, (wake_r, wake_w))
+                        os.close(fds[0])
+                        self.workers.add(pid)
+                        self.sock.send(encode(Spawned(spawn.slot, pid)))
+                else:
+                    _drain(wake_r)
+                    self._reap()
+            self._watch_lease()
+
+    def _watch_lease(self) -> None:
+        """Kill every worker once when the lease clock goes stale; re-arm when it is renewed."""
+        stale = self.lease.age(time.monotonic()) > self.fence_after
+        if stale and not self.fenced and self.workers:
+            pids = sorted(self.workers)
+            self.sock.send(encode(Fenced(pids)))
+            for pid in pids:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.fenced = stale
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.workers.discard(pid)
+            self.sock.send(encode(Exited(pid, status)))
 
 
 def _fork_worker(spawn: Spawn, fd: int, control: socket.socket, wake: tuple[int, int]) -> int:
@@ -171,17 +210,6 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _reap(control: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        control.send(encode(Exited(pid, status)))
 
 
 def _wait_or_kill(pid: int, timeout: float) -> None:

@@ -62,6 +62,16 @@ CREATE INDEX forge_jobs_dead_letter ON forge_jobs (job_type, failed_at DESC)
 
 CREATE INDEX forge_jobs_parent ON forge_jobs (parent_id) WHERE parent_id IS NOT NULL;
 
+-- The maintenance sweeps (engine.sql: dead_letter, prune_dead_letters) run on
+-- every node each maintenance interval; these partial indexes hold only the
+-- rows each sweep looks for, in the order it takes them, so a sweep is an
+-- index range scan however many dead letters are retained.
+CREATE INDEX forge_jobs_failed_at ON forge_jobs (failed_at) WHERE status = 'failed';
+CREATE INDEX forge_jobs_dead_lettered ON forge_jobs (dead_lettered_at)
+    WHERE status = 'dead_letter' AND dead_letter_retain IS NULL;
+CREATE INDEX forge_jobs_dead_lettered_retain ON forge_jobs (dead_lettered_at)
+    WHERE status = 'dead_letter' AND dead_letter_retain IS NOT NULL;
+
 -- Finished rows by age, for pruning in bounded batches.
 CREATE INDEX forge_jobs_finished ON forge_jobs (completed_at) WHERE status = 'completed';
 

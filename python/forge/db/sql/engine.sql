@@ -1,17 +1,31 @@
 -- Statements of the supervisor's hot path, run by the Rust core (forge._core).
--- Every statement after the claim is guarded by the lease: id, attempt and
--- owner (claimed_by) must match, so a late or duplicate report changes no row.
+-- Fencing: every report after the claim (start, heartbeat, complete, fail,
+-- release, progress) is guarded by the lease: id, attempt (attempts) and
+-- owner (claimed_by) must all match and the job must still be held (claimed
+-- or running), so a late, duplicate or rescued report changes no row; the
+-- core counts each such report in stats()["fenced"] (a heartbeat that renews
+-- nothing counts in "lost" instead).
+-- Maintenance statements (rescue ... reap_nodes) run on every node each
+-- maintenance interval, each one bounded (LIMIT 1000) and FOR UPDATE SKIP
+-- LOCKED so any number of nodes can sweep at once without waiting on each
+-- other or on the claim; a full batch makes the core sweep again at once.
+-- Durations are passed as float8 milliseconds; every comparison uses the
+-- database clock (now()).
 -- Parameters are positional ($1...); blocks are named by "-- name:" lines.
 
 -- name: claim
 -- Claim up to $1 due jobs for owner $3 among capabilities $2, strictly by
 -- priority then scheduled time. SKIP LOCKED lets many nodes claim at once;
--- the join form keeps its speed at large batches.
+-- the join form keeps its speed at large batches. Only the job types $4 this
+-- node has registered are claimed, so a node never takes a job it cannot
+-- run (rolling deploys with two code versions are safe). The capability and
+-- type tests are filters on the forge_jobs_claimable index scan.
 WITH due AS (
     SELECT id FROM forge_jobs
     WHERE status IN ('pending', 'retry')
       AND scheduled_at <= now()
       AND capability = ANY($2::text[])
+      AND job_type = ANY($4::text[])
     ORDER BY priority, scheduled_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -49,27 +63,42 @@ WHERE j.id = c.id AND j.attempts = c.attempt AND j.claimed_by = $4
 RETURNING j.id;
 
 -- name: fail
--- Failed attempts: retried after delay_ms when retryable and attempts remain,
--- otherwise failed for good. The delay comes from the job's backoff policy.
+-- Failed attempts: retried after delay_ms when retryable, attempts remain and
+-- the crash count (after this attempt's crash, if it was one) is below
+-- max_crashes $8; otherwise failed for good. A crash-class ending (signal,
+-- OOM, os._exit) increments crashes. When the crash cap is what stops a job
+-- that would otherwise be retried (a poison pill), last_error gets a
+-- "reason" and the row comes back with poisoned = true. The delay comes
+-- from the job's backoff policy.
 UPDATE forge_jobs AS j
 SET status = CASE WHEN f.retryable AND j.attempts < j.max_attempts
+                       AND j.crashes + f.crashed::integer < $8
                   THEN 'retry' ELSE 'failed' END,
     scheduled_at = CASE WHEN f.retryable AND j.attempts < j.max_attempts
+                             AND j.crashes + f.crashed::integer < $8
                         THEN now() + f.delay_ms * interval '1 millisecond'
                         ELSE j.scheduled_at END,
     failed_at = CASE WHEN f.retryable AND j.attempts < j.max_attempts
+                          AND j.crashes + f.crashed::integer < $8
                      THEN NULL ELSE now() END,
     claimed_by = CASE WHEN f.retryable AND j.attempts < j.max_attempts
+                           AND j.crashes + f.crashed::integer < $8
                       THEN NULL ELSE j.claimed_by END,
     started_at = coalesce(j.started_at, now()),
     heartbeat_at = now(),
     crashes = j.crashes + f.crashed::integer,
-    last_error = f.error::jsonb
+    last_error = CASE WHEN f.retryable AND j.attempts < j.max_attempts
+                           AND j.crashes + f.crashed::integer >= $8
+                      THEN f.error::jsonb || jsonb_build_object('reason', format(
+                          'crashed %s times (max_crashes %s)',
+                          j.crashes + f.crashed::integer, $8::integer))
+                      ELSE f.error::jsonb END
 FROM unnest($1::bigint[], $2::integer[], $3::boolean[], $4::float8[], $5::text[], $6::boolean[])
      AS f(id, attempt, retryable, delay_ms, error, crashed)
 WHERE j.id = f.id AND j.attempts = f.attempt AND j.claimed_by = $7
   AND j.status IN ('claimed', 'running')
-RETURNING j.id, j.status;
+RETURNING j.id, j.status,
+          (j.status = 'failed' AND f.retryable AND j.attempts < j.max_attempts) AS poisoned;
 
 -- name: release
 -- Jobs handed back unrun (prefetch not started in time, shutdown): pending
@@ -106,5 +135,155 @@ RETURNING j.id;
 UPDATE forge_nodes SET heartbeat_at = now() WHERE id = $1;
 
 -- name: notify
--- Wake other nodes after jobs were handed back.
+-- Wake other nodes after jobs were handed back or rescued.
 SELECT pg_notify('forge_jobs', '0');
+
+-- name: rescue
+-- Jobs whose node stopped renewing their lease (heartbeat_at older than the
+-- heartbeat timeout $1 ms: the node died, froze or lost the database; a
+-- live node renews every heartbeat interval). A lost lease is crash-class:
+-- crashes + 1. Back to retry, claimable at once, while attempts remain and
+-- crashes stay below max_crashes $2; otherwise failed (with a "reason" when
+-- the crash cap is what stops it). The old owner's heartbeat and reports no
+-- longer match (claimed_by/status changed), so it finds the lease lost and
+-- fences itself. Scans only the forge_jobs_leased partial index (held rows).
+WITH expired AS (
+    SELECT id FROM forge_jobs
+    WHERE status IN ('claimed', 'running')
+      AND heartbeat_at < now() - $1::float8 * interval '1 millisecond'
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE forge_jobs AS j
+    SET status = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
+                      THEN 'retry' ELSE 'failed' END,
+        scheduled_at = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
+                            THEN now() ELSE j.scheduled_at END,
+        failed_at = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
+                         THEN NULL ELSE now() END,
+        claimed_by = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
+                          THEN NULL ELSE j.claimed_by END,
+        crashes = j.crashes + 1,
+        last_error = jsonb_build_object(
+            'type', 'forge.errors.NodeLost',
+            'message', format('node %s stopped renewing the lease of job %s (last heartbeat %s)',
+                              j.claimed_by, j.id, j.heartbeat_at),
+            'attempt', j.attempts)
+          || CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 >= $2
+                  THEN jsonb_build_object('reason', format('crashed %s times (max_crashes %s)',
+                                                           j.crashes + 1, $2::integer))
+                  ELSE '{}'::jsonb END
+    FROM expired
+    WHERE j.id = expired.id
+      AND j.status IN ('claimed', 'running')
+      AND j.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
+    RETURNING j.status
+)
+SELECT count(*) FILTER (WHERE status = 'retry') AS retried,
+       count(*) FILTER (WHERE status = 'failed') AS failed
+FROM rescued;
+
+-- name: dead_letter
+-- Failed jobs move to the dead letter queue once failed for $1 ms (0: at the
+-- next sweep). Uses the forge_jobs_failed_at partial index (0002).
+WITH old AS (
+    SELECT id FROM forge_jobs
+    WHERE status = 'failed'
+      AND failed_at <= now() - $1::float8 * interval '1 millisecond'
+    ORDER BY failed_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE forge_jobs AS j
+SET status = 'dead_letter', dead_lettered_at = now()
+FROM old
+WHERE j.id = old.id AND j.status = 'failed'
+RETURNING j.id;
+
+-- name: prune_dead_letters
+-- Dead letters past their retention (the row's dead_letter_retain, or the
+-- default $1 ms when NULL) are deleted with their job logs, oldest first, to
+-- keep the table and its indexes small. Two bounded scans, one per partial
+-- index of 0002: the default retention is an index range scan; rows with
+-- their own retention are few and scanned whole.
+WITH old_default AS (
+    SELECT id FROM forge_jobs
+    WHERE status = 'dead_letter' AND dead_letter_retain IS NULL
+      AND dead_lettered_at <= now() - $1::float8 * interval '1 millisecond'
+    ORDER BY dead_lettered_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), old_own AS (
+    SELECT id FROM forge_jobs
+    WHERE status = 'dead_letter' AND dead_letter_retain IS NOT NULL
+      AND dead_lettered_at + dead_letter_retain <= now()
+    ORDER BY dead_lettered_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM forge_jobs AS j
+    USING (SELECT id FROM old_default UNION ALL SELECT id FROM old_own) AS old
+    WHERE j.id = old.id AND j.status = 'dead_letter'
+    RETURNING j.id
+), logs AS (
+    DELETE FROM forge_job_logs AS l
+    USING gone
+    WHERE l.job_id = gone.id
+)
+SELECT count(*) AS pruned FROM gone;
+
+-- name: fail_unknown_types
+-- Due jobs of a type that no live node runs (a live node: not stopped and a
+-- node heartbeat within the heartbeat timeout $1 ms) would wait forever,
+-- since nodes only claim their own types: fail them with the reason. Only
+-- jobs due for longer than the timeout, so a starting node has time to
+-- register; and only when the sweeping node $2 is itself live, so a node
+-- whose own registration is stale never judges the others. The cost is
+-- bounded on a huge backlog: only the first 10,000 due claimable rows in
+-- claim order (the forge_jobs_claimable index) are looked at.
+WITH due AS MATERIALIZED (
+    SELECT id, job_type, scheduled_at FROM forge_jobs
+    WHERE status IN ('pending', 'retry')
+      AND scheduled_at <= now()
+    ORDER BY priority, scheduled_at, id
+    LIMIT 10000
+), live AS MATERIALIZED (
+    SELECT id, job_types FROM forge_nodes
+    WHERE stopped_at IS NULL
+      AND heartbeat_at > now() - $1::float8 * interval '1 millisecond'
+), orphaned AS (
+    SELECT j.id FROM forge_jobs AS j
+    WHERE j.id IN (
+        SELECT due.id FROM due
+        WHERE due.scheduled_at <= now() - $1::float8 * interval '1 millisecond'
+          AND NOT EXISTS (SELECT 1 FROM live WHERE due.job_type = ANY(live.job_types)))
+      AND j.status IN ('pending', 'retry')
+      AND EXISTS (SELECT 1 FROM live WHERE live.id = $2)
+    LIMIT 1000
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE forge_jobs AS j
+SET status = 'failed', failed_at = now(),
+    last_error = jsonb_build_object(
+        'type', 'forge.errors.UnknownJobType',
+        'message', format('no live node runs job type %L (job %s): register it with '
+                          '@forge.job in a module listed in [app] modules', j.job_type, j.id),
+        'attempt', j.attempts)
+FROM orphaned
+WHERE j.id = orphaned.id AND j.status IN ('pending', 'retry')
+RETURNING j.id;
+
+-- name: reap_nodes
+-- Registrations of nodes gone for $1 ms (the core passes max(10 x heartbeat
+-- timeout, 1 hour), so stopped nodes stay visible on the dashboard for an
+-- hour and a paused node is long rescued first). Never a node that still
+-- holds a lease (claimed/running rows owned by it).
+DELETE FROM forge_nodes
+WHERE id IN (
+    SELECT n.id FROM forge_nodes AS n
+    WHERE n.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
+      AND NOT EXISTS (SELECT 1 FROM forge_jobs AS j
+                      WHERE j.claimed_by = n.id AND j.status IN ('claimed', 'running'))
+    LIMIT 1000
+    FOR UPDATE OF n SKIP LOCKED)
+RETURNING id;

@@ -1,0 +1,267 @@
+//! The maintenance sweep every node runs each maintenance interval, on its
+//! own connection: rescue jobs of lost nodes, move failed jobs to the dead
+//! letter queue, prune old dead letters, fail due jobs no live node can run,
+//! and delete registrations of long-gone nodes. Each statement is one
+//! bounded `FOR UPDATE SKIP LOCKED` batch (engine.sql), so nodes sweeping at
+//! once split the work instead of waiting on each other; a batch that came
+//! back full makes the next round start at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::db::{Conn, Db};
+use crate::errors::CoreError;
+use crate::stats::Stat;
+use crate::tasks::Streak;
+
+/// Rows one maintenance statement handles at most (the LIMIT in engine.sql).
+pub const BATCH: u64 = 1000;
+/// The pause between rounds while batches come back full: the backlog is
+/// worked off quickly without monopolising the server.
+const CATCH_UP: Duration = Duration::from_millis(50);
+
+/// What one round found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Rescued jobs put back in retry.
+    pub rescued_retry: u64,
+    /// Rescued jobs failed for good (attempts or crash cap exhausted).
+    pub rescued_failed: u64,
+    pub dead_lettered: u64,
+    pub pruned: u64,
+    pub unknown_failed: u64,
+    pub nodes_reaped: u64,
+}
+
+impl Round {
+    /// Whether some statement filled its batch, so more rows are waiting.
+    pub fn full(&self) -> bool {
+        [
+            self.rescued_retry + self.rescued_failed,
+            self.dead_lettered,
+            self.pruned,
+            self.unknown_failed,
+            self.nodes_reaped,
+        ]
+        .iter()
+        .any(|n| *n >= BATCH)
+    }
+
+    pub fn rescued(&self) -> u64 {
+        self.rescued_retry + self.rescued_failed
+    }
+}
+
+/// When the next round runs.
+#[derive(Debug)]
+pub struct Schedule {
+    interval: Duration,
+    next: Instant,
+}
+
+impl Schedule {
+    /// The first round comes after `offset` (a random fraction of the
+    /// interval, so nodes started together do not sweep in step).
+    pub fn new(interval: Duration, now: Instant, offset: f64) -> Self {
+        Schedule {
+            interval,
+            next: now + interval.mul_f64(offset.clamp(0.0, 1.0)),
+        }
+    }
+
+    pub fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// After a round that ended at `now`: at once (after a short pause) if a
+    /// batch was full, else one interval later. A failed round waits the
+    /// interval too: the connection attempts are paced by the Db anyway.
+    pub fn after(&mut self, now: Instant, outcome: Result<Round, ()>) {
+        let wait = match outcome {
+            Ok(round) if round.full() => CATCH_UP.min(self.interval),
+            _ => self.interval,
+        };
+        self.next = now + wait;
+    }
+}
+
+/// The warning line for rescued jobs, if any.
+pub fn rescue_message(round: &Round) -> Option<String> {
+    (round.rescued() > 0).then(|| {
+        format!(
+            "rescued {} jobs from lost nodes ({} back in retry, {} failed)",
+            round.rescued(),
+            round.rescued_retry,
+            round.rescued_failed
+        )
+    })
+}
+
+/// The maintenance task: one round per interval, for the core's lifetime.
+pub async fn maintain(db: Arc<Db>) {
+    let shared = db.shared();
+    let mut streak = Streak::new("maintenance");
+    let mut schedule = Schedule::new(
+        db.config().maintenance_interval,
+        Instant::now(),
+        fastrand::f64(),
+    );
+    loop {
+        tokio::time::sleep_until(schedule.next().into()).await;
+        let outcome = sweep(&db).await;
+        match &outcome {
+            Ok(round) => {
+                streak.ok(shared);
+                shared.stats.add(Stat::Sweeps, 1);
+                if let Some(message) = rescue_message(round) {
+                    shared.log("warning", message);
+                }
+            }
+            Err(e) => streak.failed(shared, e),
+        }
+        schedule.after(Instant::now(), outcome.map_err(|_| ()));
+    }
+}
+
+/// One round: every statement in turn, counted as it goes (a failure
+/// part-way keeps what was done).
+async fn sweep(db: &Db) -> Result<Round, CoreError> {
+    let conn = db.maintenance_client().await?;
+    let config = db.config();
+    let shared = db.shared();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let timeout = ms(config.heartbeat_timeout);
+    let mut round = Round::default();
+
+    let rows = db
+        .query(&conn, "rescue", &[&timeout, &config.max_crashes])
+        .await?;
+    let count = |name: &str| -> Result<u64, CoreError> {
+        let n: i64 = rows
+            .first()
+            .map(|r| r.try_get(name))
+            .transpose()
+            .map_err(|e| CoreError::Database(format!("rescue row: {e}")))?
+            .unwrap_or(0);
+        Ok(n.max(0) as u64)
+    };
+    round.rescued_retry = count("retried")?;
+    round.rescued_failed = count("failed")?;
+    shared.stats.add(Stat::Rescued, round.rescued());
+    if round.rescued_retry > 0 {
+        notify(db, &conn).await;
+    }
+
+    let after = ms(config.dead_letter_after);
+    round.dead_lettered = db.query(&conn, "dead_letter", &[&after]).await?.len() as u64;
+    shared.stats.add(Stat::DeadLettered, round.dead_lettered);
+
+    let retain = ms(config.dead_letter_retain);
+    let rows = db.query(&conn, "prune_dead_letters", &[&retain]).await?;
+    let pruned: i64 = rows
+        .first()
+        .map(|r| r.try_get("pruned"))
+        .transpose()
+        .map_err(|e| CoreError::Database(format!("prune row: {e}")))?
+        .unwrap_or(0);
+    round.pruned = pruned.max(0) as u64;
+    shared.stats.add(Stat::Pruned, round.pruned);
+
+    round.unknown_failed = db
+        .query(&conn, "fail_unknown_types", &[&timeout, &config.owner])
+        .await?
+        .len() as u64;
+    shared.stats.add(Stat::UnknownFailed, round.unknown_failed);
+    if round.unknown_failed > 0 {
+        shared.log(
+            "warning",
+            format!(
+                "failed {} due jobs of types no live node runs",
+                round.unknown_failed
+            ),
+        );
+    }
+
+    let reap = ms(config.reap_nodes_after());
+    round.nodes_reaped = db.query(&conn, "reap_nodes", &[&reap]).await?.len() as u64;
+    shared.stats.add(Stat::NodesReaped, round.nodes_reaped);
+    Ok(round)
+}
+
+/// Rescued jobs are claimable at once: wake idle nodes (this one included,
+/// through its LISTEN). Only a hint (nodes also poll), so a failure is
+/// counted, not fatal.
+async fn notify(db: &Db, conn: &Conn) {
+    if db.query(conn, "notify", &[]).await.is_err() {
+        db.shared().stats.add(Stat::Errors, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_millis(1000);
+
+    #[test]
+    fn first_round_is_spread_over_one_interval() {
+        let now = Instant::now();
+        assert_eq!(Schedule::new(INTERVAL, now, 0.0).next(), now);
+        assert_eq!(
+            Schedule::new(INTERVAL, now, 0.25).next(),
+            now + Duration::from_millis(250)
+        );
+        assert_eq!(Schedule::new(INTERVAL, now, 7.0).next(), now + INTERVAL);
+    }
+
+    #[test]
+    fn rounds_follow_the_interval_and_catch_up_on_full_batches() {
+        let now = Instant::now();
+        let mut s = Schedule::new(INTERVAL, now, 0.0);
+        s.after(now, Ok(Round::default()));
+        assert_eq!(s.next(), now + INTERVAL);
+        let full = Round {
+            dead_lettered: BATCH,
+            ..Round::default()
+        };
+        s.after(now, Ok(full));
+        assert_eq!(s.next(), now + CATCH_UP);
+        s.after(now, Err(()));
+        assert_eq!(s.next(), now + INTERVAL);
+        let short = Schedule::new(Duration::from_millis(10), now, 0.0);
+        let mut short = short;
+        short.after(now, Ok(full));
+        assert_eq!(short.next(), now + Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_round_is_full_when_any_statement_filled_its_batch() {
+        assert!(!Round::default().full());
+        let rescue_split = Round {
+            rescued_retry: 600,
+            rescued_failed: 400,
+            ..Round::default()
+        };
+        assert!(rescue_split.full());
+        let partial = Round {
+            pruned: 999,
+            nodes_reaped: 3,
+            ..Round::default()
+        };
+        assert!(!partial.full());
+    }
+
+    #[test]
+    fn rescues_are_logged_only_when_there_are_some() {
+        assert_eq!(rescue_message(&Round::default()), None);
+        let r = Round {
+            rescued_retry: 2,
+            rescued_failed: 1,
+            ..Round::default()
+        };
+        assert_eq!(
+            rescue_message(&r).unwrap(),
+            "rescued 3 jobs from lost nodes (2 back in retry, 1 failed)"
+        );
+    }
+}
