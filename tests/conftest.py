@@ -92,3 +92,12 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to this test's database."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run the long fault and load tiers (tests marked slow; or FORGE_RUN_SLOW=1)",
+    )

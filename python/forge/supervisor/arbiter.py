@@ -192,7 +192,7 @@ class Arbiter:
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(signum, self._record_signal)
 
     def _record_signal(self, signum: int, _frame: object) -> None:
@@ -208,10 +208,35 @@ class Arbiter:
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
-            if signum == signal.SIGQUIT or self.state is not State.RUNNING:
+            if signum == signal.SIGUSR1:
+                self._dump_state()
+            elif signum == signal.SIGQUIT or self.state is not State.RUNNING:
                 self._kill_all(signal.Signals(signum).name)
             else:
                 self._drain(signal.Signals(signum).name)
+
+    def _dump_state(self) -> None:
+        """SIGUSR1: log what every slot is doing, the lease and the core's counters."""
+        _log.info(
+            "state %s, fenced %s, lease age %dms, queue %d, credits asked %d received %d",
+            self.state.value,
+            self._fenced,
+            self.core.lease_age_ms(),
+            len(self._queue),
+            self._requested,
+            self._received,
+        )
+        for slot in self.slots:
+            _log.info(
+                "slot %d: pid %s, socket %s, job %s, kill %s, retiring %s",
+                slot.index,
+                slot.pid,
+                None if slot.sock is None else slot.sock.fileno(),
+                None if slot.job is None else f"{slot.job.id}/{slot.job.attempt}",
+                slot.kill_reason,
+                slot.retiring,
+            )
+        _log.info("core: %s", " ".join(f"{k}={v}" for k, v in sorted(self.core.stats().items())))
 
     def _drain(self, reason: str) -> None:
         """Stop claiming, hand back what has not started, let running jobs finish."""
@@ -248,7 +273,8 @@ class Arbiter:
         slot.retiring = False
         slot.kill_reason = None
         slot.sigkill_at = None
-        self._selector.register(slot.sock, selectors.EVENT_READ, lambda key, s=slot: self._on_worker(s))
+        sock = slot.sock
+        self._selector.register(sock, selectors.EVENT_READ, lambda _key: self._on_worker(slot, sock))
 
     def _on_zygote(self, _key: object) -> None:
         messages = self.zygote.receive()
@@ -269,10 +295,16 @@ class Arbiter:
                 if slot is not None:
                     self._worker_gone(slot, message.status)
 
-    def _on_worker(self, slot: Slot) -> None:
-        assert slot.sock is not None
+    def _on_worker(self, slot: Slot, sock: socket.socket) -> None:
+        # One select() returns a batch of events; handling an earlier one may
+        # have replaced this slot's socket (and its fd number reused), so an
+        # event for a socket the slot no longer has is stale, and reads never block.
+        if slot.sock is not sock:
+            return
         try:
-            data = slot.sock.recv(262144)
+            data = sock.recv(262144, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:  # the worker is gone; its exit status comes from the zygote

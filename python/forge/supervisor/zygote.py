@@ -77,7 +77,10 @@ class Zygote:
 
     def receive(self) -> list[msgspec.Struct] | None:
         """Spawned/Exited reports now readable; None when the zygote is gone."""
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:  # a stale readiness event
+            return []
         if not data:
             return None
         return self._reader.feed(data)

@@ -1,0 +1,96 @@
+"""The invariant checker itself: it must flag each violation it claims to detect (no supervisor runs here)."""
+
+from __future__ import annotations
+
+import psycopg
+
+from . import ledger
+
+NODE_A = "00000000-0000-0000-0000-00000000000a"
+NODE_B = "00000000-0000-0000-0000-00000000000b"
+
+
+def _job(conn: psycopg.Connection, *steps: tuple[str, int, str | None]) -> int:
+    """Insert a job and walk it through (status, attempts, claimed_by) updates; its id."""
+    (job_id,) = conn.execute(
+        "INSERT INTO forge_jobs (job_type, input, max_attempts) VALUES ('fault_work', '{}', 3) RETURNING id"
+    ).fetchone()
+    for status, attempts, owner in steps:
+        conn.execute("UPDATE forge_jobs SET status = %s, attempts = %s, claimed_by = %s WHERE id = %s",
+                     (status, attempts, owner, job_id))
+    return job_id
+
+
+def _exec(conn: psycopg.Connection, job_id: int, attempt: int, pid: int, start: str, end: str | None) -> None:
+    exec_id = conn.execute("SELECT gen_random_uuid()").fetchone()[0]
+    conn.execute("INSERT INTO ledger_executions (exec_id, job_id, attempt, event, pid, sup_pid, at)"
+                 " VALUES (%s, %s, %s, 'start', %s, 1, now() + %s::interval)", (exec_id, job_id, attempt, pid, start))
+    if end is not None:
+        conn.execute("INSERT INTO ledger_executions (exec_id, job_id, attempt, event, pid, sup_pid, at)"
+                     " VALUES (%s, %s, %s, 'end', %s, 1, now() + %s::interval)", (exec_id, job_id, attempt, pid, end))
+
+
+def _failing(report: ledger.Report) -> set[str]:
+    return {line.split("FAIL", 1)[1].split(":", 1)[0].strip() for line in report.text.splitlines() if "FAIL" in line}
+
+
+def test_a_clean_history_passes(fault_db: str) -> None:
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("completed", 1, NODE_A))
+        _exec(conn, job, 1, 100, "1 s", "2 s")
+    report = ledger.check(fault_db)
+    assert report.ok, report.text
+
+
+def test_each_violation_is_flagged(fault_db: str) -> None:
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        # lost: left pending; also an illegal pending -> completed
+        _job(conn)
+        _job(conn, ("completed", 0, NODE_A))
+        # two completions; a stale owner completing
+        _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("completed", 1, NODE_A),
+             ("claimed", 2, NODE_B), ("completed", 2, NODE_A))
+        # attempts charged twice by one claim, beyond max_attempts
+        _job(conn, ("claimed", 5, NODE_A), ("running", 5, NODE_A), ("completed", 5, NODE_A))
+        # left running
+        _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+        # overlap: attempt 1 (killed, death never observed, rescued as NodeLost) and attempt 2 at once
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+        conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
+                     " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
+        conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
+                     (NODE_B, job))
+        conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
+        conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+        _exec(conn, job, 1, 200, "-10 s", None)
+        _exec(conn, job, 2, 201, "-5 s", "-4 s")
+        # an extra execution no fault explains: attempt 1 ran to its end, yet the job ran again
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("pending", 0, None),
+                   ("claimed", 1, NODE_B), ("running", 1, NODE_B), ("completed", 1, NODE_B))
+        _exec(conn, job, 1, 300, "-10 s", "-9 s")
+        _exec(conn, job, 1, 301, "-5 s", "-4 s")
+    report = ledger.check(fault_db)
+    print(report.text)
+    assert not report.ok
+    assert _failing(report) == {
+        "no job lost", "at most one completion", "legal transitions", "attempts accounting",
+        "attempts within bounds", "nothing left leased", "completed by its owner", "no overlapping executions",
+        "extra executions only where a fault cut an attempt",
+    }, report.text
+
+
+def test_an_observed_death_bounds_a_killed_execution(fault_db: str) -> None:
+    """A killed execution whose worker was seen dead before the next attempt started is no overlap."""
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+        conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
+                     " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
+        conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
+                     (NODE_B, job))
+        conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
+        conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+        _exec(conn, job, 1, 400, "-10 s", None)
+        conn.execute("INSERT INTO ledger_faults (kind, pid, sup_pid, at) VALUES ('died', 400, 1, now() - interval '8 s')")
+        _exec(conn, job, 2, 401, "-5 s", "-4 s")
+    report = ledger.check(fault_db)
+    assert report.ok, report.text

@@ -1,0 +1,469 @@
+"""Fault-injection scenarios against real forge-supervisor processes.
+
+Smoke sizes run in CI; the long tier runs with --run-slow. Each scenario
+prints its figures (pytest -s shows them) and appends them as JSON lines to a
+temp file whose path is printed. At the end of each, the invariant checker
+(ledger.check) runs in SQL over the ledger and must report no violation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import psycopg
+import pytest
+
+from .conftest import Results
+from .harness import FaultCluster, Node, alive, record, stopped, wait_for, watch_deaths
+from .nemesis import Nemesis, seed_from_env
+from .proxy import Proxy
+from .scenarios import db_now, diagnose, enqueue, final_check, unfinished, wait_finished
+
+MakeNode = Callable[..., Node]
+
+
+def _stop_all(nodes: list[Node]) -> dict[str, Any]:
+    """SIGTERM every node; their exit codes and summed core totals (fenced...)."""
+    codes = {n.name: n.stop() for n in nodes}
+    totals: dict[str, int] = {}
+    for node in nodes:
+        for run in node.core_totals():
+            for key, value in run.items():
+                totals[key] = totals.get(key, 0) + value
+    return {"exit_codes": codes, "core_totals": totals}
+
+
+# --- 1. the nemesis under load ----------------------------------------------------------
+
+
+def _nemesis_run(fault_db: str, make_node: MakeNode, results: Results, *, name: str, jobs: int, faults: int,
+                 interval: float, timeout: float, weights: dict[str, float] | None = None) -> None:
+    seed = seed_from_env()
+    print(f"\n[{name}] FORGE_FAULT_SEED={seed}  jobs={jobs} faults={faults}")
+    began = time.monotonic()
+    nodes = [make_node(f"n{i}", workers=2, claim_batch=20).start() for i in range(3)]
+    ids = enqueue(fault_db, jobs, ms=(0, 8))
+    nemesis = Nemesis(nodes, fault_db, seed, weights=weights, pause_seconds=4.0)
+    nemesis.run_in_background(faults, interval)
+    try:
+        wait_for(nemesis.done, timeout, f"the nemesis to deliver {faults} faults", every=0.2)
+    finally:
+        nemesis.stop()
+    fault_time = time.monotonic() - began
+    wait_finished(fault_db, nodes, timeout, ids)
+    wall = time.monotonic() - began
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, name, allow_crash_capped=True)
+    figures = {
+        "seed": seed, "jobs": jobs, "faults": dict(nemesis.counts), "kills": nemesis.kills,
+        "wall_seconds": round(wall, 1), "fault_phase_seconds": round(fault_time, 1),
+        "jobs_per_second": round(jobs / wall, 1),
+        "node_restart_seconds_max": round(max(nemesis.restart_seconds, default=0), 2),
+        "orphans": nemesis.orphans, **stop, **report.figures,
+    }
+    results.write(name, figures)
+    assert not nemesis.orphans, f"processes outlived the kill of their supervisor/node: {nemesis.orphans}"
+    assert nemesis.kills >= faults * 0.9, f"only {nemesis.kills} kills delivered"
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+@pytest.mark.timeout(600)
+def test_nemesis_kills_under_load(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    """3 supervisors, jobs=FORGE_FAULT_JOBS (10,000), kills=FORGE_FAULT_KILLS (100) of workers, supervisors, nodes."""
+    jobs = int(os.environ.get("FORGE_FAULT_JOBS", 10_000))
+    faults = int(os.environ.get("FORGE_FAULT_KILLS", 100))
+    _nemesis_run(fault_db, make_node, results, name="nemesis-smoke", jobs=jobs, faults=faults,
+                 interval=float(os.environ.get("FORGE_FAULT_INTERVAL", 0.4)), timeout=420)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+def test_nemesis_kills_long(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    """The long tier: 100,000 jobs and 1,000 faults: kills, and pauses past the lease (4s > 3s)."""
+    _nemesis_run(fault_db, make_node, results, name="nemesis-long", jobs=100_000, faults=1_000,
+                 interval=0.3, timeout=6000,
+                 weights={"kill_worker": 0.65, "kill_supervisor": 0.14, "kill_node": 0.14, "pause": 0.07})
+
+
+# --- 2. a supervisor paused past its lease -------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_paused_supervisor_is_fenced(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    a = make_node("a", workers=2).start()
+    long_ids = enqueue(fault_db, 2, ms=8000)
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        def held() -> list[tuple[int, int]]:
+            return conn.execute(
+                "SELECT id, attempts FROM forge_jobs WHERE claimed_by = %s AND status = 'running' ORDER BY id",
+                (a.node_id,)).fetchall()
+
+        wait_for(lambda: len(held()) == 2, 20, "a to run both long jobs")
+        b = make_node("b", workers=2).start()
+        short_ids = enqueue(fault_db, 200, ms=(0, 5))
+        time.sleep(0.5)
+        stale = held()
+        a_workers = a.workers()
+        a.signal(signal.SIGSTOP)
+        record(fault_db, "stop_supervisor", pid=a.pid, sup_pid=a.pid)
+        stopped_at = time.monotonic()
+        assert stopped(a.pid)
+        deaths = watch_deaths(fault_db, a_workers, a.pid, timeout=8.0)
+        # the jobs it held are rescued (heartbeat_timeout 3s + a sweep)
+        try:
+            wait_for(lambda: conn.execute(
+                "SELECT count(*) = %s FROM ledger_transitions WHERE job_id = ANY(%s) AND old_claimed_by = %s"
+                " AND old_status IN ('claimed', 'running') AND new_status IN ('retry', 'failed')",
+                (len(stale), [s[0] for s in stale], a.node_id)).fetchone()[0], 15, "a's jobs to be rescued")
+            rescued_after = time.monotonic() - stopped_at
+        finally:
+            a.signal(signal.SIGCONT)
+        resumed = db_now(fault_db)
+        record(fault_db, "cont_supervisor", pid=a.pid, sup_pid=a.pid)
+        wait_finished(fault_db, [a, b], 60, long_ids + short_ids)
+        # reports a made after the resume about the attempts it lost changed no row
+        stale_changes = conn.execute(
+            """SELECT t.job_id, t.old_status, t.new_status, t.at FROM ledger_transitions t
+               JOIN unnest(%s::bigint[], %s::int[]) AS s(id, attempt) ON t.job_id = s.id
+               WHERE t.old_claimed_by = %s AND t.old_attempts = s.attempt AND t.at >= %s""",
+            ([s[0] for s in stale], [s[1] for s in stale], a.node_id, resumed)).fetchall()
+        ran_elsewhere = conn.execute(
+            "SELECT count(DISTINCT job_id) FROM ledger_executions WHERE job_id = ANY(%s) AND sup_pid <> %s",
+            ([s[0] for s in stale], a.pid)).fetchone()[0]
+        a_alive = a.running()
+    stop = _stop_all([a, b])
+    fenced = sum(run.get("fenced", 0) for run in a.core_totals())
+    report = final_check(fault_db, "pause")
+    figures = {"held": len(stale), "rescued_after_seconds": round(rescued_after, 2),
+               "worker_deaths_after_stop_seconds": {str(k): round(v, 2) for k, v in deaths.items()},
+               "ran_elsewhere": ran_elsewhere, "stale_changes": len(stale_changes), "a_fenced": fenced,
+               "a_survived_pause": a_alive, **stop, **report.figures}
+    results.write("pause", figures)
+    assert a_alive, f"the paused supervisor died:\n{a.log_tail()}"
+    assert ran_elsewhere == len(stale), "the paused node's jobs did not run elsewhere"
+    assert not stale_changes, f"stale reports of the paused node changed rows: {stale_changes}"
+    assert fenced > 0, f"the paused node's log counts no fenced report: {a.core_totals()}"
+    assert len(deaths) == len(a_workers), (
+        f"the frozen supervisor's workers were not killed (zygote self-fencing): dead {deaths} of {a_workers}")
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+# --- 3. PostgreSQL restarts and outage -----------------------------------------------------
+
+
+def _postgres_run(cluster: FaultCluster, fault_db: str, make_node: MakeNode, results: Results, name: str,
+                  plan: list[tuple[str, Callable[[], float]]]) -> None:
+    nodes = [make_node(f"n{i}", workers=2, heartbeat_interval="1s", heartbeat_timeout="30s").start()
+             for i in range(2)]
+    pids = [n.pid for n in nodes]
+    ids = enqueue(fault_db, 1500, ms=(2, 12))
+    downtimes: dict[str, float] = {}
+    recoveries: dict[str, float] = {}
+
+    def completed() -> int:
+        with psycopg.connect(fault_db, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM forge_jobs WHERE status = 'completed'").fetchone()[0]
+
+    for what, action in plan:
+        time.sleep(2.0)
+        if unfinished(fault_db, ids) < 300:
+            ids += enqueue(fault_db, 500, ms=(2, 12))  # keep work flowing through every fault
+        downtimes[what] = round(action(), 2)
+        record(fault_db, f"pg_{what}", detail=f"{downtimes[what]}s")
+        back, before = time.monotonic(), completed()  # seconds from PostgreSQL back to the next completion
+        wait_for(lambda: completed() > before, 60,
+                 f"a job to complete after {what}\n{diagnose(fault_db, nodes)}", every=0.05)
+        recoveries[what] = round(time.monotonic() - back, 2)
+    wait_finished(fault_db, nodes, 120, ids)
+    survived = {n.name: n.running() and n.pid == pid for n, pid in zip(nodes, pids)}
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, name)
+    results.write(name, {"jobs": len(ids), "downtime_seconds": downtimes,
+                         "first_completion_after_seconds": recoveries,
+                         "max_first_completion_after_seconds": max(recoveries.values()),
+                         "survived": survived, **stop, **report.figures})
+    assert all(survived.values()), f"supervisors did not survive: {survived}\n{diagnose(fault_db, nodes)}"
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+@pytest.mark.timeout(240)
+def test_postgres_restarts(fault_cluster: FaultCluster, fault_db: str, make_node: MakeNode,
+                           results: Results) -> None:
+    """PostgreSQL restarted fast, then immediate, then down for 10s: supervisors live on, every job completes."""
+    _postgres_run(fault_cluster, fault_db, make_node, results, "postgres", [
+        ("restart_fast", lambda: fault_cluster.restart("fast")),
+        ("restart_immediate", lambda: fault_cluster.restart("immediate")),
+        ("down_10s", lambda: fault_cluster.stop_for(10.0)),
+    ])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_postgres_restarts_long(fault_cluster: FaultCluster, fault_db: str, make_node: MakeNode,
+                                results: Results) -> None:
+    """30 restarts (fast and immediate) and outages of 5s to 45s (past the 30s lease: fencing, then rescue)."""
+    plan: list[tuple[str, Callable[[], float]]] = []
+    for i in range(30):
+        mode = ("fast", "immediate")[i % 2]
+        plan.append((f"restart_{mode}_{i}", lambda mode=mode: fault_cluster.restart(mode)))
+    for seconds in (5, 20, 45):
+        plan.append((f"down_{seconds}s", lambda seconds=seconds: fault_cluster.stop_for(float(seconds))))
+    _postgres_run(fault_cluster, fault_db, make_node, results, "postgres-long", plan)
+
+
+@pytest.mark.timeout(120)
+def test_connection_resets_and_refusals(fault_db: str, make_node: MakeNode, make_proxy: Callable[[], Proxy],
+                                        results: Results) -> None:
+    """A node's connections reset, then refused for 3s: it reconnects and lives on; nothing is lost."""
+    proxy = make_proxy()
+    a = make_node("a", proxy=proxy, workers=2, heartbeat_interval="1s", heartbeat_timeout="30s").start()
+    b = make_node("b", workers=2, heartbeat_interval="1s", heartbeat_timeout="30s").start()
+    ids = enqueue(fault_db, 1500, ms=(2, 12))
+    recoveries = {}
+    for mode, seconds in (("reset", 0.2), ("refuse", 3.0), ("reset", 1.0)):
+        time.sleep(1.5)
+        proxy.set_mode(mode)
+        record(fault_db, f"proxy_{mode}", pid=a.pid, sup_pid=a.pid, detail=f"{seconds}s")
+        time.sleep(seconds)
+        proxy.set_mode("pass")
+        healed = time.monotonic()
+        with psycopg.connect(fault_db, autocommit=True) as conn:
+            before = conn.execute("SELECT count(*) FROM ledger_transitions WHERE new_status = 'completed'"
+                                  " AND new_claimed_by = %s", (a.node_id,)).fetchone()[0]
+            if unfinished(fault_db, ids):
+                wait_for(lambda: conn.execute(
+                    "SELECT count(*) FROM ledger_transitions WHERE new_status = 'completed' AND new_claimed_by = %s",
+                    (a.node_id,)).fetchone()[0] > before or not unfinished(fault_db, ids), 30,
+                    f"a to complete a job after {mode}\n{diagnose(fault_db, [a, b])}")
+        recoveries[f"{mode}_{seconds}s"] = round(time.monotonic() - healed, 2)
+    wait_finished(fault_db, [a, b], 60, ids)
+    a_alive = a.running()
+    stop = _stop_all([a, b])
+    report = final_check(fault_db, "proxy-resets")
+    results.write("proxy-resets", {"jobs": len(ids), "a_completion_after_heal_seconds": recoveries,
+                                   "a_survived": a_alive, "proxy_accepted": proxy.accepted, **stop,
+                                   **report.figures})
+    assert a_alive, f"the node behind the proxy died:\n{a.log_tail()}"
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+# --- 4. a partitioned node fences itself ---------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_partitioned_node_kills_its_workers_before_rescue(
+    fault_db: str, make_node: MakeNode, make_proxy: Callable[[], Proxy], results: Results
+) -> None:
+    proxy = make_proxy()
+    a = make_node("a", proxy=proxy, workers=2).start()
+    long_ids = enqueue(fault_db, 2, ms=10000)
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        def held() -> list[tuple[int, int]]:
+            return conn.execute(
+                "SELECT id, attempts FROM forge_jobs WHERE claimed_by = %s AND status = 'running' ORDER BY id",
+                (a.node_id,)).fetchall()
+
+        wait_for(lambda: len(held()) == 2, 20, "a to run both long jobs")
+        b = make_node("b", workers=2).start()
+        short_ids = enqueue(fault_db, 200, ms=(0, 5))
+        time.sleep(0.5)
+        stale = held()
+        a_workers = a.workers()
+        proxy.set_mode("blackhole")
+        record(fault_db, "partition", pid=a.pid, sup_pid=a.pid, detail="blackhole")
+        cut = time.monotonic()
+        deaths = watch_deaths(fault_db, a_workers, a.pid, timeout=10.0)
+        wait_for(lambda: conn.execute(
+            "SELECT count(*) = %s FROM ledger_transitions WHERE job_id = ANY(%s) AND old_claimed_by = %s"
+            " AND old_status IN ('claimed', 'running') AND new_status IN ('retry', 'failed')",
+            (len(stale), [s[0] for s in stale], a.node_id)).fetchone()[0], 20,
+            f"a's jobs to be rescued\n{diagnose(fault_db, [a, b])}")
+        rescued_after = time.monotonic() - cut
+        timing = conn.execute(
+            """SELECT s.id,
+                      (SELECT min(at) FROM ledger_faults f WHERE f.kind = 'died' AND f.sup_pid = %s) AS first_death,
+                      (SELECT max(at) FROM ledger_faults f WHERE f.kind = 'died' AND f.sup_pid = %s) AS last_death,
+                      (SELECT min(t.at) FROM ledger_transitions t WHERE t.job_id = s.id AND t.old_claimed_by = %s
+                          AND t.old_attempts = s.attempt AND t.new_status IN ('retry', 'failed')) AS rescued
+               FROM unnest(%s::bigint[], %s::int[]) AS s(id, attempt)""",
+            (a.pid, a.pid, a.node_id, [s[0] for s in stale], [s[1] for s in stale])).fetchall()
+        proxy.set_mode("pass")
+        record(fault_db, "heal", pid=a.pid, sup_pid=a.pid)
+        wait_finished(fault_db, [a, b], 60, long_ids + short_ids)
+        a_alive = a.running()
+    stop = _stop_all([a, b])
+    report = final_check(fault_db, "partition")
+    margins = [(r[3] - r[2]).total_seconds() if r[2] and r[3] else None for r in timing]
+    results.write("partition", {
+        "held": len(stale), "worker_deaths_after_cut_seconds": {str(k): round(v, 2) for k, v in deaths.items()},
+        "rescued_after_cut_seconds": round(rescued_after, 2), "death_to_rescue_margin_seconds": margins,
+        "a_survived_partition": a_alive, **stop, **report.figures})
+    assert len(deaths) == len(a_workers), (
+        f"the partitioned node did not kill its workers: dead {deaths} of {a_workers}\n{a.log_tail()}")
+    for job_id, _first, last, rescued in timing:
+        assert last is not None and rescued is not None and last < rescued, (
+            f"job {job_id}: workers of the partitioned node last died at {last}, rescued at {rescued}")
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_partitions_long(fault_db: str, make_node: MakeNode, make_proxy: Callable[[], Proxy],
+                         results: Results) -> None:
+    """30 partitions of 5s (past the 3s lease) of one node of three, under load: every invariant holds."""
+    proxy = make_proxy()
+    a = make_node("a", proxy=proxy, workers=2).start()
+    others = [make_node(f"n{i}", workers=2).start() for i in range(2)]
+    ids = enqueue(fault_db, 30_000, ms=(0, 30))
+    survived = 0
+    for _ in range(30):
+        time.sleep(2.0)
+        workers = a.workers()
+        proxy.set_mode("blackhole")
+        record(fault_db, "partition", pid=a.pid, sup_pid=a.pid, detail="blackhole 5s")
+        watch_deaths(fault_db, workers, a.pid, timeout=5.0)
+        proxy.set_mode("pass")
+        record(fault_db, "heal", pid=a.pid, sup_pid=a.pid)
+        wait_for(lambda: len(a.workers()) == 2 or not a.running(), 10, "a's workers back after a partition")
+        survived += a.running()
+    wait_finished(fault_db, [a, *others], 600, ids)
+    stop = _stop_all([a, *others])
+    report = final_check(fault_db, "partitions-long")
+    results.write("partitions-long", {"jobs": len(ids), "partitions": 30, "a_alive_after_partitions": survived,
+                                      **stop, **report.figures})
+    assert survived == 30
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+# --- 5. a killed supervisor takes its processes with it --------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_killed_supervisor_leaves_no_processes(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    a = make_node("a", workers=3).start()
+    ids = enqueue(fault_db, 2, ms=10000)
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT count(*) FROM forge_jobs WHERE status = 'running'").fetchone()[0] == 2,
+                 20, "two busy workers")
+    zygote, workers = a.zygote(), a.workers()
+    assert zygote is not None and len(workers) == 3
+    os.kill(a.pid, signal.SIGKILL)
+    record(fault_db, "kill_supervisor", pid=a.pid, sup_pid=a.pid)
+    a.reap()
+    deaths = watch_deaths(fault_db, [zygote, *workers], a.pid, timeout=5.0)
+    survivors = [p for p in [zygote, *workers] if alive(p)]
+    for pid in survivors:  # do not leave them behind
+        os.kill(pid, signal.SIGKILL)
+    b = make_node("b", workers=2).start()  # rescues the two jobs
+    wait_finished(fault_db, [a, b], 40, ids)
+    stop = _stop_all([b])
+    report = final_check(fault_db, "supervisor-kill")
+    slowest = max(deaths.values(), default=None)
+    results.write("supervisor-kill", {"zygote_gone_seconds": deaths.get(zygote),
+                                      "workers_gone_seconds": [deaths.get(w) for w in workers],
+                                      "slowest_seconds": slowest, "survivors": survivors, **stop,
+                                      **report.figures})
+    assert not survivors, f"processes outlived their SIGKILLed supervisor by 5s: {survivors}"
+    assert slowest is not None and slowest <= 1.0, f"the last one died after {slowest:.2f}s (> 1s)"
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+# --- 6. poison pill --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_segfaulting_job_reaches_dead_letter(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    nodes = [make_node(f"n{i}", workers=2).start() for i in range(2)]
+    began = time.monotonic()
+    poison = enqueue(fault_db, 2, job_type="fault_segfault", ms=0, max_attempts=10)
+    healthy = enqueue(fault_db, 1000, ms=(0, 5))
+    wait_finished(fault_db, nodes, 120, healthy, "the healthy jobs")
+    healthy_seconds = time.monotonic() - began
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        def dead() -> bool:
+            return conn.execute("SELECT bool_and(status = 'dead_letter') FROM forge_jobs WHERE id = ANY(%s)",
+                                (poison,)).fetchone()[0]
+
+        try:
+            wait_for(dead, 60, "the poison pills to reach dead_letter")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnose(fault_db, nodes)}") from None
+        rows = conn.execute(
+            "SELECT id, attempts, crashes, last_error->>'type', last_error->>'message', dead_lettered_at - failed_at"
+            " FROM forge_jobs WHERE id = ANY(%s)", (poison,)).fetchall()
+        executions = conn.execute("SELECT count(*) FROM ledger_executions WHERE job_id = ANY(%s)",
+                                  (poison,)).fetchone()[0]
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, "poison", expected_failed=poison)
+    results.write("poison", {"poison": [list(map(str, r)) for r in rows], "poison_executions": executions,
+                             "healthy_jobs": len(healthy), "healthy_seconds": round(healthy_seconds, 1),
+                             **stop, **report.figures})
+    for job_id, attempts, crashes, error_type, message, _ in rows:
+        assert crashes == 3 and attempts == 3, f"job {job_id}: {attempts} attempts, {crashes} crashes (want 3, 3)"
+        assert error_type == "forge.errors.WorkerCrashed", (job_id, error_type, message)
+    assert executions == 3 * len(poison)
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+# --- 7. hung jobs, unknown types, undecodable inputs -------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_hung_unknown_and_undecodable_jobs(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    nodes = [make_node(f"n{i}", workers=2).start() for i in range(2)]
+    began = time.monotonic()
+    baseline = enqueue(fault_db, 400, ms=(0, 5))
+    wait_finished(fault_db, nodes, 60, baseline, "the baseline jobs")
+    baseline_seconds = time.monotonic() - began
+
+    began = time.monotonic()
+    hung = enqueue(fault_db, 1, job_type="fault_hang", ms=0, max_attempts=3)
+    unknown = enqueue(fault_db, 2, job_type="fault_nobody_registers_this", ms=0, max_attempts=3)
+    undecodable = enqueue(fault_db, 2, job_type="fault_work", input={"ms": "not a number"})
+    healthy = enqueue(fault_db, 400, ms=(0, 5))
+    wait_finished(fault_db, nodes, 60, healthy, "the healthy jobs")
+    healthy_seconds = time.monotonic() - began
+    wait_finished(fault_db, nodes, 30, hung + unknown + undecodable, "the hung, unknown and undecodable jobs")
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        def rows(ids: list[int]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT id, status, attempts, last_error->>'type', last_error->>'message',"
+                " extract(epoch FROM coalesce(completed_at, failed_at) - created_at)"
+                " FROM forge_jobs WHERE id = ANY(%s) ORDER BY id", (ids,)).fetchall()
+
+        hung_rows, unknown_rows, undecodable_rows = rows(hung), rows(unknown), rows(undecodable)
+        hung_trail = conn.execute(
+            "SELECT old_status, new_status, new_attempts, error_type FROM ledger_transitions WHERE job_id = %s"
+            " ORDER BY seq", (hung[0],)).fetchall()
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, "hung-unknown-undecodable", expected_failed=unknown + undecodable)
+    results.write("hung-unknown-undecodable", {
+        "baseline_400_seconds": round(baseline_seconds, 2), "with_poison_400_seconds": round(healthy_seconds, 2),
+        "hung": [list(map(str, r)) for r in hung_rows], "hung_trail": hung_trail,
+        "unknown": [list(map(str, r)) for r in unknown_rows],
+        "undecodable": [list(map(str, r)) for r in undecodable_rows], **stop, **report.figures})
+    (_, status, attempts, _, _, _), = hung_rows
+    assert status == "completed" and attempts == 2, hung_rows
+    assert ("running", "retry", 1, "forge.errors.JobTimeout") in hung_trail, hung_trail
+    for _, status, attempts, error_type, message, seconds in unknown_rows:
+        assert status in ("failed", "dead_letter") and error_type == "forge.errors.UnknownJobType", unknown_rows
+        assert "fault_nobody_registers_this" in message
+    for _, status, attempts, error_type, message, seconds in undecodable_rows:
+        assert status in ("failed", "dead_letter") and error_type == "forge.errors.InputDecodeError" \
+            and attempts == 1, \
+            undecodable_rows
+    assert healthy_seconds <= max(3 * baseline_seconds, baseline_seconds + 5), (
+        f"the poison slowed healthy jobs: {healthy_seconds:.1f}s vs baseline {baseline_seconds:.1f}s")
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
