@@ -99,3 +99,20 @@ def test_a_prefetched_job_goes_back_when_its_worker_stays_busy(supervisor, db):
     assert db.execute(pid_of, (waiting,)).fetchone()[0] != db.execute(pid_of, (long_job,)).fetchone()[0]
     assert job_row(db, waiting)["attempts"] == 1  # the unstarted claim was not charged
     assert job_row(db, long_job)["status"] == "running"
+
+
+def test_a_crash_inside_a_batch_hands_the_waiting_jobs_back_uncharged(supervisor, db):
+    sup = supervisor(workers=1)
+    ids = forge.dispatch_many(db, jobs.quick, [jobs.Crash(code=i + 1) for i in range(400)])
+    wait_for(lambda: finished(db, *ids), what="the warm-up jobs")  # now known to be short: batched
+    codes = [i + 1 for i in range(400)]
+    codes[200] = 0  # in the middle of a batch
+    batch = forge.dispatch_many(db, jobs.quick, [jobs.Crash(code=c) for c in codes])
+    poison, after = batch[200], batch[:200] + batch[201:]
+    wait_for(lambda: finished(db, *batch), what="the jobs around the crash")
+    assert job_row(db, poison)["last_error"]["type"] == "forge.errors.WorkerCrashed"
+    charged = db.execute("SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND attempts <> 1", (after,)).fetchone()
+    assert charged[0] == 0
+    assert sup.stop() == 0
+    released = int(sup.log().split("released=")[1].split()[0])
+    assert released > 0  # jobs were waiting behind the crashed one, and went back

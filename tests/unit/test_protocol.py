@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from forge.supervisor.arbiter import describe_exit
+from forge.supervisor.settle import describe_exit
 from forge.supervisor.protocol import Completed, Failed, FrameReader, FromWorker, Progress, encode
 from forge.supervisor.lease import LeaseClock
 from forge.supervisor.zygote import Zygote, ensure_single_threaded

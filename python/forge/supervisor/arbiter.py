@@ -9,10 +9,12 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
      and the lease: when the core has not renewed this node's leases for
      fence_after, or finds a lease lost, the workers concerned are SIGKILLed
      so that no job runs here while another node runs it;
-  4. hands claimed jobs to idle workers, best priority first;
-  5. grants the core claim credits for the slots that are free.
+  4. hands claimed jobs to workers, best priority first: one at a time, or a
+     batch of frames in one write when the jobs are known to be short;
+  5. grants the core claim credits for the room the workers have.
 Per job the arbiter does O(1) work: decode one frame, one call into the core,
-encode one frame. A worker that dies fails only the job it ran.
+encode one frame. A worker that dies fails only the job it was running; the
+jobs waiting behind it go back unrun.
 """
 
 from __future__ import annotations
@@ -32,23 +34,12 @@ import msgspec
 
 from .._core import ClaimedJob, Core
 from ..config import NodeConfig
-from ..errors import JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed
+from ..errors import UnknownJobType
 from ..job import Job
-from .protocol import (
-    Completed,
-    Failed,
-    FrameReader,
-    FromWorker,
-    Heartbeat,
-    Progress,
-    RunJob,
-    Fenced,
-    Spawned,
-    WorkerSettings,
-    encode,
-    error_payload,
-)
 from .lease import LeaseClock, fence_after
+from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, RunJob, Spawned, WorkerSettings, encode
+from .settle import CRASH_CLASS, HAND_BACK, error_json, killed_job_error
+from .slot import JobDurations, Slot
 from .zygote import Zygote
 
 _log = logging.getLogger("forge.arbiter")
@@ -63,40 +54,13 @@ _SUMMARY_EVERY = 10.0
 
 class State(Enum):
     RUNNING = "running"
-    DRAINING = "draining"  # no new jobs; running ones may finish until the grace ends
+    DRAINING = "draining"  # no new jobs; handed ones may finish until the grace ends
     KILLING = "killing"  # grace over: workers are being killed, their jobs handed back
-
-
-@dataclass
-class Slot:
-    """One worker position: its process, socket and the job it runs."""
-
-    index: int
-    sock: socket.socket | None = None
-    reader: FrameReader = field(default_factory=lambda: FrameReader(FromWorker))
-    pid: int | None = None
-    job: ClaimedJob | None = None
-    deadline: float | None = None  # the running job's timeout, monotonic
-    beat_deadline: float | None = None  # the running job's heartbeat timeout, monotonic
-    kill_reason: str | None = None  # "timeout", "hung", "shutdown", "fenced" or "lost" once killed
-    sigkill_at: float | None = None
-    retiring: bool = False
-    started: float = 0.0
-
-    @property
-    def idle(self) -> bool:
-        return (
-            self.sock is not None
-            and self.pid is not None
-            and self.job is None
-            and not self.retiring
-            and self.kill_reason is None
-        )
 
 
 @dataclass(order=True)
 class _Queued:
-    """A claimed job waiting for a free worker; ordered by priority then claim order."""
+    """A claimed job waiting for a worker; ordered by priority then claim order."""
 
     priority: int
     seq: int
@@ -115,15 +79,16 @@ class Arbiter:
         lease: LeaseClock,
     ) -> None:
         self.node = node
-        self.lease = lease
-        self._fence_after = fence_after(node.heartbeat_timeout)
-        self._fenced = False
         self.core = core
         self.zygote = zygote
         self.jobs = jobs
         self.settings = settings
+        self.lease = lease
         self.state = State.RUNNING
         self.slots = [Slot(i) for i in range(node.workers)]
+        self.durations = JobDurations()
+        self._fence_after = fence_after(node.heartbeat_timeout)
+        self._fenced = False
         self._by_pid: dict[int, Slot] = {}
         self._queue: list[_Queued] = []
         self._seq = 0
@@ -228,29 +193,29 @@ class Arbiter:
         )
         for slot in self.slots:
             _log.info(
-                "slot %d: pid %s, socket %s, job %s, kill %s, retiring %s",
+                "slot %d: pid %s, socket %s, jobs %s, kill %s, retiring %s",
                 slot.index,
                 slot.pid,
                 None if slot.sock is None else slot.sock.fileno(),
-                None if slot.job is None else f"{slot.job.id}/{slot.job.attempt}",
+                [f"{job.id}/{job.attempt}" for job in slot.jobs],
                 slot.kill_reason,
                 slot.retiring,
             )
         _log.info("core: %s", " ".join(f"{k}={v}" for k, v in sorted(self.core.stats().items())))
 
     def _drain(self, reason: str) -> None:
-        """Stop claiming, hand back what has not started, let running jobs finish."""
+        """Stop claiming, hand back what has not been handed out, let workers finish theirs."""
         _log.info("%s: stopping; running jobs have %.0fs to finish", reason, self.node.shutdown_grace)
         self.state = State.DRAINING
         self._grace_ends = time.monotonic() + self.node.shutdown_grace
         self.core.pause()
         self._hand_back_queue()
         for slot in self.slots:
-            if slot.job is None:
+            if not slot.jobs:
                 self._dismiss(slot)
 
     def _kill_all(self, reason: str) -> None:
-        """Grace over (or asked twice): kill every busy worker; its job goes back unrun."""
+        """Grace over (or asked twice): kill every busy worker; its jobs go back unrun."""
         if self.state is not State.KILLING:
             _log.warning("%s: killing the workers still running jobs", reason)
         if self.state is State.RUNNING:
@@ -259,21 +224,16 @@ class Arbiter:
         self.state = State.KILLING
         self._grace_ends = min(self._grace_ends or time.monotonic(), time.monotonic())
         for slot in self.slots:
-            if slot.job is not None and slot.kill_reason is None:
+            if slot.jobs and slot.kill_reason is None:
                 self._kill(slot, "shutdown")
-            elif slot.job is None:
+            elif not slot.jobs:
                 self._dismiss(slot)
 
     # -- the zygote and worker processes -----------------------------------------
 
     def _spawn(self, slot: Slot) -> None:
-        slot.sock = self.zygote.spawn(slot.index, self.settings)
-        slot.reader = FrameReader(FromWorker)
-        slot.pid = None
-        slot.retiring = False
-        slot.kill_reason = None
-        slot.sigkill_at = None
-        sock = slot.sock
+        slot.reset()
+        sock = slot.sock = self.zygote.spawn(slot.index, self.settings)
         self._selector.register(sock, selectors.EVENT_READ, lambda _key: self._on_worker(slot, sock))
 
     def _on_zygote(self, _key: object) -> None:
@@ -286,7 +246,6 @@ class Arbiter:
             elif isinstance(message, Spawned):
                 slot = self.slots[message.slot]
                 slot.pid = message.pid
-                slot.started = time.monotonic()
                 self._by_pid[message.pid] = slot
                 if self.state is not State.RUNNING:
                     self._dismiss(slot)
@@ -308,30 +267,29 @@ class Arbiter:
         except OSError:
             data = b""
         if not data:  # the worker is gone; its exit status comes from the zygote
-            self._selector.unregister(slot.sock)
-            slot.sock.close()
-            slot.sock = None
+            self._close(slot)
             return
+        now = time.monotonic()
         for message in slot.reader.feed(data):
-            self._on_message(slot, message)
+            self._on_message(slot, message, now)
 
-    def _on_message(self, slot: Slot, message: Any) -> None:
+    def _on_message(self, slot: Slot, message: Any, now: float) -> None:
         job = slot.job
         if job is None or message.id != job.id or message.attempt != job.attempt:
             _log.warning("worker %s reported on job %s it does not run; ignored", slot.pid, message.id)
             return
         if isinstance(message, Completed):
             self.core.complete(job.id, job.attempt, message.result)
-            self._job_done(slot, message.retiring)
+            self._job_done(slot, message.retiring, now)
         elif isinstance(message, Failed):
             self.core.fail(job.id, job.attempt, message.retryable, message.error)
             self._log_failure(job, message)
-            self._job_done(slot, message.retiring)
+            self._job_done(slot, message.retiring, now)
         elif isinstance(message, Progress):
             self.core.progress(job.id, job.attempt, message.percent, message.message)
-            self._renew_beat(slot)
+            self._renew_beat(slot, now)
         elif isinstance(message, Heartbeat):
-            self._renew_beat(slot)
+            self._renew_beat(slot, now)
 
     def _log_failure(self, job: ClaimedJob, message: Failed) -> None:
         error = msgspec.json.decode(message.error)
@@ -347,64 +305,71 @@ class Arbiter:
             outlook,
         )
 
-    def _job_done(self, slot: Slot, retiring: bool) -> None:
-        slot.job = None
-        slot.deadline = slot.beat_deadline = None
-        slot.retiring = retiring
+    def _job_done(self, slot: Slot, retiring: bool, now: float) -> None:
+        """The head job reported: the next one handed to this worker starts now."""
+        done = slot.jobs.popleft()
+        self.durations.observe(done.job_type, now - slot.head_since)
         self._prefetching = True
-        if self.state is not State.RUNNING:
-            self._dismiss(slot)
+        if retiring:  # the worker exits now: what it still held never started
+            slot.retiring = True
+            self._hand_back_held(slot)
+        if slot.jobs:
+            self._begin_head(slot, now)
+        else:
+            slot.deadline = slot.beat_deadline = None
+            if self.state is not State.RUNNING:
+                self._dismiss(slot)
 
-    def _renew_beat(self, slot: Slot) -> None:
+    def _begin_head(self, slot: Slot, now: float) -> None:
+        """The first job the worker holds is now running: mark it and start its clocks."""
+        job = slot.jobs[0]
+        definition = self.jobs[job.job_type]
+        slot.head_since = now
+        slot.deadline = now + definition.timeout if definition.timeout is not None else None
+        slot.beat_deadline = now + definition.heartbeat_timeout if definition.heartbeat_timeout else None
+        self.core.start(job.id, job.attempt)
+
+    def _renew_beat(self, slot: Slot, now: float) -> None:
         definition = self.jobs.get(slot.job.job_type) if slot.job else None
         if definition is not None and definition.heartbeat_timeout is not None:
-            slot.beat_deadline = time.monotonic() + definition.heartbeat_timeout
+            slot.beat_deadline = now + definition.heartbeat_timeout
 
     def _worker_gone(self, slot: Slot, status: int | None) -> None:
-        """The worker process ended: settle its job, then replace it unless stopping."""
+        """The worker process ended: settle its jobs, then replace it unless stopping."""
+        self._close(slot)
+        if slot.jobs:
+            self._settle_head(slot.jobs.popleft(), slot.kill_reason, status)
+            self._hand_back_held(slot)
+        slot.reset()
+        if self.state is State.RUNNING:
+            self._spawn(slot)
+
+    def _settle_head(self, job: ClaimedJob, reason: str | None, status: int | None) -> None:
+        if reason in HAND_BACK:
+            self.core.release(job.id, job.attempt)
+            return
+        definition = self.jobs.get(job.job_type)
+        error = killed_job_error(job, reason, status, definition, self._fence_after)
+        retryable = definition.retry.retries(error) if definition else True
+        _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
+        self.core.fail(job.id, job.attempt, retryable, error_json(error, job.attempt), crashed=reason in CRASH_CLASS)
+
+    def _hand_back_held(self, slot: Slot) -> None:
+        """Hand back every job a worker still holds: none of them started."""
+        for job in slot.jobs:
+            self.core.release(job.id, job.attempt)
+        slot.jobs.clear()
+
+    def _close(self, slot: Slot) -> None:
         if slot.sock is not None:
             self._selector.unregister(slot.sock)
             slot.sock.close()
             slot.sock = None
-        job, reason = slot.job, slot.kill_reason
-        slot.job = None
-        slot.pid = None
-        slot.deadline = slot.beat_deadline = slot.sigkill_at = None
-        if job is not None:
-            self._settle_killed(job, reason, status)
-        if self.state is State.RUNNING:
-            self._spawn(slot)
-
-    def _settle_killed(self, job: ClaimedJob, reason: str | None, status: int | None) -> None:
-        definition = self.jobs.get(job.job_type)
-        if reason == "shutdown":
-            self.core.release(job.id, job.attempt)
-            return
-        if reason == "timeout":
-            timeout = definition.timeout if definition else None
-            error: Exception = JobTimeout(f"job {job.id} ran past its timeout of {timeout:g}s; its worker was killed")
-        elif reason == "hung":
-            error = JobTimeout(f"job {job.id} sent no heartbeat within its heartbeat_timeout; its worker was killed")
-        elif reason == "fenced":
-            error = LeaseLost(
-                f"this node could not renew the lease of job {job.id} for {self._fence_after:g}s "
-                "(database unreachable or node paused); its worker was killed so the job never runs twice"
-            )
-        elif reason == "lost":
-            error = LeaseLost(f"the lease of job {job.id} was taken over by another node; its worker was killed")
-        else:
-            error = WorkerCrashed(f"the worker running job {job.id} {describe_exit(status)}")
-        retryable = definition.retry.retries(error) if definition else True
-        _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
-        crashed = reason in (None, "fenced", "lost")
-        self.core.fail(job.id, job.attempt, retryable, _error_json(error, job.attempt), crashed=crashed)
 
     def _dismiss(self, slot: Slot) -> None:
         """Close an idle worker's socket: it exits by itself."""
-        if slot.sock is not None and slot.job is None and slot.pid is not None:
-            self._selector.unregister(slot.sock)
-            slot.sock.close()
-            slot.sock = None
+        if not slot.jobs and slot.pid is not None:
+            self._close(slot)
 
     def _kill(self, slot: Slot, reason: str, *, at_once: bool = False) -> None:
         """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once."""
@@ -429,7 +394,7 @@ class Arbiter:
                 "leases not renewed for %.1fs (limit %.1fs): killing the workers running jobs", age, self._fence_after
             )
             for slot in self.slots:
-                if slot.job is not None and slot.kill_reason in (None, "timeout", "hung", "shutdown"):
+                if slot.jobs and slot.kill_reason not in ("fenced", "lost"):
                     self._kill(slot, "fenced", at_once=True)
         elif self._fenced and not stale:
             _log.warning("leases renewed again; running jobs resumes")
@@ -438,8 +403,9 @@ class Arbiter:
             self._lease_lost(job_id, attempt)
 
     def _lease_lost(self, job_id: int, attempt: int) -> None:
+        """Another node owns this job now: it must not run here (any more)."""
         for slot in self.slots:
-            if slot.job is not None and (slot.job.id, slot.job.attempt) == (job_id, attempt):
+            if any((job.id, job.attempt) == (job_id, attempt) for job in slot.jobs):
                 _log.error("job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid)
                 self._kill(slot, "lost", at_once=True)
                 return
@@ -452,7 +418,7 @@ class Arbiter:
         _log.error("the zygote found the lease clock stale and killed workers %s", pids)
         for pid in pids:
             slot = self._by_pid.get(pid)
-            if slot is not None and slot.job is not None:
+            if slot is not None and slot.jobs:
                 slot.kill_reason = "fenced"
 
     # -- deadlines ------------------------------------------------------------
@@ -471,11 +437,11 @@ class Arbiter:
         self._release_stale(now)
 
     def _release_stale(self, now: float) -> None:
-        """Prefetched jobs not started within prefetch_timeout go back for other nodes."""
+        """Prefetched jobs not handed out within prefetch_timeout go back for other nodes."""
         limit = now - self.node.prefetch_timeout
-        stale = [q for q in self._queue if q.held_since <= limit]
-        if not stale:
+        if not self._queue or min(q.held_since for q in self._queue) > limit:
             return
+        stale = [q for q in self._queue if q.held_since <= limit]
         self._queue = [q for q in self._queue if q.held_since > limit]
         heapq.heapify(self._queue)
         for queued in stale:
@@ -493,44 +459,58 @@ class Arbiter:
             if self.state is not State.RUNNING:
                 self.core.release(job.id, job.attempt)
                 continue
+            if job.job_type not in self.jobs:
+                self._unknown(job)
+                continue
             self._seq += 1
             heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
 
+    def _unknown(self, job: ClaimedJob) -> None:
+        """Claims are filtered by job type, so this only happens if the registry changed under us."""
+        error = UnknownJobType(f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as")
+        _log.error("%s", error)
+        self.core.fail(job.id, job.attempt, True, error_json(error, job.attempt))
+
     def _assign(self, now: float) -> None:
+        """Hand queued jobs to workers that accept them, best first; one write per worker."""
         if not self._queue or self._fenced:
             return
         for slot in self.slots:
-            while slot.idle and self._queue:
-                self._start(slot, heapq.heappop(self._queue).job, now)
+            held = len(slot.jobs)
+            while self._queue and slot.accepts(self._queue[0].job.job_type, self.durations):
+                slot.jobs.append(heapq.heappop(self._queue).job)
+            if len(slot.jobs) > held:
+                self._send(slot, held, now)
+            if not self._queue:
+                return
 
-    def _start(self, slot: Slot, job: ClaimedJob, now: float) -> None:
-        definition = self.jobs.get(job.job_type)
-        if definition is None:
-            error = UnknownJobType(
-                f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as"
-            )
-            _log.error("%s", error)
-            self.core.fail(job.id, job.attempt, True, _error_json(error, job.attempt))
-            return
+    def _send(self, slot: Slot, held: int, now: float) -> None:
+        """Write the frames of the jobs appended to slot.jobs after the first `held`."""
+        new = list(slot.jobs)[held:]
+        frames = b"".join(encode(RunJob(j.id, j.attempt, j.job_type, j.input, j.parent_id)) for j in new)
         assert slot.sock is not None
         try:
-            slot.sock.sendall(encode(RunJob(job.id, job.attempt, job.job_type, job.input, job.parent_id)))
-        except OSError:  # the worker just died; the zygote will tell us how
-            self._seq += 1
-            heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
+            slot.sock.sendall(frames)
+        except OSError:  # the worker just died: requeue; the zygote will say how it died
+            for job in new:
+                slot.jobs.pop()
+                self._seq += 1
+                heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
             slot.retiring = True
             return
-        self.core.start(job.id, job.attempt)
-        slot.job = job
-        slot.deadline = now + definition.timeout if definition.timeout is not None else None
-        slot.beat_deadline = now + definition.heartbeat_timeout if definition.heartbeat_timeout else None
+        if held == 0:
+            self._begin_head(slot, now)
 
     def _grant_credits(self) -> None:
+        """Ask the core for as many jobs as the workers have room for, plus the prefetch."""
         if self.state is not State.RUNNING:
             return
-        free = sum(1 for s in self.slots if s.job is None and not s.retiring and s.kill_reason is None)
-        prefetch = self.node.prefetch if self._prefetching else 0
-        wanted = free + prefetch - len(self._queue) - (self._requested - self._received)
+        per_worker = self.durations.per_worker()
+        room = sum(per_worker - len(s.jobs) for s in self.slots if s.kill_reason is None and not s.retiring)
+        # While jobs are short, prefetch whole batches: the next claim is then
+        # under way while the workers run the current one.
+        prefetch = self.node.prefetch * per_worker if self._prefetching else 0
+        wanted = room + prefetch - len(self._queue) - (self._requested - self._received)
         if wanted > 0:
             self.core.request(wanted)
             self._requested += wanted
@@ -557,20 +537,8 @@ class Arbiter:
                 delta.get("completed", 0),
                 delta.get("retried", 0),
                 delta.get("failed", 0),
-                sum(1 for s in self.slots if s.job is not None),
+                sum(1 for s in self.slots if s.jobs),
             )
-
-
-def describe_exit(status: int | None) -> str:
-    """How a worker process ended, in words, from its wait status."""
-    if status is None:
-        return "vanished without an exit status"
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
-        hint = " (possibly the OOM killer)" if signum == signal.SIGKILL else ""
-        return f"was killed by signal {signum} ({name}){hint}"
-    return f"exited with status {os.WEXITSTATUS(status)} in the middle of the job"
 
 
 def _signal_group(pid: int | None, signum: int) -> None:
@@ -580,8 +548,3 @@ def _signal_group(pid: int | None, signum: int) -> None:
         os.killpg(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _error_json(error: Exception, attempt: int) -> bytes:
-    cls = type(error)
-    return error_payload(f"{cls.__module__}.{cls.__qualname__}", str(error), attempt)

@@ -7,7 +7,6 @@ results travel as the JSON bytes stored in the database, never re-encoded.
 
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Union
 
@@ -123,28 +122,6 @@ class FrameReader:
                 offset = end
         del self._buffer[:offset]
         return messages
-
-
-def read_message(sock: socket.socket, decoder: msgspec.msgpack.Decoder) -> msgspec.Struct | None:
-    """Blocking read of one frame (for workers); None at end of stream."""
-    header = _recv_exactly(sock, _LENGTH.size)
-    if header is None:
-        return None
-    (size,) = _LENGTH.unpack(header)
-    body = _recv_exactly(sock, size)
-    if body is None:
-        return None
-    return decoder.decode(body)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            return None
-        chunks += chunk
-    return bytes(chunks)
 
 
 def error_payload(error_type: str, message: str, attempt: int, traceback: str | None = None) -> bytes:

@@ -27,31 +27,35 @@ from .protocol import (
     Heartbeat,
     Progress,
     RunJob,
+    FrameReader,
     WorkerSettings,
     encode,
     error_payload,
-    read_message,
 )
 
 _log = logging.getLogger("forge.worker")
 _PAGE_SIZE = resource.getpagesize()
+_READ_SIZE = 1 << 20
 
 
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
     runner = JobRunner(sock, settings.dsn)
-    decoder = msgspec.msgpack.Decoder(RunJob)
+    reader = FrameReader(RunJob)
     done = 0
     while True:
-        frame = read_message(sock, decoder)
-        if frame is None:
+        data = sock.recv(_READ_SIZE)
+        if not data:
             return 0
-        outcome = runner.run(frame)
-        done += 1
-        outcome.retiring = _should_retire(settings, done)
-        sock.sendall(encode(outcome))
-        if outcome.retiring:
-            return 0
+        # Short jobs arrive several frames per read; each is reported on its own,
+        # so the supervisor knows when the next one starts.
+        for frame in reader.feed(data):
+            outcome = runner.run(frame)
+            done += 1
+            outcome.retiring = _should_retire(settings, done)
+            sock.sendall(encode(outcome))
+            if outcome.retiring:
+                return 0
 
 
 class JobRunner:

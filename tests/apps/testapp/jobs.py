@@ -139,3 +139,11 @@ def segfault(ctx: forge.JobContext, input: N) -> None:
 
     record(ctx, "start")
     ctypes.string_at(0)
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def quick(ctx: forge.JobContext, input: Crash) -> int:
+    """A short job (no I/O) that kills its worker when input.code is 0."""
+    if input.code == 0:
+        os._exit(3)
+    return input.code

@@ -1,0 +1,65 @@
+"""No-op throughput with a big table: 1M pending jobs, or 1M completed rows not yet pruned.
+
+The filler rows are written by SQL (INSERT ... SELECT generate_series), which
+is far faster than dispatching them; they look like what dispatch and
+completion leave behind. Compare with forge.noop.w2 (same worker count, empty table).
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from forge_adapter import Forge, ForgeMonitor, Producer
+from harness import Bench, checkpoint
+from workloads import alive, wait_until
+
+SECTION = "backlog"
+WORKERS = 2
+
+FILL_PENDING = """
+INSERT INTO forge_jobs (job_type, input, max_attempts)
+SELECT 'noop', '{}'::jsonb, 1 FROM generate_series(1, %s)
+"""
+
+# Completed a day ago: what a busy queue holds before pruning. The benchmark's
+# own completions are told apart by completed_at (ForgeMonitor counts from its start).
+FILL_COMPLETED = """
+INSERT INTO forge_jobs (job_type, input, max_attempts, status, attempts, progress,
+                        created_at, scheduled_at, claimed_at, started_at, completed_at, heartbeat_at)
+SELECT 'noop', '{}'::jsonb, 1, 'completed', 1, 100,
+       t, t, t, t, t, t
+FROM generate_series(1, %s), LATERAL (SELECT now() - interval '1 day' AS t) AS day
+"""
+
+
+def run(bench: Bench) -> None:
+    rows, jobs = bench.sizes.backlog_rows, bench.sizes.backlog_jobs
+    pending = bench.repeat_run(lambda _run: _measure(bench, FILL_PENDING, rows, jobs, dispatch=False))
+    bench.record("forge.backlog.pending", f"no-op, {WORKERS} workers, {rows:,} pending: first {jobs:,}", "jobs/s",
+                 pending, section=SECTION)
+    done = bench.repeat_run(lambda _run: _measure(bench, FILL_COMPLETED, rows, jobs, dispatch=True))
+    bench.record("forge.backlog.completed", f"no-op, {WORKERS} workers, {rows:,} completed rows + {jobs:,} new",
+                 "jobs/s", done, section=SECTION)
+
+
+def _measure(bench: Bench, fill: str, rows: int, jobs: int, *, dispatch: bool) -> float:
+    with bench.database("forge_backlog") as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(fill, (rows,))
+        if dispatch:
+            producer = Producer(url)
+            producer.dispatch_many("noop", jobs)
+            producer.close()
+        checkpoint(url)
+        monitor = ForgeMonitor(url, nth=jobs)
+        started = time.time()
+        supervisor = Forge(bench.scratch, WORKERS).start(url, {})
+        try:
+            wait_until(lambda: alive(supervisor) and monitor.completed() >= jobs, what=f"{jobs} backlog jobs")
+            last = monitor.last_completion()
+        finally:
+            supervisor.stop()
+            monitor.close()
+        return jobs / (last - started)

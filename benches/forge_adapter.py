@@ -1,0 +1,134 @@
+"""Forge behind the workloads.Adapter interface: its public API and a real forge-supervisor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+import forge
+import procs
+from app import jobs
+from workloads import SqlMonitor
+
+HERE = Path(__file__).resolve().parent
+SUPERVISOR = Path(sys.executable).with_name("forge-supervisor")
+
+# Forge's default batch; the SQL ceiling claims the same number (ceiling.py).
+CLAIM_BATCH = 100
+
+
+
+def _input(task: str, seq: int) -> jobs.Empty | jobs.Seq:
+    return jobs.Seq(seq=seq) if task == "stamp" else jobs.Empty()
+
+
+class Supervisor:
+    """A forge-supervisor subprocess on `url` with `workers` worker processes."""
+
+    def __init__(self, url: str, scratch: Path, workers: int, env: dict[str, str]) -> None:
+        config = scratch / f"forge-{os.getpid()}-{time.monotonic_ns()}.toml"
+        config.write_text(
+            f'[database]\nurl = "{url}"\n'
+            '[app]\nmodules = ["app.jobs"]\n'
+            f"[node]\nworkers = {workers}\nclaim_batch = {CLAIM_BATCH}\n"
+            '[log]\nlevel = "warning"\n'
+        )
+        self.config = config
+        self.proc = subprocess.Popen(
+            [str(SUPERVISOR), "-c", str(config)],
+            env={**os.environ, "PYTHONPATH": str(HERE), **env},
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"forge-supervisor exited with {self.proc.returncode}")
+
+    def cpu_seconds(self) -> float:
+        return procs.cpu_seconds(self.pid)
+
+    def peak_rss(self) -> dict[str, int]:
+        """Peak RSS of the supervisor and of its largest child (zygote or worker), bytes."""
+        children = [procs.peak_rss(pid) for pid in procs.descendants(self.pid)]
+        return {"supervisor": procs.peak_rss(self.pid), "worker": max(children, default=0)}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.config.unlink(missing_ok=True)
+
+
+class Producer:
+    """Dispatches through one psycopg connection, one transaction per call."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url)
+
+    def dispatch(self, task: str, seq: int) -> float:
+        forge.dispatch(self.conn, getattr(jobs, task), _input(task, seq))
+        self.conn.commit()
+        return time.time()
+
+    def dispatch_many(self, task: str, count: int) -> None:
+        forge.dispatch_many(self.conn, getattr(jobs, task), [_input(task, 0)] * count)
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class ForgeMonitor(SqlMonitor):
+    """Completions since the monitor was made (older completed rows, e.g. a backlog, are not counted).
+
+    With `nth`, last_completion() is the time of the nth completion instead of
+    the latest, for runs that go on past the jobs measured.
+    """
+
+    def __init__(self, url: str, nth: int | None = None) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            since = conn.execute("SELECT now()::text").fetchone()[0]
+        # completed_at >= since is a range scan on the forge_jobs_finished index.
+        recent = f"FROM forge_jobs WHERE status = 'completed' AND completed_at >= '{since}'"
+        last = (
+            f"SELECT extract(epoch FROM completed_at) {recent} ORDER BY completed_at OFFSET {nth - 1} LIMIT 1"
+            if nth
+            else f"SELECT extract(epoch FROM max(completed_at)) {recent}"
+        )
+        super().__init__(url, f"SELECT count(*) {recent}", last)
+
+
+class Forge:
+    """The adapter; `workers` per supervisor."""
+
+    name = "Forge"
+    on_postgres = True
+
+    def __init__(self, scratch: Path, workers: int) -> None:
+        self.scratch, self.workers = scratch, workers
+        self.last_supervisor: Supervisor | None = None
+
+    def setup(self, url: str) -> None:
+        """Nothing to do: Bench.database() has applied forge.db.migrate."""
+
+    def producer(self, url: str) -> Producer:
+        return Producer(url)
+
+    def start(self, url: str, env: dict[str, str]) -> Supervisor:
+        self.last_supervisor = Supervisor(url, self.scratch, self.workers, env)
+        return self.last_supervisor
+
+    def monitor(self, url: str) -> ForgeMonitor:
+        return ForgeMonitor(url)

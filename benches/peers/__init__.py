@@ -1,0 +1,1 @@
+"""The peers: PgQueuer, Procrastinate and Celery, run from their own venv (see section.py)."""

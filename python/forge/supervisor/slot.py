@@ -1,0 +1,95 @@
+"""Worker slots and the job-duration record that sizes their batches.
+
+A slot is one worker position. Jobs are handed to its worker in order over
+its socket; the first one handed and not yet reported (the head) is the one
+running, the others wait in the worker's socket buffer. Only jobs known to be
+short are ever queued behind another, so a job never waits behind a long one
+while other workers or nodes are idle (see JobDurations).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+
+from .._core import ClaimedJob
+from .protocol import FrameReader, FromWorker
+
+#: A job type is "short" when its recent runs average under this, in seconds.
+SHORT_JOB = 0.002
+#: How many short jobs a worker may hold at once (one running, the rest waiting).
+MAX_BATCH = 32
+#: Weight of the newest run in a type's moving average.
+_EMA_WEIGHT = 0.2
+
+
+class JobDurations:
+    """Moving averages of how long each job type runs, as seen by the arbiter."""
+
+    def __init__(self) -> None:
+        self._average: dict[str, float] = {}
+        self._overall: float | None = None
+
+    def observe(self, job_type: str, seconds: float) -> None:
+        previous = self._average.get(job_type)
+        self._average[job_type] = seconds if previous is None else previous + _EMA_WEIGHT * (seconds - previous)
+        overall = self._overall
+        self._overall = seconds if overall is None else overall + _EMA_WEIGHT * (seconds - overall)
+
+    def short(self, job_type: str) -> bool:
+        """Known to run briefly: may be batched behind other short jobs."""
+        average = self._average.get(job_type)
+        return average is not None and average < SHORT_JOB
+
+    def per_worker(self) -> int:
+        """How many jobs to keep per worker: a batch while recent jobs are short, else one."""
+        return MAX_BATCH if self._overall is not None and self._overall < SHORT_JOB else 1
+
+
+@dataclass
+class Slot:
+    """One worker position: its process, socket and the jobs handed to it."""
+
+    index: int
+    sock: socket.socket | None = None
+    reader: FrameReader = field(default_factory=lambda: FrameReader(FromWorker))
+    pid: int | None = None
+    jobs: deque[ClaimedJob] = field(default_factory=deque)
+    head_since: float = 0.0  # when the head job started running, monotonic
+    deadline: float | None = None  # the head job's timeout, monotonic
+    beat_deadline: float | None = None  # the head job's heartbeat timeout, monotonic
+    kill_reason: str | None = None  # "timeout", "hung", "shutdown", "fenced" or "lost" once killed
+    sigkill_at: float | None = None
+    retiring: bool = False
+
+    @property
+    def job(self) -> ClaimedJob | None:
+        """The job running now, if any."""
+        return self.jobs[0] if self.jobs else None
+
+    @property
+    def usable(self) -> bool:
+        """Its worker is up and may be handed jobs."""
+        return self.sock is not None and self.pid is not None and not self.retiring and self.kill_reason is None
+
+    def accepts(self, job_type: str, durations: JobDurations) -> bool:
+        """Whether a job of `job_type` may be handed to this worker now."""
+        if not self.usable:
+            return False
+        if not self.jobs:
+            return True
+        return (
+            len(self.jobs) < MAX_BATCH
+            and durations.short(job_type)
+            and all(durations.short(job.job_type) for job in self.jobs)
+        )
+
+    def reset(self) -> None:
+        """Forget the worker (it is gone or being replaced)."""
+        self.pid = None
+        self.jobs.clear()
+        self.deadline = self.beat_deadline = self.sigkill_at = None
+        self.kill_reason = None
+        self.retiring = False
+        self.reader = FrameReader(FromWorker)

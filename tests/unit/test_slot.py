@@ -1,0 +1,55 @@
+"""Which jobs may wait behind others in a worker: only short ones, behind short ones."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from forge.supervisor.slot import MAX_BATCH, SHORT_JOB, JobDurations, Slot
+
+Job = namedtuple("Job", "id attempt job_type")
+
+
+def _ready_slot() -> Slot:
+    slot = Slot(0)
+    slot.sock = object()  # type: ignore[assignment]
+    slot.pid = 42
+    return slot
+
+
+def test_unknown_and_long_types_never_wait_behind_another_job():
+    durations = JobDurations()
+    durations.observe("short", SHORT_JOB / 10)
+    durations.observe("long", SHORT_JOB * 10)
+    slot = _ready_slot()
+    assert slot.accepts("unknown", durations)  # an empty worker takes anything
+    slot.jobs.append(Job(1, 1, "short"))
+    assert slot.accepts("short", durations)
+    assert not slot.accepts("long", durations)
+    assert not slot.accepts("unknown", durations)
+    slot.jobs.append(Job(2, 1, "long"))
+    assert not slot.accepts("short", durations)  # nothing waits behind a long job
+
+
+def test_batches_are_capped_and_dead_or_killed_workers_take_nothing():
+    durations = JobDurations()
+    durations.observe("short", 0.0)
+    slot = _ready_slot()
+    slot.jobs.extend(Job(i, 1, "short") for i in range(MAX_BATCH))
+    assert not slot.accepts("short", durations)
+    slot.jobs.clear()
+    slot.kill_reason = "timeout"
+    assert not slot.accepts("short", durations)
+    slot.kill_reason, slot.retiring = None, True
+    assert not slot.accepts("short", durations)
+
+
+def test_batch_size_follows_recent_durations():
+    durations = JobDurations()
+    assert durations.per_worker() == 1
+    for _ in range(20):
+        durations.observe("short", 0.0001)
+    assert durations.per_worker() == MAX_BATCH
+    for _ in range(20):
+        durations.observe("slow", 0.5)
+    assert durations.per_worker() == 1
+    assert durations.short("short") and not durations.short("slow")
