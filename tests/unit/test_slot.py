@@ -22,19 +22,25 @@ def test_unknown_and_long_types_never_wait_behind_another_job():
     durations.observe("long", SHORT_JOB * 10)
     slot = _ready_slot()
     assert slot.accepts("unknown", durations)  # an empty worker takes anything
-    slot.jobs.append(Job(1, 1, "short"))
+    slot.hold(Job(1, 1, "short"), durations)
     assert slot.accepts("short", durations)
     assert not slot.accepts("long", durations)
     assert not slot.accepts("unknown", durations)
-    slot.jobs.append(Job(2, 1, "long"))
+    slot.jobs.clear()
+    slot.hold(Job(2, 1, "long"), durations)
     assert not slot.accepts("short", durations)  # nothing waits behind a long job
+    slot.jobs.popleft()
+    assert slot.accepts("short", durations)  # an empty worker takes anything again
+    slot.hold(Job(3, 1, "short"), durations)
+    assert slot.accepts("short", durations)
 
 
 def test_batches_are_capped_and_dead_or_killed_workers_take_nothing():
     durations = JobDurations()
     durations.observe("short", 0.0)
     slot = _ready_slot()
-    slot.jobs.extend(Job(i, 1, "short") for i in range(MAX_BATCH))
+    for i in range(MAX_BATCH):
+        slot.hold(Job(i, 1, "short"), durations)
     assert not slot.accepts("short", durations)
     slot.jobs.clear()
     slot.kill_reason = "timeout"

@@ -26,9 +26,8 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -58,14 +57,14 @@ class State(Enum):
     KILLING = "killing"  # grace over: workers are being killed, their jobs handed back
 
 
-@dataclass(order=True)
-class _Queued:
-    """A claimed job waiting for a worker; ordered by priority then claim order."""
+class _Queued(NamedTuple):
+    """A claimed job waiting for a worker; ordered by priority then claim order
+    (seq is unique, so comparisons never reach the rest; a tuple compares in C)."""
 
     priority: int
     seq: int
-    held_since: float = field(compare=False)
-    job: ClaimedJob = field(compare=False)
+    held_since: float
+    job: ClaimedJob
 
 
 class Arbiter:
@@ -478,7 +477,7 @@ class Arbiter:
         for slot in self.slots:
             held = len(slot.jobs)
             while self._queue and slot.accepts(self._queue[0].job.job_type, self.durations):
-                slot.jobs.append(heapq.heappop(self._queue).job)
+                slot.hold(heapq.heappop(self._queue).job, self.durations)
             if len(slot.jobs) > held:
                 self._send(slot, held, now)
             if not self._queue:

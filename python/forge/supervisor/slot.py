@@ -62,6 +62,7 @@ class Slot:
     kill_reason: str | None = None  # "timeout", "hung", "shutdown", "fenced" or "lost" once killed
     sigkill_at: float | None = None
     retiring: bool = False
+    all_short: bool = True  # every job held was short when handed over
 
     @property
     def job(self) -> ClaimedJob | None:
@@ -79,11 +80,12 @@ class Slot:
             return False
         if not self.jobs:
             return True
-        return (
-            len(self.jobs) < MAX_BATCH
-            and durations.short(job_type)
-            and all(durations.short(job.job_type) for job in self.jobs)
-        )
+        return self.all_short and len(self.jobs) < MAX_BATCH and durations.short(job_type)
+
+    def hold(self, job: ClaimedJob, durations: JobDurations) -> None:
+        """Hand `job` to this worker (after accepts() said yes)."""
+        self.all_short = (self.all_short or not self.jobs) and durations.short(job.job_type)
+        self.jobs.append(job)
 
     def reset(self) -> None:
         """Forget the worker (it is gone or being replaced)."""
