@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.forge-built
 SOURCES := pyproject.toml Cargo.toml $(shell find rust python -name '*.rs' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: install run test test-rust test-python bench clean
+.PHONY: install run test test-rust test-python bench bench-quick clean
 
 install: $(STAMP)
 
@@ -31,5 +31,10 @@ test-python: $(STAMP)
 clean:
 	rm -rf $(VENV) target examples/hello/.forge
 
+# Every benchmark side by side on a throwaway durable PostgreSQL, with the peers
+# (PgQueuer, Procrastinate, Celery) in benches/.venv-peers: ~20-30 min, table + benches/results/*.json.
 bench: $(STAMP)
-	$(PY) benches/throughput.py
+	$(PY) benches/run.py
+
+bench-quick: $(STAMP)
+	$(PY) benches/run.py --quick

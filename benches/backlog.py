@@ -36,12 +36,26 @@ FROM generate_series(1, %s), LATERAL (SELECT now() - interval '1 day' AS t) AS d
 
 def run(bench: Bench) -> None:
     rows, jobs = bench.sizes.backlog_rows, bench.sizes.backlog_jobs
-    pending = bench.repeat_run(lambda _run: _measure(bench, FILL_PENDING, rows, jobs, dispatch=False))
-    bench.record("forge.backlog.pending", f"no-op, {WORKERS} workers, {rows:,} pending: first {jobs:,}", "jobs/s",
-                 pending, section=SECTION)
-    done = bench.repeat_run(lambda _run: _measure(bench, FILL_COMPLETED, rows, jobs, dispatch=True))
-    bench.record("forge.backlog.completed", f"no-op, {WORKERS} workers, {rows:,} completed rows + {jobs:,} new",
-                 "jobs/s", done, section=SECTION)
+    pending = bench.repeat_run(
+        lambda _run: _measure(bench, FILL_PENDING, rows, jobs, dispatch=False)
+    )
+    bench.record(
+        "forge.backlog.pending",
+        f"no-op, {WORKERS} workers, {rows:,} pending: first {jobs:,}",
+        "jobs/s",
+        pending,
+        section=SECTION,
+    )
+    done = bench.repeat_run(
+        lambda _run: _measure(bench, FILL_COMPLETED, rows, jobs, dispatch=True)
+    )
+    bench.record(
+        "forge.backlog.completed",
+        f"no-op, {WORKERS} workers, {rows:,} completed rows + {jobs:,} new",
+        "jobs/s",
+        done,
+        section=SECTION,
+    )
 
 
 def _measure(bench: Bench, fill: str, rows: int, jobs: int, *, dispatch: bool) -> float:
@@ -57,7 +71,10 @@ def _measure(bench: Bench, fill: str, rows: int, jobs: int, *, dispatch: bool) -
         started = time.time()
         supervisor = Forge(bench.scratch, WORKERS).start(url, {})
         try:
-            wait_until(lambda: alive(supervisor) and monitor.completed() >= jobs, what=f"{jobs} backlog jobs")
+            wait_until(
+                lambda: alive(supervisor) and monitor.completed() >= jobs,
+                what=f"{jobs} backlog jobs",
+            )
             last = monitor.last_completion()
         finally:
             supervisor.stop()

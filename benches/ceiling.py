@@ -74,8 +74,12 @@ def run(bench: Bench) -> None:
             return _drain(url, rows)
 
     bench.record(
-        "ceiling.sql", f"plain SQL claim+complete, batch {CLAIM_BATCH}, {CONNECTIONS} connections", "jobs/s",
-        bench.repeat_run(once), section=SECTION, note=f"{rows:,} rows",
+        "ceiling.sql",
+        f"plain SQL claim+complete, batch {CLAIM_BATCH}, {CONNECTIONS} connections",
+        "jobs/s",
+        bench.repeat_run(once),
+        section=SECTION,
+        note=f"{rows:,} rows",
     )
 
 
@@ -83,7 +87,10 @@ def _drain(url: str, rows: int) -> float:
     context = multiprocessing.get_context("fork")
     ready = context.Barrier(CONNECTIONS + 1)
     results = context.Queue()
-    procs = [context.Process(target=_claimer, args=(url, ready, results)) for _ in range(CONNECTIONS)]
+    procs = [
+        context.Process(target=_claimer, args=(url, ready, results))
+        for _ in range(CONNECTIONS)
+    ]
     for proc in procs:
         proc.start()
     ready.wait()
@@ -100,7 +107,12 @@ def _drain(url: str, rows: int) -> float:
 def _claimer(url: str, ready, results) -> None:
     """One connection's loop: claim a batch, complete it, until nothing is left."""
     owner = uuid.uuid4()
-    claim = {"capabilities": ["general"], "types": ["noop"], "batch": CLAIM_BATCH, "owner": owner}
+    claim = {
+        "capabilities": ["general"],
+        "types": ["noop"],
+        "batch": CLAIM_BATCH,
+        "owner": owner,
+    }
     done = 0
     with psycopg.connect(url, autocommit=True) as conn:
         ready.wait()
@@ -108,11 +120,15 @@ def _claimer(url: str, ready, results) -> None:
             batch = conn.execute(CLAIM, claim, prepare=True).fetchall()
             if not batch:
                 break
-            conn.execute(COMPLETE, {
-                "ids": [row[0] for row in batch],
-                "attempts": [row[2] for row in batch],
-                "results": [None] * len(batch),
-                "owner": owner,
-            }, prepare=True)
+            conn.execute(
+                COMPLETE,
+                {
+                    "ids": [row[0] for row in batch],
+                    "attempts": [row[2] for row in batch],
+                    "results": [None] * len(batch),
+                    "owner": owner,
+                },
+                prepare=True,
+            )
             done += len(batch)
     results.put((done, time.time()))

@@ -30,25 +30,63 @@ def run(bench: Bench) -> None:
     jobs = bench.sizes.cost_jobs
     runs = bench.repeat_run(lambda _run: _measure(bench, jobs))
     rows = [
-        ("forge.cost.cpu_ms_per_1k", "supervisor CPU per 1,000 jobs", "ms", "cpu_ms_per_1k"),
-        ("forge.cost.core_pct_at_10k", "supervisor share of a core at 10,000 jobs/s", "%", "core_pct_at_10k"),
+        (
+            "forge.cost.cpu_ms_per_1k",
+            "supervisor CPU per 1,000 jobs",
+            "ms",
+            "cpu_ms_per_1k",
+        ),
+        (
+            "forge.cost.core_pct_at_10k",
+            "supervisor share of a core at 10,000 jobs/s",
+            "%",
+            "core_pct_at_10k",
+        ),
         ("forge.cost.supervisor_rss", "supervisor peak RSS", "MB", "supervisor_rss_mb"),
-        ("forge.cost.worker_rss", "largest worker/zygote peak RSS", "MB", "worker_rss_mb"),
-        ("forge.cost.commits_per_job", "database commits per job", "commits", "commits_per_job"),
-        ("forge.cost.updates_per_job", "forge_jobs row updates per job", "rows", "updates_per_job"),
+        (
+            "forge.cost.worker_rss",
+            "largest worker/zygote peak RSS",
+            "MB",
+            "worker_rss_mb",
+        ),
+        (
+            "forge.cost.commits_per_job",
+            "database commits per job",
+            "commits",
+            "commits_per_job",
+        ),
+        (
+            "forge.cost.updates_per_job",
+            "forge_jobs row updates per job",
+            "rows",
+            "updates_per_job",
+        ),
         ("forge.cost.hot_share", "of which HOT updates", "%", "hot_pct"),
         ("forge.cost.wal_per_job", "WAL per job", "bytes", "wal_bytes_per_job"),
     ]
     for key, label, unit, field in rows:
-        bench.record(key, f"{label} ({WORKERS} workers, {jobs:,} jobs)", unit, [r[field] for r in runs],
-                     section=SECTION)
+        bench.record(
+            key,
+            label,
+            unit,
+            [r[field] for r in runs],
+            section=SECTION,
+            note=f"{WORKERS} workers, {jobs:,} jobs",
+        )
 
 
 def _measure(bench: Bench, jobs: int) -> dict:
-    with bench.database("forge_costs") as url, psycopg.connect(url, autocommit=True) as conn:
+    with (
+        bench.database("forge_costs") as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
         supervisor = Forge(bench.scratch, WORKERS).start(url, {})
         try:
-            wait_until(lambda: alive(supervisor) and _registered(conn), what="supervisor registration", timeout=60)
+            wait_until(
+                lambda: alive(supervisor) and _registered(conn),
+                what="supervisor registration",
+                timeout=60,
+            )
             time.sleep(1.0)  # let start-up finish: workers forked, LISTEN up
             checkpoint(url)
             before = DbCounters.read(url)
@@ -58,7 +96,10 @@ def _measure(bench: Bench, jobs: int) -> dict:
             producer = Producer(url)
             producer.dispatch_many("noop", jobs)
             producer.close()
-            polls = wait_until(lambda: alive(supervisor) and monitor.completed() >= jobs, what=f"{jobs} jobs")
+            polls = wait_until(
+                lambda: alive(supervisor) and monitor.completed() >= jobs,
+                what=f"{jobs} jobs",
+            )
             cpu = supervisor.cpu_seconds() - cpu_before
             wall = monitor.last_completion() - wall_before
             rss = supervisor.peak_rss()
@@ -66,7 +107,9 @@ def _measure(bench: Bench, jobs: int) -> dict:
         finally:
             supervisor.stop()
         # Own transactions: polls, last-completion read, the "before" reads, the dispatch.
-        db = DbCounters.read(url, settle=True).per_job(before, jobs, own_transactions=polls + 4)
+        db = DbCounters.read(url, settle=True).per_job(
+            before, jobs, own_transactions=polls + 4
+        )
         conn.execute("SELECT pg_stat_clear_snapshot()")
         updates_after = conn.execute(ROW_WRITES).fetchone()
     updates = updates_after[0] - updates_before[0]
@@ -84,4 +127,9 @@ def _measure(bench: Bench, jobs: int) -> dict:
 
 
 def _registered(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT count(*) FROM forge_nodes WHERE stopped_at IS NULL").fetchone()[0] > 0
+    return (
+        conn.execute(
+            "SELECT count(*) FROM forge_nodes WHERE stopped_at IS NULL"
+        ).fetchone()[0]
+        > 0
+    )

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import forge
 import psycopg
 
-import forge
 import procs
 from app import jobs
 from workloads import SqlMonitor
@@ -22,7 +22,6 @@ SUPERVISOR = Path(sys.executable).with_name("forge-supervisor")
 CLAIM_BATCH = 100
 
 
-
 def _input(task: str, seq: int) -> jobs.Empty | jobs.Seq:
     return jobs.Seq(seq=seq) if task == "stamp" else jobs.Empty()
 
@@ -30,7 +29,9 @@ def _input(task: str, seq: int) -> jobs.Empty | jobs.Seq:
 class Supervisor:
     """A forge-supervisor subprocess on `url` with `workers` worker processes."""
 
-    def __init__(self, url: str, scratch: Path, workers: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, url: str, scratch: Path, workers: int, env: dict[str, str]
+    ) -> None:
         config = scratch / f"forge-{os.getpid()}-{time.monotonic_ns()}.toml"
         config.write_text(
             f'[database]\nurl = "{url}"\n'
@@ -58,7 +59,10 @@ class Supervisor:
     def peak_rss(self) -> dict[str, int]:
         """Peak RSS of the supervisor and of its largest child (zygote or worker), bytes."""
         children = [procs.peak_rss(pid) for pid in procs.descendants(self.pid)]
-        return {"supervisor": procs.peak_rss(self.pid), "worker": max(children, default=0)}
+        return {
+            "supervisor": procs.peak_rss(self.pid),
+            "worker": max(children, default=0),
+        }
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -101,7 +105,9 @@ class ForgeMonitor(SqlMonitor):
         with psycopg.connect(url, autocommit=True) as conn:
             since = conn.execute("SELECT now()::text").fetchone()[0]
         # completed_at >= since is a range scan on the forge_jobs_finished index.
-        recent = f"FROM forge_jobs WHERE status = 'completed' AND completed_at >= '{since}'"
+        recent = (
+            f"FROM forge_jobs WHERE status = 'completed' AND completed_at >= '{since}'"
+        )
         last = (
             f"SELECT extract(epoch FROM completed_at) {recent} ORDER BY completed_at OFFSET {nth - 1} LIMIT 1"
             if nth

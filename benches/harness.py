@@ -15,9 +15,10 @@ from pathlib import Path
 
 from forge.db.embedded import EmbeddedPostgres, create_database, drop_database
 from forge.db.migrate import migrate
+
 from workloads import checkpoint
 
-__all__ = ["Bench", "QUICK", "Sizes", "checkpoint", "throwaway_cluster"]
+__all__ = ["QUICK", "Bench", "Sizes", "checkpoint", "throwaway_cluster"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,13 +77,31 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     _serial: int = 0
 
-    def record(self, key: str, label: str, unit: str, values: list[float], *, section: str, note: str = "") -> dict:
+    def record(
+        self,
+        key: str,
+        label: str,
+        unit: str,
+        values: list[float],
+        *,
+        section: str,
+        note: str = "",
+    ) -> dict:
         """Summarize the repetitions of one metric and keep it for the report."""
-        row = {"key": key, "section": section, "label": label, "unit": unit, **summarize(values)}
+        row = {
+            "key": key,
+            "section": section,
+            "label": label,
+            "unit": unit,
+            **summarize(values),
+        }
         if note:
             row["note"] = note
         self.results.append(row)
-        print(f"  {label:<52} {fmt(row['median'])} {unit}  [{fmt(row['min'])} - {fmt(row['max'])}]", flush=True)
+        print(
+            f"  {label:<52} {fmt(row['median'])} {unit}  [{fmt(row['min'])} - {fmt(row['max'])}]",
+            flush=True,
+        )
         return row
 
     def note(self, text: str) -> None:
@@ -110,7 +129,9 @@ class Bench:
 def throwaway_cluster() -> Iterator[tuple[str, Path]]:
     """A private durable PostgreSQL in a temporary folder: (admin URL, scratch folder)."""
     with tempfile.TemporaryDirectory(prefix="forge-bench-", dir="/tmp") as scratch:
-        cluster = EmbeddedPostgres(Path(scratch) / "pg", durable=True, settings=CLUSTER_SETTINGS)
+        cluster = EmbeddedPostgres(
+            Path(scratch) / "pg", durable=True, settings=CLUSTER_SETTINGS
+        )
         admin = cluster.start()
         try:
             yield admin, Path(scratch)

@@ -15,15 +15,27 @@ def run(bench: Bench) -> None:
 
     def once(run: int) -> dict:
         with bench.database("forge_latency") as url:
-            return latency(Forge(bench.scratch, WORKERS), url, jobs, bench.scratch / f"stamps-forge-{run}")
+            return latency(
+                Forge(bench.scratch, WORKERS),
+                url,
+                jobs,
+                bench.scratch / f"stamps-forge-{run}",
+            )
 
-    record_latency(bench, "forge", "Forge", bench.repeat_run(once), jobs, section=SECTION)
+    record_latency(
+        bench, "forge", "Forge", bench.repeat_run(once), jobs, section=SECTION
+    )
 
 
-def record_latency(bench: Bench, key: str, name: str, runs: list[dict], jobs: int, *, section: str) -> None:
+def record_latency(
+    bench: Bench, key: str, name: str, runs: list[dict], jobs: int, *, section: str
+) -> None:
     """p50, p99 and max rows, each the median (range) of the per-run values."""
     for stat in ("p50", "p99", "max"):
         bench.record(
-            f"{key}.latency.{stat}", f"{name} pickup {stat}, {jobs} jobs 20 ms apart", "ms",
-            [r[f"{stat}_ms"] for r in runs], section=section,
+            f"{key}.latency.{stat}",
+            f"{name} pickup {stat}, {jobs} jobs 20 ms apart",
+            "ms",
+            [r[f"{stat}_ms"] for r in runs],
+            section=section,
         )

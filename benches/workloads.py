@@ -59,6 +59,9 @@ class Adapter(Protocol):
     def setup(self, url: str) -> None:
         """Install the system's schema in the fresh database `url`."""
 
+    def teardown(self) -> None:
+        """Remove what the run left outside its database (Celery's Redis keys)."""
+
     def producer(self, url: str) -> Producer: ...
 
     def start(self, url: str, env: dict[str, str]) -> Workers:
@@ -67,7 +70,9 @@ class Adapter(Protocol):
     def monitor(self, url: str) -> Monitor: ...
 
 
-def throughput(adapter: Adapter, url: str, jobs: int, *, task: str = "noop", checkpoint: Any = None) -> dict:
+def throughput(
+    adapter: Adapter, url: str, jobs: int, *, task: str = "noop", checkpoint: Any = None
+) -> dict:
     """Pre-enqueue `jobs` jobs of `task`, start the workers, time their start -> last completion.
 
     Also returns database commits and WAL bytes per job (PostgreSQL systems).
@@ -85,7 +90,10 @@ def throughput(adapter: Adapter, url: str, jobs: int, *, task: str = "noop", che
     started = time.time()
     workers = adapter.start(url, {})
     try:
-        polls = wait_until(lambda: alive(workers) and monitor.completed() >= jobs, what=f"{adapter.name}: {jobs} jobs")
+        polls = wait_until(
+            lambda: alive(workers) and monitor.completed() >= jobs,
+            what=f"{adapter.name}: {jobs} jobs",
+        )
         last = monitor.last_completion()
     finally:
         workers.stop()
@@ -93,7 +101,11 @@ def throughput(adapter: Adapter, url: str, jobs: int, *, task: str = "noop", che
     result = {"jobs_per_s": jobs / (last - started)}
     if before is not None:
         # The harness's own transactions: each poll, the last-completion read, the "before" read.
-        result.update(DbCounters.read(url, settle=True).per_job(before, jobs, own_transactions=polls + 3))
+        result.update(
+            DbCounters.read(url, settle=True).per_job(
+                before, jobs, own_transactions=polls + 3
+            )
+        )
     return result
 
 
@@ -132,7 +144,11 @@ def latency(adapter: Adapter, url: str, jobs: int, stamps: Path) -> dict:
         workers.stop()
     started = read_stamps(stamps)
     delays = sorted((started[seq] - committed[seq]) * 1000 for seq in committed)
-    return {"p50_ms": percentile(delays, 50), "p99_ms": percentile(delays, 99), "max_ms": delays[-1]}
+    return {
+        "p50_ms": percentile(delays, 50),
+        "p99_ms": percentile(delays, 99),
+        "max_ms": delays[-1],
+    }
 
 
 def enqueue_single(adapter: Adapter, url: str, jobs: int) -> float:
@@ -237,7 +253,7 @@ class DbCounters:
         self.commits, self.wal_lsn, self.url = commits, wal_lsn, url
 
     @classmethod
-    def read(cls, url: str, *, settle: bool = False) -> "DbCounters":
+    def read(cls, url: str, *, settle: bool = False) -> DbCounters:
         # Backends flush their statistics when they exit; give the stopped
         # workers' backends a moment, then read a fresh snapshot.
         if settle:
@@ -250,9 +266,14 @@ class DbCounters:
             ).fetchone()
         return cls(commits, lsn, url)
 
-    def per_job(self, before: "DbCounters", jobs: int, *, own_transactions: int) -> dict:
+    def per_job(self, before: DbCounters, jobs: int, *, own_transactions: int) -> dict:
         """Commits and WAL bytes per job between `before` and now, less this harness's own reads."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            wal = conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (self.wal_lsn, before.wal_lsn)).fetchone()[0]
+            wal = conn.execute(
+                "SELECT pg_wal_lsn_diff(%s, %s)", (self.wal_lsn, before.wal_lsn)
+            ).fetchone()[0]
         commits = self.commits - before.commits - own_transactions
-        return {"commits_per_job": max(commits, 0) / jobs, "wal_bytes_per_job": float(wal) / jobs}
+        return {
+            "commits_per_job": max(commits, 0) / jobs,
+            "wal_bytes_per_job": float(wal) / jobs,
+        }

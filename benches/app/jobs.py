@@ -2,9 +2,9 @@
 
 import time
 
+import forge
 import msgspec
 
-import forge
 from workloads import write_stamp
 
 

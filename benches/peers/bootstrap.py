@@ -23,11 +23,20 @@ def ensure() -> Path:
     wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
     if python.exists() and STAMP.exists() and STAMP.read_text().strip() == wanted:
         return python
-    print(f"  setting up {VENV.name} (pip install -r {REQUIREMENTS.name}) ...", flush=True)
+    print(
+        f"  setting up {VENV.name} (pip install -r {REQUIREMENTS.name}) ...", flush=True
+    )
     if not python.exists():
         # From inside Forge's venv, venv builds on the base interpreter, not on Forge's venv.
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
     subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True)
     STAMP.write_text(wanted + "\n")
     return python

@@ -19,8 +19,8 @@ from pathlib import Path
 import redis
 from celery import Celery
 from celery.signals import task_postrun
-
 from common import Processes
+
 from workloads import write_stamp
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -97,9 +97,21 @@ class Adapter:
     on_postgres = False
 
     def setup(self, url: str) -> None:
-        """No database: clear this benchmark's keys (its queue, counters, kombu's bookkeeping)."""
+        """No database to make: start from none of this benchmark's keys."""
+        self.teardown()
+
+    def teardown(self) -> None:
+        """Delete this benchmark's keys (its queue, counters, kombu's bookkeeping) from Redis."""
         client = redis.Redis.from_url(REDIS_URL)
-        keys = [QUEUE, DONE, LAST, "unacked", "unacked_index", "unacked_mutex", *client.keys("_kombu.binding.*")]
+        keys = [
+            QUEUE,
+            DONE,
+            LAST,
+            "unacked",
+            "unacked_index",
+            "unacked_mutex",
+            *client.keys("_kombu.binding.*"),
+        ]
         client.delete(*keys)
         client.close()
 
@@ -109,10 +121,24 @@ class Adapter:
     def start(self, url: str, env: dict[str, str]) -> Processes:
         celery = str(Path(sys.executable).with_name("celery"))
         command = [
-            celery, "-A", "celery_peer", "worker", "--pool", "prefork",
-            "--concurrency", str(CONCURRENCY), "--prefetch-multiplier", str(PREFETCH_MULTIPLIER),
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--queues", QUEUE, "--loglevel", "WARNING",
+            celery,
+            "--quiet",
+            "-A",
+            "celery_peer",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(CONCURRENCY),
+            "--prefetch-multiplier",
+            str(PREFETCH_MULTIPLIER),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--queues",
+            QUEUE,
+            "--loglevel",
+            "WARNING",
         ]
         return Processes([command], env)
 

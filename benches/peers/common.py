@@ -23,12 +23,16 @@ class Processes:
     """Worker subprocesses, stopped with SIGTERM (each peer's graceful stop), killed if they linger."""
 
     def __init__(self, commands: list[list[str]], env: dict[str, str]) -> None:
-        self.procs = [subprocess.Popen(cmd, env=peer_env(env), cwd=HERE) for cmd in commands]
+        self.procs = [
+            subprocess.Popen(cmd, env=peer_env(env), cwd=HERE) for cmd in commands
+        ]
 
     def check(self) -> None:
         for proc in self.procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"worker {proc.args[:4]} exited with {proc.returncode}")
+                raise RuntimeError(
+                    f"worker {proc.args[:4]} exited with {proc.returncode}"
+                )
 
     def stop(self) -> None:
         for proc in self.procs:

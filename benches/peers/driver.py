@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # workloads.py, and the peer modules
 
-import workloads  # noqa: E402
+import workloads
 
 
 def main() -> None:
@@ -31,16 +31,22 @@ def main() -> None:
     args = parser.parse_args()
     adapter = importlib.import_module(f"{args.peer}_peer").Adapter()
     adapter.setup(args.url)
+    try:
+        result = run(adapter, args)
+    finally:
+        adapter.teardown()
+    args.out.write_text(json.dumps(result))
+
+
+def run(adapter, args: argparse.Namespace) -> dict:
     if args.workload == "throughput":
         checkpoint = workloads.checkpoint if adapter.on_postgres else None
-        result = workloads.throughput(adapter, args.url, args.jobs, checkpoint=checkpoint)
-    elif args.workload == "latency":
-        result = workloads.latency(adapter, args.url, args.jobs, args.stamps)
-    elif args.workload == "single":
-        result = {"jobs_per_s": workloads.enqueue_single(adapter, args.url, args.jobs)}
-    else:
-        result = {"jobs_per_s": workloads.enqueue_bulk(adapter, args.url, args.jobs)}
-    args.out.write_text(json.dumps(result))
+        return workloads.throughput(adapter, args.url, args.jobs, checkpoint=checkpoint)
+    if args.workload == "latency":
+        return workloads.latency(adapter, args.url, args.jobs, args.stamps)
+    if args.workload == "single":
+        return {"jobs_per_s": workloads.enqueue_single(adapter, args.url, args.jobs)}
+    return {"jobs_per_s": workloads.enqueue_bulk(adapter, args.url, args.jobs)}
 
 
 if __name__ == "__main__":

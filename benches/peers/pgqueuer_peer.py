@@ -14,11 +14,11 @@ import time
 
 import asyncpg
 import uvloop
+from common import Loop, Processes, python_worker
 from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
 
-from common import Loop, Processes, python_worker
 from workloads import SqlMonitor, write_stamp
 
 BATCH_SIZE = 250
@@ -58,6 +58,9 @@ class Adapter:
 
         asyncio.run(install())
 
+    def teardown(self) -> None:
+        """Nothing: the orchestrator drops the database."""
+
     def producer(self, url: str) -> Producer:
         return Producer(url)
 
@@ -67,7 +70,11 @@ class Adapter:
     def monitor(self, url: str) -> SqlMonitor:
         # Finished jobs leave the queue table for pgqueuer_log (written in batches).
         done = "FROM pgqueuer_log WHERE status = 'successful'"
-        return SqlMonitor(url, f"SELECT count(*) {done}", f"SELECT extract(epoch FROM max(created)) {done}")
+        return SqlMonitor(
+            url,
+            f"SELECT count(*) {done}",
+            f"SELECT extract(epoch FROM max(created)) {done}",
+        )
 
 
 def work(url: str) -> None:

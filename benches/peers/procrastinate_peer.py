@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
+from common import Loop, Processes, python_worker
 from procrastinate import App, PsycopgConnector
 
-from common import Loop, Processes, python_worker
 from workloads import SqlMonitor, write_stamp
 
 CONCURRENCY = 10
@@ -42,7 +42,9 @@ class Producer:
         return time.time()
 
     def dispatch_many(self, task: str, count: int) -> None:
-        self.run(self.app.tasks[task].batch_defer_async(*({"seq": 0} for _ in range(count))))
+        self.run(
+            self.app.tasks[task].batch_defer_async(*({"seq": 0} for _ in range(count)))
+        )
 
     def close(self) -> None:
         self.run(self.app.close_async())
@@ -56,6 +58,9 @@ class Adapter:
     def setup(self, url: str) -> None:
         with make_app(url).open() as app:
             app.schema_manager.apply_schema()
+
+    def teardown(self) -> None:
+        """Nothing: the orchestrator drops the database."""
 
     def producer(self, url: str) -> Producer:
         return Producer(url)
