@@ -80,11 +80,6 @@ class Job(Generic[R]):
     def __repr__(self) -> str:
         return f"<forge.Job {self.name}>"
 
-    def encode_input(self, value: Any) -> bytes:
-        """Validate `value` against the declared input type and encode it as JSON."""
-        checked = convert_input(self, value)
-        return msgspec.json.encode(checked)
-
 
 _registry: dict[str, Job[Any]] = {}
 

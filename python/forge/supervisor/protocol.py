@@ -87,7 +87,6 @@ class Fenced(msgspec.Struct, tag="fenced", array_like=True):
     pids: list[int]
 
 
-ToWorker = RunJob
 FromWorker = Union[Completed, Failed, Progress, Heartbeat]
 FromZygote = Union[Spawned, Exited, Fenced]
 
