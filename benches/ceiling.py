@@ -4,7 +4,7 @@ Two processes (one per core, as many as Forge's supervisor uses database
 connections for claiming and reporting) each loop: claim a batch of
 CLAIM_BATCH rows with FOR UPDATE SKIP LOCKED, then mark them completed, each
 statement its own transaction, as Forge's core does. The statements are
-copies of the claim and complete blocks of python/forge/db/sql/engine.sql
+the claim and complete blocks of python/forge/db/sql/engine.sql themselves
 (the join form: WITH due AS (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
 UPDATE ... FROM due); the schema is Forge's own, applied by forge.db.migrate.
 Rows per second from the moment both processes are connected to the moment
@@ -19,6 +19,8 @@ import uuid
 
 import psycopg
 
+from forge.db.queries import load_queries
+
 from forge_adapter import CLAIM_BATCH
 from harness import Bench, checkpoint
 
@@ -27,40 +29,11 @@ CONNECTIONS = 2
 
 FILL = "INSERT INTO forge_jobs (job_type, input, max_attempts) SELECT 'noop', '{}'::jsonb, 1 FROM generate_series(1, %s)"
 
-CLAIM = """
-WITH due AS (
-    SELECT id FROM forge_jobs
-    WHERE status IN ('pending', 'retry')
-      AND scheduled_at <= now()
-      AND capability = ANY(%(capabilities)s::text[])
-      AND job_type = ANY(%(types)s::text[])
-    ORDER BY priority, scheduled_at, id
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE forge_jobs AS j
-    SET status = 'claimed', attempts = j.attempts + 1, claimed_by = %(owner)s,
-        claimed_at = now(), heartbeat_at = now(), started_at = NULL
-    FROM due
-    WHERE j.id = due.id
-    RETURNING j.id, j.job_type, j.attempts, j.max_attempts, j.priority,
-              j.scheduled_at, j.input::text AS input, j.parent_id
-)
-SELECT id, job_type, attempts, max_attempts, priority, input, parent_id
-FROM claimed
-ORDER BY priority, scheduled_at, id
-"""
-
-COMPLETE = """
-UPDATE forge_jobs AS j
-SET status = 'completed', completed_at = now(),
-    started_at = coalesce(j.started_at, now()), heartbeat_at = now(),
-    result = c.result::jsonb, progress = 100
-FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::text[]) AS c(id, attempt, result)
-WHERE j.id = c.id AND j.attempts = c.attempt AND j.claimed_by = %(owner)s
-  AND j.status IN ('claimed', 'running')
-RETURNING j.id
-"""
+_SQL = load_queries("engine.sql")
+# The same statements as Forge's core, run with the same session settings
+# (rust/src/db.rs INDEX_ONLY_PLANS): custom plans, no sequential or bitmap
+# scans, so the ceiling is not lowered by plans Forge never uses.
+SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan -c enable_seqscan=off -c enable_bitmapscan=off"
 
 
 def run(bench: Bench) -> None:
@@ -107,28 +80,15 @@ def _drain(url: str, rows: int) -> float:
 def _claimer(url: str, ready, results) -> None:
     """One connection's loop: claim a batch, complete it, until nothing is left."""
     owner = uuid.uuid4()
-    claim = {
-        "capabilities": ["general"],
-        "types": ["noop"],
-        "batch": CLAIM_BATCH,
-        "owner": owner,
-    }
+    claim = (CLAIM_BATCH, ["general"], owner, ["noop"])
     done = 0
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True, options=SESSION_OPTIONS) as conn, psycopg.RawCursor(conn) as cur:
         ready.wait()
         while True:
-            batch = conn.execute(CLAIM, claim, prepare=True).fetchall()
+            batch = cur.execute(_SQL["claim"], claim, prepare=True).fetchall()
             if not batch:
                 break
-            conn.execute(
-                COMPLETE,
-                {
-                    "ids": [row[0] for row in batch],
-                    "attempts": [row[2] for row in batch],
-                    "results": [None] * len(batch),
-                    "owner": owner,
-                },
-                prepare=True,
-            )
+            ids, attempts = [row[0] for row in batch], [row[2] for row in batch]
+            cur.execute(_SQL["complete"], (ids, attempts, [None] * len(batch), owner), prepare=True)
             done += len(batch)
     results.put((done, time.time()))
