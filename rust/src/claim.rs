@@ -45,7 +45,10 @@ pub struct ClaimState {
     poll_interval: Duration,
     last_claim: Option<Instant>,
     last_full: bool,
-    notified: bool,
+    /// When the latest NOTIFY (or resync) for a job due now arrived. A claim
+    /// that started before it may have missed that job's commit, so only a
+    /// claim started after it uses it up.
+    notified_at: Option<Instant>,
     due: BTreeSet<Instant>,
     retry_at: Option<Instant>,
     retry: RetryDelay,
@@ -60,7 +63,7 @@ impl ClaimState {
             poll_interval,
             last_claim: None,
             last_full: false,
-            notified: false,
+            notified_at: None,
             due: BTreeSet::new(),
             retry_at: None,
             retry: RetryDelay::default(),
@@ -83,7 +86,7 @@ impl ClaimState {
     /// A NOTIFY arrived: the job is due `delay_ms` from now (0: now).
     pub fn notified(&mut self, delay_ms: u64, now: Instant) {
         if delay_ms == 0 {
-            self.notified = true;
+            self.notified_at = Some(now);
         } else {
             self.schedule(now + Duration::from_millis(delay_ms));
         }
@@ -109,7 +112,7 @@ impl ClaimState {
         let poll_at = self.last_claim.map(|t| t + self.poll_interval);
         let due_at = self.due.first().copied();
         let timer = [poll_at, due_at].into_iter().flatten().min();
-        let urgent = self.last_claim.is_none() || self.notified || self.last_full;
+        let urgent = self.last_claim.is_none() || self.notified_at.is_some() || self.last_full;
         if urgent || timer.is_some_and(|t| t <= now) {
             Decision::Claim(self.credits.min(self.max_batch) as i64)
         } else {
@@ -122,7 +125,7 @@ impl ClaimState {
     pub fn claimed(&mut self, asked: i64, got: usize, started: Instant) {
         self.credits = self.credits.saturating_sub(got as u64);
         self.last_full = got as i64 >= asked;
-        self.notified = false;
+        self.notified_at = self.notified_at.filter(|at| *at > started);
         self.last_claim = Some(started);
         self.due = self.due.split_off(&(started + Duration::from_nanos(1)));
         self.retry_at = None;
@@ -138,8 +141,8 @@ impl ClaimState {
     }
 
     /// After a reconnect notifications may have been missed: claim once.
-    pub fn resync(&mut self) {
-        self.notified = true;
+    pub fn resync(&mut self, now: Instant) {
+        self.notified_at = Some(now);
     }
 }
 
@@ -272,8 +275,25 @@ mod tests {
     fn resync_claims_after_reconnect() {
         let now = Instant::now();
         let mut s = idle(now);
-        s.resync();
+        s.resync(now);
         assert_eq!(s.decide(now), Decision::Claim(10));
+    }
+
+    #[test]
+    fn notification_during_a_claim_survives_it() {
+        // The job's commit may postdate the running claim's snapshot: the
+        // empty claim must not use up the wake-up it could not have seen.
+        let now = Instant::now();
+        let mut s = idle(now);
+        let started = now + Duration::from_millis(5);
+        s.notified(0, started + Duration::from_millis(1));
+        s.claimed(10, 0, started);
+        assert_eq!(s.decide(started), Decision::Claim(10));
+        s.claimed(10, 1, started + Duration::from_millis(2));
+        assert_eq!(
+            s.decide(started + Duration::from_millis(2)),
+            Decision::Wait(Some(started + Duration::from_millis(2) + POLL))
+        );
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl Db {
             );
         }
         if was_down && conn != ConnKind::Maintenance {
-            self.shared.claim_event(|c| c.resync());
+            self.shared.claim_event(|c| c.resync(Instant::now()));
         }
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -34,6 +36,19 @@ def test_notify_wakes_an_idle_supervisor_quickly(supervisor, db):
     wait_for(lambda: finished(db, job_id), timeout=5, what="a NOTIFY-woken claim")
     row = job_row(db, job_id)
     assert row["started_at"] - row["created_at"] < timedelta(seconds=1)
+
+
+def test_no_notify_is_lost_to_a_claim_in_flight(supervisor, db):
+    # The second job of each pair often commits while the claim woken by the
+    # first is running, after its snapshot: that claim cannot see it, so its
+    # NOTIFY must still cause another claim (polling is 30 s away).
+    supervisor(poll_interval="30s", workers=4)
+    rng = random.Random(7)
+    for i in range(60):
+        first = forge.dispatch(db, jobs.double, {"n": i})
+        time.sleep(rng.uniform(0, 0.002))
+        second = forge.dispatch(db, jobs.double, {"n": i})
+        wait_for(lambda: finished(db, first, second), timeout=3, what=f"pair {i}'s NOTIFY-woken jobs")
 
 
 def test_async_job_results_are_stored(supervisor, db):
