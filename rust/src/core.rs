@@ -453,8 +453,8 @@ fn run_thread(
                 return;
             }
         };
-        let listener = match tokio::try_join!(db.client(), db.listen()) {
-            Ok((_, listener)) => listener,
+        let listener = match tokio::try_join!(db.claim_client(), db.client(), db.listen()) {
+            Ok((_, _, listener)) => listener,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;

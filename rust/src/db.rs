@@ -1,7 +1,10 @@
-//! The three database connections: the main one (claim, reports, heartbeats,
-//! pipelined by tokio-postgres, every statement prepared once per
-//! connection), the maintenance one (the sweeps, so a slow one never delays
-//! the hot path) and the LISTEN one, whose notifications feed the producer.
+//! The four database connections, every statement prepared once per
+//! connection: the claim one (so claiming the next batch runs in its own
+//! backend while another writes the reports of the last one: one backend
+//! doing both was the busiest process of a no-op run), the main one
+//! (reports and heartbeats, pipelined by tokio-postgres), the maintenance
+//! one (the sweeps, so a slow one never delays the hot path) and the LISTEN
+//! one, whose notifications feed the producer.
 //!
 //! Losing the database never panics or ends a task: every round of
 //! statements has a client-side timeout (a connection that hangs without
@@ -25,7 +28,7 @@ use crate::claim::parse_delay;
 use crate::core::{lock, Config, Shared};
 use crate::errors::{describe, CoreError};
 use crate::pacing::{ConnKind, Outage, Pacer};
-use crate::sql::{MAIN, MAINTENANCE};
+use crate::sql::{CLAIM, MAIN, MAINTENANCE};
 use crate::stats::Stat;
 
 /// The channel engine.sql's notify statement and job inserts notify.
@@ -95,6 +98,7 @@ pub struct Db {
     shared: Arc<Shared>,
     /// The parsed DSN with timeouts, keepalives and statement_timeout set.
     pg: tokio_postgres::Config,
+    claim: Slot,
     main: Slot,
     maintenance: Slot,
     pacer: Mutex<Pacer>,
@@ -108,6 +112,11 @@ impl Db {
             config,
             shared,
             pg,
+            claim: Slot {
+                kind: ConnKind::Claim,
+                names: &CLAIM,
+                conn: tokio::sync::Mutex::new(None),
+            },
             main: Slot {
                 kind: ConnKind::Main,
                 names: &MAIN,
@@ -134,6 +143,11 @@ impl Db {
     /// The main connection, reconnecting (and re-preparing) if it closed.
     pub async fn client(&self) -> Result<Arc<Conn>, CoreError> {
         self.slot(&self.main).await
+    }
+
+    /// The claim connection, likewise.
+    pub async fn claim_client(&self) -> Result<Arc<Conn>, CoreError> {
+        self.slot(&self.claim).await
     }
 
     /// The maintenance connection, likewise.
@@ -179,8 +193,9 @@ impl Db {
         }
     }
 
-    /// `conn` is up; logs the end of the outage if this ends it. A restored
-    /// main or LISTEN connection may have missed NOTIFYs: claim once.
+    /// `conn` is up; logs the end of the outage if this ends it. After any
+    /// hot-path or LISTEN connection was down NOTIFYs may have been missed:
+    /// claim once.
     pub fn restored(&self, conn: ConnKind) {
         let mut outage = lock(&self.outage);
         let was_down = outage.is_down(conn);

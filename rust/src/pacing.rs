@@ -62,6 +62,7 @@ pub enum ConnKind {
     Main = 1,
     Listen = 2,
     Maintenance = 4,
+    Claim = 8,
 }
 
 impl ConnKind {
@@ -70,6 +71,7 @@ impl ConnKind {
             ConnKind::Main => "main",
             ConnKind::Listen => "LISTEN",
             ConnKind::Maintenance => "maintenance",
+            ConnKind::Claim => "claim",
         }
     }
 }

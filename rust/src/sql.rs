@@ -8,9 +8,12 @@ use std::collections::HashMap;
 
 use crate::errors::CoreError;
 
-/// Prepared on the main connection (the hot path).
-pub const MAIN: [&str; 9] = [
-    "claim",
+/// Prepared on the claim connection: claims run beside the reports of the
+/// jobs already claimed instead of queueing behind them in one backend.
+pub const CLAIM: [&str; 1] = ["claim"];
+
+/// Prepared on the main connection (reports and heartbeats).
+pub const MAIN: [&str; 8] = [
     "start",
     "complete",
     "fail",
@@ -87,8 +90,9 @@ fn insert_block(
 pub fn parse_engine_sql(text: &str) -> Result<HashMap<String, String>, CoreError> {
     let blocks = parse_blocks(text)?;
     // Every statement either connection prepares must be there.
-    match MAIN
+    match CLAIM
         .iter()
+        .chain(&MAIN)
         .chain(&MAINTENANCE)
         .find(|n| !blocks.contains_key(**n))
     {

@@ -128,7 +128,7 @@ async fn wait_for_claim_event(shared: &Shared, until: Option<Instant>) {
 }
 
 async fn claim(db: &Db, n: i64) -> Result<Vec<Claimed>, CoreError> {
-    let conn = db.client().await?;
+    let conn = db.claim_client().await?;
     let config = db.config();
     let rows = db
         .query(
