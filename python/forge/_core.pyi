@@ -36,7 +36,10 @@ class Core:
     """The claim loop, the batched reporter and the lease heartbeat of one supervisor.
 
     owner is the supervisor run's instance id (a UUID string), written to
-    claimed_by and required by every later statement. engine_sql is the text of
+    claimed_by and required by every later statement. Before the first claim
+    the core registers the run in forge_nodes (owner, hostname, pid, roles,
+    capabilities, workers, the job types of `policies`) and keeps that row's
+    heartbeat fresh; close() records the stop there. engine_sql is the text of
     forge/db/sql/engine.sql. Claims are demand-driven: request(n) grants n
     credits, and the core claims due jobs (at most max_batch per statement)
     whenever it holds credits and has a reason: a NOTIFY on channel forge_jobs
@@ -74,6 +77,9 @@ class Core:
         engine_sql: str,
         *,
         default_policy: JobPolicy,
+        hostname: str,
+        roles: list[str],
+        workers: int,
         max_batch: int = 100,
         poll_interval_ms: int = 1000,
         heartbeat_interval_ms: int = 2000,
@@ -147,8 +153,9 @@ class Core:
         can be lower than the number of start() calls. fenced counts reports
         the lease guard rejected; lost counts held leases a heartbeat did not
         renew (each once)."""
-    def close(self) -> None:
-        """Flush what can be flushed (waiting up to 5 s), stop the runtime and
-        close the connections. A second close() does nothing; any other method
+    def close(self) -> bool:
+        """Flush what can be flushed (waiting up to 5 s), record the node's
+        clean stop (True when that was written; False when the database could
+        not be reached within 5 s), stop the runtime and close the connections. A second close() does nothing; any other method
         raises RuntimeError after close(), and in a process other than the
         creating one (a forked child)."""

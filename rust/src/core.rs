@@ -3,6 +3,7 @@
 //! database I/O.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 pub struct Config {
     pub dsn: String,
     pub owner: Uuid,
+    /// What this node's forge_nodes row says about it.
+    pub node: NodeInfo,
     pub capabilities: Vec<String>,
     /// The job types this node runs: the only ones it claims.
     pub job_types: Vec<String>,
@@ -45,6 +48,14 @@ pub struct Config {
     pub dead_letter_after: Duration,
     /// How long a dead letter is kept when its row sets no retention.
     pub dead_letter_retain: Duration,
+}
+
+/// The registration of this supervisor run (its id is Config::owner).
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub hostname: String,
+    pub roles: Vec<String>,
+    pub workers: i32,
 }
 
 /// Bounds of the client-side timeout of every statement round and connect.
@@ -110,6 +121,8 @@ pub struct Shared {
     /// Sequence number of the last report written, and its waiters.
     written: Mutex<u64>,
     written_cv: Condvar,
+    /// Whether the runtime recorded the node's clean stop before ending.
+    stop_recorded: AtomicBool,
 }
 
 /// Locks ignoring poisoning: the guarded data stays consistent because no
@@ -204,6 +217,7 @@ impl Core {
             claim_wake: Notify::new(),
             written: Mutex::new(0),
             written_cv: Condvar::new(),
+            stop_recorded: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -384,17 +398,16 @@ impl Core {
 
     /// Flushes (bounded), stops the runtime and joins its thread. Closing
     /// twice is a no-op.
-    pub fn close(&self) -> Result<(), CoreError> {
+    pub fn close(&self) -> Result<bool, CoreError> {
         if std::process::id() != self.pid {
             return Err(CoreError::WrongProcess);
         }
-        if lock(&self.stop).is_none() {
-            return Ok(());
+        if lock(&self.stop).is_some() {
+            let target = lock(&self.reporter).seq;
+            self.shared.wait_written(target, CLOSE_FLUSH);
+            self.shutdown();
         }
-        let target = lock(&self.reporter).seq;
-        self.shared.wait_written(target, CLOSE_FLUSH);
-        self.shutdown();
-        Ok(())
+        Ok(self.shared.stop_recorded.load(Ordering::Relaxed))
     }
 
     /// Signals the runtime to stop and joins it. In a forked child the thread
@@ -460,13 +473,19 @@ fn run_thread(
                 return;
             }
         };
+        if let Err(e) = tasks::register_node(&db).await {
+            let _ = ready.send(Err(e));
+            return;
+        }
         let _ = ready.send(Ok(()));
         tokio::spawn(tasks::listen(db.clone(), listener));
         tokio::spawn(tasks::produce(db.clone()));
         tokio::spawn(tasks::report(db.clone(), reports));
         tokio::spawn(tasks::heartbeat(db.clone()));
-        tokio::spawn(rescue::maintain(db));
+        tokio::spawn(rescue::maintain(db.clone()));
         let _ = stop.await;
+        let recorded = tasks::record_stop(&db).await.is_ok();
+        shared.stop_recorded.store(recorded, Ordering::Relaxed);
     });
 }
 

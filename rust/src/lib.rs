@@ -25,7 +25,7 @@ use pyo3::types::PyBytes;
 use crate::backoff::{Backoff, BackoffKind};
 use crate::batch::json_text;
 use crate::claim::Claimed;
-use crate::core::{Config, Policies};
+use crate::core::{Config, NodeInfo, Policies};
 use crate::errors::CoreError;
 
 /// How one job type is retried.
@@ -113,7 +113,7 @@ struct Core(core::Core);
 impl Core {
     #[new]
     #[pyo3(signature = (
-        dsn, owner, capabilities, policies, engine_sql, *, default_policy,
+        dsn, owner, capabilities, policies, engine_sql, *, default_policy, hostname, roles, workers,
         max_batch = 100, poll_interval_ms = 1000, heartbeat_interval_ms = 2000,
         heartbeat_timeout_ms = 30_000, max_crashes = 3, maintenance_interval_ms = 1000,
         dead_letter_after_ms = 0, dead_letter_retain_ms = DEFAULT_DEAD_LETTER_RETAIN_MS
@@ -127,6 +127,9 @@ impl Core {
         policies: Vec<PyRef<'_, JobPolicy>>,
         engine_sql: &str,
         default_policy: PyRef<'_, JobPolicy>,
+        hostname: String,
+        roles: Vec<String>,
+        workers: i64,
         max_batch: i64,
         poll_interval_ms: i64,
         heartbeat_interval_ms: i64,
@@ -150,8 +153,15 @@ impl Core {
             owner: owner
                 .parse()
                 .map_err(|_| CoreError::Invalid(format!("owner must be a UUID, not {owner:?}")))?,
+            node: NodeInfo {
+                hostname,
+                roles,
+                workers: positive_u32(workers, "workers")?
+                    .try_into()
+                    .map_err(|_| CoreError::Invalid(format!("workers too large: {workers}")))?,
+            },
             capabilities,
-            job_types: policies.iter().map(|p| p.job_type.clone()).collect(),
+            job_types: sorted(policies.iter().map(|p| p.job_type.clone()).collect()),
             sql: sql::parse_engine_sql(engine_sql)?,
             max_batch: u64::from(positive_u32(max_batch, "max_batch")?),
             poll_interval: millis(poll_interval_ms, "poll_interval_ms")?,
@@ -261,9 +271,14 @@ impl Core {
         Ok(self.0.stats()?.into_iter().collect())
     }
 
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
+    fn close(&self, py: Python<'_>) -> PyResult<bool> {
         Ok(py.detach(|| self.0.close())?)
     }
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
 }
 
 /// A count that must be at least 1 (attempt numbers, batch sizes).

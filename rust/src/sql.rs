@@ -12,8 +12,8 @@ use crate::errors::CoreError;
 /// jobs already claimed instead of queueing behind them in one backend.
 pub const CLAIM: [&str; 1] = ["claim"];
 
-/// Prepared on the main connection (reports and heartbeats).
-pub const MAIN: [&str; 8] = [
+/// Prepared on the main connection (reports, heartbeats, the node's row).
+pub const MAIN: [&str; 10] = [
     "start",
     "complete",
     "fail",
@@ -21,6 +21,8 @@ pub const MAIN: [&str; 8] = [
     "progress",
     "heartbeat",
     "node_heartbeat",
+    "register_node",
+    "stop_node",
     "notify",
 ];
 

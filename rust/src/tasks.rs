@@ -326,6 +326,42 @@ async fn write_releases(db: &Db, conn: &Conn, part: &mut Pairs) -> Result<(), Co
 
 /// Renews the leases every heartbeat_interval; the first beat is one
 /// interval after start since the claim itself set heartbeat_at.
+/// The most a stopping supervisor waits to record its stop.
+const RECORD_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Inserts this run's forge_nodes row (before the first claim: other nodes
+/// judge job types and leases by the registrations they see).
+pub async fn register_node(db: &Db) -> Result<(), CoreError> {
+    let conn = db.client().await?;
+    let config = db.config();
+    let node = &config.node;
+    let pid = std::process::id() as i32;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &config.owner,
+        &node.hostname,
+        &pid,
+        &node.roles,
+        &config.capabilities,
+        &node.workers,
+        &config.job_types,
+    ];
+    db.query(&conn, "register_node", &params).await?;
+    Ok(())
+}
+
+/// Records a clean stop in this run's row; an error when the database is
+/// unreachable (the row then ages out like a lost node's).
+pub async fn record_stop(db: &Db) -> Result<(), CoreError> {
+    let write = async {
+        let conn = db.client().await?;
+        db.query(&conn, "stop_node", &[&db.config().owner]).await
+    };
+    match tokio::time::timeout(RECORD_STOP_TIMEOUT, write).await {
+        Ok(result) => result.map(drop),
+        Err(_) => Err(CoreError::Connect("recording the stop timed out".into())),
+    }
+}
+
 pub async fn heartbeat(db: Arc<Db>) {
     let shared = db.shared();
     let mut streak = Streak::new("heartbeat");

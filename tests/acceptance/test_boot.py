@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -60,3 +61,14 @@ def test_help_lists_the_config_option():
     result = subprocess.run([SUPERVISOR, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "-c, --config" in result.stdout
+
+
+def test_a_running_node_is_registered_with_what_it_runs(supervisor, db):
+    sup = supervisor(workers=3, worker_capabilities=["general", "gpu"])
+    row = db.execute(
+        "SELECT hostname, pid, roles, capabilities, workers, job_types, stopped_at FROM forge_nodes"
+    ).fetchone()
+    assert row[0] == socket.gethostname()
+    assert row[1:5] == (sup.proc.pid, ["worker"], ["general", "gpu"], 3)
+    assert row[5] == sorted(row[5]) and {"double", "nap"} <= set(row[5])
+    assert row[6] is None

@@ -12,7 +12,9 @@ or migrated. A boot failure therefore stops instead of crash-looping.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
+import uuid
 from typing import Any
 
 import click
@@ -22,7 +24,6 @@ from .._core import Core, JobPolicy
 from ..config import Config, import_app_modules, load_config, resolve_database_url
 from ..db.migrate import migrate
 from ..db.queries import SQL_DIR
-from ..engine import nodes
 from ..errors import ConfigError, DatabaseError
 from ..job import Job, registry
 from ..retry import Retry
@@ -88,8 +89,7 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
 
 
 def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
-    node_id = nodes.new_node_id()
-    nodes.register(dsn, node_id, config.node, list(jobs))
+    node_id = uuid.uuid4()  # new at every start: the lease owner of this run's claims
     try:
         core = Core(
             dsn,
@@ -98,6 +98,9 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
             [policy(name, job.retry) for name, job in jobs.items()],
             (SQL_DIR / "engine.sql").read_text(encoding="utf-8"),
             default_policy=policy("", Retry()),
+            hostname=socket.gethostname(),
+            roles=list(config.node.roles),
+            workers=config.node.workers,
             max_batch=config.node.claim_batch,
             poll_interval_ms=_ms(config.node.poll_interval),
             heartbeat_interval_ms=_ms(config.node.heartbeat_interval),
@@ -107,8 +110,8 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
             dead_letter_after_ms=_ms(config.node.dead_letter_after),
             dead_letter_retain_ms=_ms(config.node.dead_letter_retain),
         )
-    except ConnectionError as exc:
-        _log.error("cannot connect the core to the database: %s", exc)
+    except (ConnectionError, RuntimeError) as exc:  # unreachable, or the registration refused
+        _log.error("cannot start the core on the database: %s", exc)
         return EXIT_DATABASE
     settings = WorkerSettings(
         dsn=dsn,
@@ -128,8 +131,7 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
     finally:
         core.flush(5000)
         _log.info("core totals: %s", " ".join(f"{k}={v}" for k, v in sorted(core.stats().items())))
-        core.close()
-        if not nodes.mark_stopped(dsn, node_id):
+        if not core.close():
             _log.warning("node %s: could not record the stop (database unreachable)", node_id)
         _log.info("node %s stopped", node_id)
 

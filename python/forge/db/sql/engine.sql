@@ -130,6 +130,17 @@ WHERE j.id = h.id AND j.attempts = h.attempt AND j.claimed_by = $3
   AND j.status IN ('claimed', 'running')
 RETURNING j.id;
 
+-- name: register_node
+-- This supervisor run announces itself (the id is new at every start and is
+-- the lease owner of every job the run claims): $1 id, $2 hostname, $3 pid,
+-- $4 roles, $5 capabilities, $6 worker count, $7 job types.
+INSERT INTO forge_nodes (id, hostname, pid, roles, capabilities, workers, job_types)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: stop_node
+-- A clean stop: the row stays for the dashboard until reaped.
+UPDATE forge_nodes SET stopped_at = now(), heartbeat_at = now() WHERE id = $1;
+
 -- name: node_heartbeat
 -- Keep this node's registration fresh.
 UPDATE forge_nodes SET heartbeat_at = now() WHERE id = $1;
