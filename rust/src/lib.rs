@@ -9,6 +9,7 @@ mod core;
 mod db;
 mod errors;
 mod heartbeat;
+mod migrate;
 mod pacing;
 mod rescue;
 mod sql;
@@ -19,6 +20,7 @@ mod wake;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -27,6 +29,7 @@ use crate::batch::json_text;
 use crate::claim::Claimed;
 use crate::core::{Config, NodeInfo, Policies};
 use crate::errors::CoreError;
+use crate::migrate::{MigrateError, Migration};
 
 /// How one job type is retried.
 #[pyclass(frozen, module = "forge._core")]
@@ -281,6 +284,37 @@ fn sorted(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
+/// Applies the pending migrations, given as (version, name, file name, SQL)
+/// in any order, in one transaction under the advisory lock; the versions
+/// applied. The GIL is released meanwhile.
+#[pyfunction]
+#[pyo3(name = "migrate")]
+fn apply_migrations(
+    py: Python<'_>,
+    dsn: &str,
+    migrate_sql: &str,
+    migrations: Vec<(i32, String, String, String)>,
+) -> PyResult<Vec<i32>> {
+    let migrations: Vec<Migration> = migrations
+        .into_iter()
+        .map(|(version, name, file, sql)| Migration {
+            version,
+            name,
+            file,
+            sql,
+        })
+        .collect();
+    py.detach(|| migrate::migrate(dsn, migrate_sql, &migrations))
+        .map_err(|e| {
+            let msg = e.to_string();
+            match e {
+                MigrateError::Invalid(_) => PyValueError::new_err(msg),
+                MigrateError::Connect(_) => PyConnectionError::new_err(msg),
+                MigrateError::Failed { .. } => PyRuntimeError::new_err(msg),
+            }
+        })
+}
+
 /// A count that must be at least 1 (attempt numbers, batch sizes).
 fn positive_u32(n: i64, what: &str) -> Result<u32, CoreError> {
     u32::try_from(n)
@@ -308,5 +342,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<JobPolicy>()?;
     m.add_class::<ClaimedJob>()?;
     m.add_class::<Core>()?;
+    m.add_function(wrap_pyfunction!(apply_migrations, m)?)?;
     Ok(())
 }

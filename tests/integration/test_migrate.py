@@ -59,14 +59,14 @@ def test_applies_every_migration_to_an_empty_database(empty_database_url):
 def test_is_idempotent(empty_database_url):
     assert migrate(empty_database_url) == ALL_VERSIONS
     assert migrate(empty_database_url) == []
+    assert migrate(empty_database_url) == []
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
-        assert migrate(conn) == []
         assert conn.execute("SELECT count(*) FROM forge_migrations").fetchone()[0] == len(ALL_VERSIONS)
 
 
-def test_template_clone_is_fully_migrated(conn):
+def test_template_clone_is_fully_migrated(conn, database_url):
     assert pending(conn) == []
-    assert migrate(conn) == []
+    assert migrate(database_url) == []
     assert JOB_COLUMNS <= columns(conn, "forge_jobs")
 
 
@@ -78,9 +78,8 @@ def test_concurrent_migrators_apply_once(empty_database_url):
 
     def run() -> None:
         try:
-            with psycopg.connect(empty_database_url) as conn:
-                barrier.wait(timeout=10)
-                results.append(migrate(conn))
+            barrier.wait(timeout=10)
+            results.append(migrate(empty_database_url))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -133,3 +132,8 @@ def test_bad_migration_folders_are_refused(tmp_path: Path, names, message):
         (tmp_path / name).write_text("SELECT 1;")
     with pytest.raises(DatabaseError, match=message):
         available(tmp_path)
+
+
+def test_an_unreachable_database_is_named_in_the_error():
+    with pytest.raises(DatabaseError, match="cannot connect to the database to migrate it"):
+        migrate("postgresql://postgres@127.0.0.1:1/nowhere")

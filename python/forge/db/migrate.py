@@ -2,7 +2,9 @@
 
 migrate() applies the pending ones in version order, all in one transaction
 under a transaction-level advisory lock, and records each in forge_migrations.
-Running it again, or from two processes at once, applies nothing twice.
+Running it again, or from two processes at once, applies nothing twice. The
+applying is done by the Rust core (forge._core.migrate), so the supervisor
+reaches its first claim without loading psycopg; pending() only reads.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
+from typing import TYPE_CHECKING
 
-from forge.db.queries import load_queries
+from forge import _core
+from forge.db.queries import SQL_DIR, load_queries
 from forge.errors import DatabaseError
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["MIGRATIONS_DIR", "Migration", "available", "migrate", "pending"]
 
@@ -49,7 +55,7 @@ def available(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def pending(conn: psycopg.Connection, folder: Path = MIGRATIONS_DIR) -> list[Migration]:
+def pending(conn: "psycopg.Connection", folder: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Migrations not yet applied to the database of `conn` (reads only; creates nothing)."""
     queries = load_queries("migrate.sql")
     (exists,) = conn.execute(queries["table_exists"]).fetchone()  # type: ignore[misc]
@@ -57,34 +63,10 @@ def pending(conn: psycopg.Connection, folder: Path = MIGRATIONS_DIR) -> list[Mig
     return [m for m in available(folder) if m.version not in done]
 
 
-def migrate(conn_or_url: psycopg.Connection | str, folder: Path = MIGRATIONS_DIR) -> list[int]:
+def migrate(url: str, folder: Path = MIGRATIONS_DIR) -> list[int]:
     """Apply pending migrations in one locked transaction; return the versions applied (empty if none)."""
-    if isinstance(conn_or_url, str):
-        try:
-            conn = psycopg.connect(conn_or_url)
-        except psycopg.Error as exc:
-            detail = " ".join(str(exc).split())
-            raise DatabaseError(f"cannot connect to the database to migrate it: {detail}") from exc
-        with conn:
-            return _migrate(conn, folder)
-    return _migrate(conn_or_url, folder)
-
-
-def _migrate(conn: psycopg.Connection, folder: Path) -> list[int]:
-    queries = load_queries("migrate.sql")
-    applied: list[int] = []
-    current: Migration | None = None
+    migrations = [(m.version, m.name, m.path.name, m.sql()) for m in available(folder)]
     try:
-        with conn.transaction():
-            conn.execute(queries["lock"])
-            conn.execute(queries["create_table"])
-            for current in pending(conn, folder):
-                conn.execute(current.sql())
-                conn.execute(queries["record"], {"version": current.version, "name": current.name})
-                applied.append(current.version)
-            current = None
-    except psycopg.Error as exc:
-        where = f" while applying {current.path.name}" if current is not None else ""
-        detail = " ".join(str(exc).split())
-        raise DatabaseError(f"migration failed{where}, nothing was applied: {detail}") from exc
-    return applied
+        return _core.migrate(url, (SQL_DIR / "migrate.sql").read_text(encoding="utf-8"), migrations)
+    except (ConnectionError, RuntimeError) as exc:
+        raise DatabaseError(" ".join(str(exc).split())) from exc

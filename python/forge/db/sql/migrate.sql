@@ -1,4 +1,4 @@
--- Statements of the schema migrator (forge.db.migrate), run through psycopg.
+-- Statements of the schema migrator (rust/src/migrate.rs, through forge.db.migrate).
 -- All of them run in one transaction that first takes the advisory lock, so
 -- two supervisors starting at once apply each migration exactly once.
 
@@ -24,4 +24,4 @@ SELECT version FROM forge_migrations ORDER BY version;
 
 -- name: record
 -- Mark one migration applied, in the same transaction that applied it.
-INSERT INTO forge_migrations (version, name, applied_at) VALUES (%(version)s, %(name)s, now());
+INSERT INTO forge_migrations (version, name, applied_at) VALUES ($1, $2, now());

@@ -1,0 +1,205 @@
+//! Schema migrations: the pending ones applied in version order, all in one
+//! transaction under a transaction-level advisory lock, each recorded in
+//! forge_migrations; running it again, or from two processes at once,
+//! applies nothing twice. The statements are migrate.sql's.
+//!
+//! This is the one implementation, used by `forge migrate` and by the
+//! supervisor at boot, which therefore needs no Python database driver
+//! before its first claim. It runs on a runtime of the calling thread.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::errors::{describe, CoreError};
+use crate::sql::parse_blocks;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The migrate.sql statements this module runs.
+const STATEMENTS: [&str; 4] = ["lock", "create_table", "applied", "record"];
+
+/// One migration file.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub version: i32,
+    pub name: String,
+    /// The file name, for errors.
+    pub file: String,
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MigrateError {
+    /// Bad statements or arguments from Python.
+    Invalid(String),
+    /// The database could not be reached.
+    Connect(String),
+    /// A statement failed: the transaction was rolled back, nothing applied.
+    Failed { file: Option<String>, detail: String },
+}
+
+impl fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MigrateError::Invalid(m) => write!(f, "{m}"),
+            MigrateError::Connect(m) => {
+                write!(f, "cannot connect to the database to migrate it: {m}")
+            }
+            MigrateError::Failed { file, detail } => {
+                let during = file
+                    .as_ref()
+                    .map(|f| format!(" while applying {f}"))
+                    .unwrap_or_default();
+                write!(f, "migration failed{during}, nothing was applied: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MigrateError {}
+
+/// Applies the pending `migrations` to the database at `dsn`; the versions
+/// applied, in order (empty when there were none).
+pub fn migrate(
+    dsn: &str,
+    migrate_sql: &str,
+    migrations: &[Migration],
+) -> Result<Vec<i32>, MigrateError> {
+    let statements = statements(migrate_sql)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| MigrateError::Invalid(format!("tokio runtime: {e}")))?;
+    runtime.block_on(apply(dsn, &statements, migrations))
+}
+
+fn statements(migrate_sql: &str) -> Result<HashMap<String, String>, MigrateError> {
+    let blocks = parse_blocks(migrate_sql).map_err(|e| MigrateError::Invalid(e.to_string()))?;
+    match STATEMENTS.iter().find(|n| !blocks.contains_key(**n)) {
+        Some(missing) => Err(MigrateError::Invalid(format!(
+            "migrate_sql has no block {missing:?}"
+        ))),
+        None => Ok(blocks),
+    }
+}
+
+async fn apply(
+    dsn: &str,
+    sql: &HashMap<String, String>,
+    migrations: &[Migration],
+) -> Result<Vec<i32>, MigrateError> {
+    let mut pg: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|e: tokio_postgres::Error| MigrateError::Connect(describe(&e)))?;
+    pg.connect_timeout(CONNECT_TIMEOUT).keepalives(true);
+    let (mut client, connection) = pg
+        .connect(NoTls)
+        .await
+        .map_err(|e| MigrateError::Connect(describe(&e)))?;
+    let driver = tokio::spawn(connection);
+    let result = run(&mut client, sql, migrations).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// The one transaction: lock, ledger, every pending migration, commit.
+async fn run(
+    client: &mut tokio_postgres::Client,
+    sql: &HashMap<String, String>,
+    migrations: &[Migration],
+) -> Result<Vec<i32>, MigrateError> {
+    let outside = |e| failed(None, e);
+    let tx = client.transaction().await.map_err(outside)?;
+    tx.batch_execute(&sql["lock"]).await.map_err(outside)?;
+    tx.batch_execute(&sql["create_table"]).await.map_err(outside)?;
+    let done: Vec<i32> = tx
+        .query(sql["applied"].as_str(), &[])
+        .await
+        .map_err(outside)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for m in pending(migrations, &done) {
+        let during = |e| failed(Some(m), e);
+        tx.batch_execute(&m.sql).await.map_err(during)?;
+        tx.execute(sql["record"].as_str(), &[&m.version, &m.name])
+            .await
+            .map_err(during)?;
+        applied.push(m.version);
+    }
+    tx.commit().await.map_err(outside)?;
+    Ok(applied)
+}
+
+fn failed(during: Option<&Migration>, e: tokio_postgres::Error) -> MigrateError {
+    let detail = match CoreError::from(e) {
+        CoreError::Database(m) | CoreError::Connect(m) => m,
+        other => other.to_string(),
+    };
+    MigrateError::Failed {
+        file: during.map(|m| m.file.clone()),
+        detail,
+    }
+}
+
+/// The migrations whose version is not in `done`, by version.
+fn pending<'a>(migrations: &'a [Migration], done: &[i32]) -> Vec<&'a Migration> {
+    let mut todo: Vec<&Migration> = migrations
+        .iter()
+        .filter(|m| !done.contains(&m.version))
+        .collect();
+    todo.sort_by_key(|m| m.version);
+    todo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(version: i32) -> Migration {
+        Migration {
+            version,
+            name: format!("m{version}"),
+            file: format!("{version:04}_m{version}.sql"),
+            sql: String::new(),
+        }
+    }
+
+    #[test]
+    fn pending_skips_the_applied_and_orders_by_version() {
+        let all = [m(3), m(1), m(2)];
+        let todo: Vec<i32> = pending(&all, &[1]).iter().map(|m| m.version).collect();
+        assert_eq!(todo, [2, 3]);
+        assert!(pending(&all, &[1, 2, 3]).is_empty());
+    }
+
+    #[test]
+    fn the_real_migrate_sql_has_every_statement() {
+        let text = include_str!("../../python/forge/db/sql/migrate.sql");
+        let s = statements(text).unwrap();
+        assert!(s["lock"].contains("pg_advisory_xact_lock"));
+        assert!(s["record"].contains("$1") && s["record"].contains("$2"));
+        assert!(statements("-- name: lock\nSELECT 1;").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_file_that_failed() {
+        let e = MigrateError::Failed {
+            file: Some("0002_broken.sql".into()),
+            detail: "ERROR 42883: no".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "migration failed while applying 0002_broken.sql, nothing was applied: ERROR 42883: no"
+        );
+        assert!(MigrateError::Connect("refused".into())
+            .to_string()
+            .starts_with("cannot connect to the database to migrate it"));
+    }
+}
