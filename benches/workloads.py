@@ -12,7 +12,6 @@ or now() as epoch in the database): one machine, one clock.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -214,13 +213,6 @@ def read_stamps(path: Path) -> dict[int, float]:
         if len(parts) == 2:  # a line being written has no second field yet
             stamps[int(parts[0])] = float(parts[1])
     return stamps
-
-
-def write_stamp(seq: int) -> None:
-    """Called first thing by every system's "stamp" job: when this job started, by the shared clock."""
-    now = time.time()
-    with open(os.environ["BENCH_STAMPS"], "a") as out:
-        out.write(f"{seq} {now:.6f}\n")
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:

@@ -5,7 +5,7 @@ import time
 import forge
 import msgspec
 
-from workloads import write_stamp
+from stamps import write_stamp
 
 
 class Empty(msgspec.Struct):

@@ -21,7 +21,7 @@ from celery import Celery
 from celery.signals import task_postrun
 from common import Processes
 
-from workloads import write_stamp
+from stamps import write_stamp
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 QUEUE = "forge_bench"

@@ -19,7 +19,8 @@ from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
 
-from workloads import SqlMonitor, write_stamp
+from stamps import write_stamp
+from workloads import SqlMonitor
 
 BATCH_SIZE = 250
 PROCESSES = 2

@@ -12,7 +12,8 @@ import time
 from common import Loop, Processes, python_worker
 from procrastinate import App, PsycopgConnector
 
-from workloads import SqlMonitor, write_stamp
+from stamps import write_stamp
+from workloads import SqlMonitor
 
 CONCURRENCY = 10
 PROCESSES = 2

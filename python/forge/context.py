@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
-
-import psycopg
+from typing import TYPE_CHECKING, Any, Callable
 
 from .dispatch import dispatch, dispatch_many
 from .errors import ForgeError
 from .job import Job
+
+if TYPE_CHECKING:
+    import psycopg
 
 _log = logging.getLogger("forge.job")
 

@@ -2,20 +2,26 @@
 
 The insert runs in the caller's transaction: the job exists, and workers are
 woken (NOTIFY), only if that transaction commits.
+
+psycopg is imported on the first dispatch, not with forge: the supervisor
+imports the app (and so forge) before forking its zygote, and reaches its
+first claim without it (it takes a third of a second to load).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import msgspec
-import psycopg
 
 from .db.queries import load_queries
 from .errors import DispatchError
 from .job import PRIORITIES, Job, convert_input
 from .units import parse_duration
+
+if TYPE_CHECKING:
+    import psycopg
 
 _SQL = load_queries("jobs.sql")
 
@@ -39,7 +45,7 @@ def dispatch(
     ("5m", seconds, timedelta); priority overrides the job's own.
     """
     params = _insert_params(job, _encode(job, input), at, delay, priority, parent_id)
-    with psycopg.RawCursor(_connection(conn)) as cur:
+    with _raw_cursor(conn) as cur:
         cur.execute(_SQL["insert_job"], params)
         row = cur.fetchone()
     assert row is not None
@@ -61,7 +67,7 @@ def dispatch_many(
     Every input is validated first: one bad input raises and inserts nothing.
     """
     params = _insert_params(job, _encode_many(job, inputs), at, delay, priority, parent_id)
-    with psycopg.RawCursor(_connection(conn)) as cur:
+    with _raw_cursor(conn) as cur:
         cur.execute(_SQL["insert_jobs"], params)
         row = cur.fetchone()
     assert row is not None
@@ -80,7 +86,7 @@ async def dispatch_async(
 ) -> int:
     """dispatch() for a psycopg.AsyncConnection."""
     params = _insert_params(job, _encode(job, input), at, delay, priority, parent_id)
-    async with psycopg.AsyncRawCursor(_async_connection(conn)) as cur:
+    async with _async_raw_cursor(conn) as cur:
         await cur.execute(_SQL["insert_job"], params)
         row = await cur.fetchone()
     assert row is not None
@@ -99,7 +105,7 @@ async def dispatch_many_async(
 ) -> list[int]:
     """dispatch_many() for a psycopg.AsyncConnection."""
     params = _insert_params(job, _encode_many(job, inputs), at, delay, priority, parent_id)
-    async with psycopg.AsyncRawCursor(_async_connection(conn)) as cur:
+    async with _async_raw_cursor(conn) as cur:
         await cur.execute(_SQL["insert_jobs"], params)
         row = await cur.fetchone()
     assert row is not None
@@ -174,15 +180,20 @@ def _check_job(job: Any) -> None:
         raise DispatchError(f"{job!r} is not a job: pass the function decorated with @forge.job")
 
 
-def _connection(conn: Any) -> psycopg.Connection[Any]:
+def _raw_cursor(conn: Any) -> psycopg.RawCursor[Any]:
+    """A $n-parameter cursor on the caller's connection, once it is known to be a sync one."""
+    import psycopg
+
     if isinstance(conn, psycopg.AsyncConnection):
         raise DispatchError("this is an AsyncConnection: use forge.dispatch_async / dispatch_many_async")
     if not isinstance(conn, psycopg.Connection):
         raise DispatchError(f"dispatch needs a psycopg.Connection, got {type(conn).__name__}")
-    return conn
+    return psycopg.RawCursor(conn)
 
 
-def _async_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
+def _async_raw_cursor(conn: Any) -> psycopg.AsyncRawCursor[Any]:
+    import psycopg
+
     if not isinstance(conn, psycopg.AsyncConnection):
         raise DispatchError(f"dispatch_async needs a psycopg.AsyncConnection, got {type(conn).__name__}")
-    return conn
+    return psycopg.AsyncRawCursor(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -116,3 +117,16 @@ def test_a_crash_inside_a_batch_hands_the_waiting_jobs_back_uncharged(supervisor
     assert sup.stop() == 0
     released = int(sup.log().split("released=")[1].split()[0])
     assert released > 0  # jobs were waiting behind the crashed one, and went back
+
+
+def test_workers_forked_once_the_zygote_idled_have_the_driver_loaded(supervisor, db):
+    # forge does not import psycopg (the supervisor boots without it); the first
+    # worker, forked at boot, loads it on its first ctx.db, while the zygote
+    # loads it once idle, so every worker forked after that has it already.
+    supervisor(workers=1, max_jobs_per_worker=1)
+    time.sleep(0.5)  # the boot's worker is up and the zygote idle
+    first = forge.dispatch(db, jobs.driver_loaded, jobs.N(n=1))
+    wait_for(lambda: finished(db, first), what="the first job")
+    second = forge.dispatch(db, jobs.driver_loaded, jobs.N(n=2))
+    wait_for(lambda: finished(db, second), what="the second job")
+    assert [job_row(db, first)["result"], job_row(db, second)["result"]] == [False, True]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 
 import msgspec
@@ -131,3 +133,10 @@ def test_bad_retry_policies_are_refused(kwargs):
 def test_retry_durations():
     policy = forge.Retry(backoff="linear", base="2s", max_backoff="5m", jitter=0.1)
     assert (policy.base, policy.max_backoff, policy.jitter) == (2.0, 300.0, 0.1)
+
+
+def test_importing_forge_does_not_load_the_database_driver():
+    # The supervisor imports the app, and so forge, before forking its zygote,
+    # and boots without psycopg (a third of a second); dispatch loads it.
+    code = "import sys, forge, forge.supervisor.main; sys.exit('psycopg' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

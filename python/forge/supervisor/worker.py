@@ -13,10 +13,9 @@ import logging
 import resource
 import socket
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import psycopg
 
 from ..context import JobContext
 from ..errors import InputDecodeError, UnknownJobType
@@ -32,6 +31,9 @@ from .protocol import (
     encode,
     error_payload,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 _log = logging.getLogger("forge.worker")
 _PAGE_SIZE = resource.getpagesize()
@@ -114,6 +116,8 @@ class JobRunner:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
+            import psycopg  # usually loaded already: by the app, or by the zygote once idle
+
             self._conn = psycopg.connect(self._dsn, autocommit=True)
         return self._conn
 

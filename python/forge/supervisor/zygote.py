@@ -7,7 +7,10 @@ app, and from then on every worker is forked by the zygote, never by the
 supervisor. The zygote runs no job code and opens no connection; it only:
   - forks a worker for each Spawn frame, on the socket passed with it,
   - reaps its workers and reports each exit status (Exited),
-  - dies with the supervisor (PR_SET_PDEATHSIG), and its workers die with it.
+  - dies with the supervisor (PR_SET_PDEATHSIG), and its workers die with it;
+  - once its first workers are up and it is idle, imports psycopg (which forge
+    itself does not load at import), so workers forked later have ctx.db's
+    driver loaded; the first ones load it on their first ctx.db.
 Frames travel over a SOCK_SEQPACKET pair so each Spawn keeps its socket.
 """
 
@@ -117,6 +120,7 @@ class _Server:
         self.fence_after = fence_after
         self.workers: set[int] = set()
         self.fenced = False
+        self.warmed = False
 
     def serve(self, parent: int) -> int:
         die_with_parent(parent)
@@ -130,7 +134,10 @@ class _Server:
         selector.register(wake_r, selectors.EVENT_READ)
         reader = FrameReader(Spawn)
         while True:
-            for key, _ in selector.select(_WATCH_EVERY):
+            events = selector.select(_WATCH_EVERY)
+            if not events and self.workers and not self.warmed:
+                self._warm()
+            for key, _ in events:
                 if key.fileobj is self.sock:
                     data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
                     if not data:
@@ -144,6 +151,11 @@ class _Server:
                     _drain(wake_r)
                     self._reap()
             self._watch_lease()
+
+    def _warm(self) -> None:
+        """Load what workers need for ctx.db, off the boot's critical path (it takes ~0.1 s)."""
+        self.warmed = True
+        import psycopg  # noqa: F401
 
     def _watch_lease(self) -> None:
         """Kill every worker once when the lease clock goes stale; re-arm when it is renewed."""

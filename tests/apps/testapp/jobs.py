@@ -6,6 +6,7 @@ with the database clock, so tests can check order, spacing and timing.
 
 import asyncio
 import os
+import sys
 import time
 
 import msgspec
@@ -147,3 +148,9 @@ def quick(ctx: forge.JobContext, input: Crash) -> int:
     if input.code == 0:
         os._exit(3)
     return input.code
+
+
+@forge.job
+def driver_loaded(ctx: forge.JobContext, input: N) -> bool:
+    """Whether this worker had psycopg loaded before the job touched ctx.db."""
+    return "psycopg" in sys.modules
