@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from forge.supervisor.slot import MAX_BATCH, SHORT_JOB, JobDurations, Slot
+from forge.supervisor.slot import MAX_BATCH, REFILL_AT, SHORT_JOB, JobDurations, Slot
 
 Job = namedtuple("Job", "id attempt job_type")
 
@@ -59,3 +59,18 @@ def test_batch_size_follows_recent_durations():
         durations.observe("slow", 0.5)
     assert durations.per_worker() == 1
     assert durations.short("short") and not durations.short("slow")
+
+
+def test_a_worker_with_short_jobs_is_topped_up_only_once_it_runs_low():
+    durations = JobDurations()
+    durations.observe("short", 0.0)
+    slot = _ready_slot()
+    assert slot.wants_jobs()  # idle
+    for i in range(MAX_BATCH):
+        slot.hold(Job(i, 1, "short"), durations)
+    while len(slot.jobs) > REFILL_AT:
+        assert not slot.wants_jobs()  # plenty queued: no write per finished job
+        slot.jobs.popleft()
+    assert slot.wants_jobs() and slot.accepts("short", durations)
+    slot.retiring = True
+    assert not slot.wants_jobs()

@@ -475,6 +475,8 @@ class Arbiter:
         if not self._queue or self._fenced:
             return
         for slot in self.slots:
+            if not slot.wants_jobs():
+                continue
             held = len(slot.jobs)
             while self._queue and slot.accepts(self._queue[0].job.job_type, self.durations):
                 slot.hold(heapq.heappop(self._queue).job, self.durations)
