@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import psycopg
 from psycopg.rows import dict_row
 import pytest
+
+from ..polling import wait_for
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 if str(APPS) not in sys.path:  # the tests import the test app's jobs to dispatch them
@@ -24,18 +25,6 @@ CREATE TABLE IF NOT EXISTS test_events (
     job_id bigint NOT NULL, job_type text NOT NULL, attempt int NOT NULL,
     event text NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())
 """
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll `predicate` every 20 ms until it is truthy; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Supervisor:

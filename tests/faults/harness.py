@@ -12,30 +12,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 
 from forge.db.embedded import EmbeddedPostgres
 
+from ..polling import wait_for
 from . import ledger
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 SUPERVISOR = str(Path(sys.executable).with_name("forge-supervisor"))
 START_TIMEOUT = 60.0
 LEDGER_URL_ENV = "FORGE_FAULT_LEDGER_URL"  # read by app/faultjobs.py in the workers
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
-    """Poll `predicate` until truthy; AssertionError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
 
 
 # --- /proc -----------------------------------------------------------------------
