@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from forge import _core
@@ -55,7 +54,7 @@ def available(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def pending(conn: "psycopg.Connection", folder: Path = MIGRATIONS_DIR) -> list[Migration]:
+def pending(conn: psycopg.Connection, folder: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Migrations not yet applied to the database of `conn` (reads only; creates nothing)."""
     queries = load_queries("migrate.sql")
     (exists,) = conn.execute(queries["table_exists"]).fetchone()  # type: ignore[misc]
