@@ -34,6 +34,18 @@ def _failing(report: ledger.Report) -> set[str]:
     return {line.split("FAIL", 1)[1].split(":", 1)[0].strip() for line in report.text.splitlines() if "FAIL" in line}
 
 
+def _rescued_and_completed_elsewhere(conn: psycopg.Connection) -> int:
+    """A job A ran (attempt 1) until rescued as NodeLost, then B ran and completed attempt 2."""
+    job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+    conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
+                 " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
+    conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
+                 (NODE_B, job))
+    conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
+    conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+    return job
+
+
 def test_a_clean_history_passes(fault_db: str) -> None:
     with psycopg.connect(fault_db, autocommit=True) as conn:
         job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("completed", 1, NODE_A))
@@ -55,13 +67,7 @@ def test_each_violation_is_flagged(fault_db: str) -> None:
         # left running
         _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
         # overlap: attempt 1 (killed, death never observed, rescued as NodeLost) and attempt 2 at once
-        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
-        conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
-                     " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
-        conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
-                     (NODE_B, job))
-        conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
-        conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+        job = _rescued_and_completed_elsewhere(conn)
         _exec(conn, job, 1, 200, "-10 s", None)
         _exec(conn, job, 2, 201, "-5 s", "-4 s")
         # an extra execution no fault explains: attempt 1 ran to its end, yet the job ran again
@@ -82,13 +88,7 @@ def test_each_violation_is_flagged(fault_db: str) -> None:
 def test_an_observed_death_bounds_a_killed_execution(fault_db: str) -> None:
     """A killed execution whose worker was seen dead before the next attempt started is no overlap."""
     with psycopg.connect(fault_db, autocommit=True) as conn:
-        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
-        conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
-                     " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
-        conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
-                     (NODE_B, job))
-        conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
-        conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+        job = _rescued_and_completed_elsewhere(conn)
         _exec(conn, job, 1, 400, "-10 s", None)
         conn.execute("INSERT INTO ledger_faults (kind, pid, sup_pid, at) VALUES ('died', 400, 1, now() - interval '8 s')")
         _exec(conn, job, 2, 401, "-5 s", "-4 s")

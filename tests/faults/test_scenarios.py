@@ -89,6 +89,13 @@ def test_nemesis_kills_long(fault_db: str, make_node: MakeNode, results: Results
                  weights={"kill_worker": 0.65, "kill_supervisor": 0.14, "kill_node": 0.14, "pause": 0.07})
 
 
+def running_on(conn: psycopg.Connection, node_id: str) -> list[tuple[int, int]]:
+    """(id, attempts) of the jobs `node_id` is running, by id."""
+    return conn.execute(
+        "SELECT id, attempts FROM forge_jobs WHERE claimed_by = %s AND status = 'running' ORDER BY id",
+        (node_id,)).fetchall()
+
+
 # --- 2. a supervisor paused past its lease -------------------------------------------------
 
 
@@ -98,9 +105,7 @@ def test_paused_supervisor_is_fenced(fault_db: str, make_node: MakeNode, results
     long_ids = enqueue(fault_db, 2, ms=8000)
     with psycopg.connect(fault_db, autocommit=True) as conn:
         def held() -> list[tuple[int, int]]:
-            return conn.execute(
-                "SELECT id, attempts FROM forge_jobs WHERE claimed_by = %s AND status = 'running' ORDER BY id",
-                (a.node_id,)).fetchall()
+            return running_on(conn, a.node_id)
 
         wait_for(lambda: len(held()) == 2, 20, "a to run both long jobs")
         b = make_node("b", workers=2).start()
@@ -266,9 +271,7 @@ def test_partitioned_node_kills_its_workers_before_rescue(
     long_ids = enqueue(fault_db, 2, ms=10000)
     with psycopg.connect(fault_db, autocommit=True) as conn:
         def held() -> list[tuple[int, int]]:
-            return conn.execute(
-                "SELECT id, attempts FROM forge_jobs WHERE claimed_by = %s AND status = 'running' ORDER BY id",
-                (a.node_id,)).fetchall()
+            return running_on(conn, a.node_id)
 
         wait_for(lambda: len(held()) == 2, 20, "a to run both long jobs")
         b = make_node("b", workers=2).start()
