@@ -24,7 +24,7 @@ SELECT 'noop', '{}'::jsonb, 1 FROM generate_series(1, %s)
 """
 
 # Completed a day ago: what a busy queue holds before pruning. The benchmark's
-# own completions are told apart by completed_at (ForgeMonitor counts from its start).
+# own completions are told apart by id (ForgeMonitor counts above the highest completed id).
 FILL_COMPLETED = """
 INSERT INTO forge_jobs (job_type, input, max_attempts, status, attempts, progress,
                         created_at, scheduled_at, claimed_at, started_at, completed_at, heartbeat_at)

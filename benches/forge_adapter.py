@@ -96,25 +96,26 @@ class Producer:
 
 
 class ForgeMonitor(SqlMonitor):
-    """Completions since the monitor was made (older completed rows, e.g. a backlog, are not counted).
+    """Completions of the jobs above the highest id already completed when the
+    monitor was made (older completed rows, e.g. a backlog, are not counted).
 
-    With `nth`, last_completion() is the time of the nth completion instead of
-    the latest, for runs that go on past the jobs measured.
+    With `nth`, only the `nth` lowest of those ids are watched: the first jobs
+    in claim order of a run that goes on past them (a backlog). Both queries
+    are primary-key range scans over the run's own rows, whatever the table holds.
     """
 
     def __init__(self, url: str, nth: int | None = None) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
-            since = conn.execute("SELECT now()::text").fetchone()[0]
-        # completed_at >= since is a range scan on the forge_jobs_finished index.
-        recent = (
-            f"FROM forge_jobs WHERE status = 'completed' AND completed_at >= '{since}'"
+            floor = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM forge_jobs WHERE status = 'completed'"
+            ).fetchone()[0]
+        window = f"id > {floor}" + (f" AND id <= {floor + nth}" if nth else "")
+        done = f"FROM forge_jobs WHERE {window} AND status = 'completed'"
+        super().__init__(
+            url,
+            f"SELECT count(*) {done}",
+            f"SELECT extract(epoch FROM max(completed_at)) {done}",
         )
-        last = (
-            f"SELECT extract(epoch FROM completed_at) {recent} ORDER BY completed_at OFFSET {nth - 1} LIMIT 1"
-            if nth
-            else f"SELECT extract(epoch FROM max(completed_at)) {recent}"
-        )
-        super().__init__(url, f"SELECT count(*) {recent}", last)
 
 
 class Forge:
