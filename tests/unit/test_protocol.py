@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import socket
 import threading
 
 import pytest
@@ -29,6 +30,25 @@ def test_frames_survive_arbitrary_splits():
         for start in range(0, len(stream), chunk):
             received.extend(reader.feed(stream[start : start + chunk]))
         assert received == messages
+
+
+def test_receive_reads_from_a_socket_into_its_reused_buffer_until_the_end():
+    big = Completed(7, 1, b'"' + b"x" * 600_000 + b'"')  # longer than one read
+    small = Progress(8, 1, 10, None)
+    ours, theirs = socket.socketpair()
+    reader = FrameReader(FromWorker)
+    received = []
+    with ours, theirs:
+        sender = threading.Thread(target=theirs.sendall, args=(encode(big) + encode(small),))
+        sender.start()
+        while len(received) < 2:
+            messages = reader.receive(ours)
+            assert messages is not None
+            received.extend(messages)
+        sender.join()
+        theirs.shutdown(socket.SHUT_WR)
+        assert reader.receive(ours) is None
+    assert received == [big, small]
 
 
 def test_the_zygote_refuses_to_fork_beside_threads():

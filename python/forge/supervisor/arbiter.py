@@ -260,16 +260,16 @@ class Arbiter:
         if slot.sock is not sock:
             return
         try:
-            data = sock.recv(262144, socket.MSG_DONTWAIT)
+            messages = slot.reader.receive(sock, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:  # the worker is gone; its exit status comes from the zygote
+            messages = None
+        if messages is None:  # the worker is gone; its exit status comes from the zygote
             self._close(slot)
             return
         now = time.monotonic()
-        for message in slot.reader.feed(data):
+        for message in messages:
             self._on_message(slot, message, now)
 
     def _on_message(self, slot: Slot, message: Any, now: float) -> None:

@@ -7,12 +7,15 @@ results travel as the JSON bytes stored in the database, never re-encoded.
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import Union
 
 import msgspec
 
 _LENGTH = struct.Struct(">I")
+#: One read takes at most this much; a longer frame is put together over reads.
+_READ_SIZE = 1 << 18
 
 
 class RunJob(msgspec.Struct, tag="run", array_like=True):
@@ -105,8 +108,22 @@ class FrameReader:
     def __init__(self, message_type: object) -> None:
         self._decoder = msgspec.msgpack.Decoder(message_type)
         self._buffer = bytearray()
+        # Reads land in one reused buffer: a fresh bytes object per recv() of
+        # this size cost an mmap, a resize and an munmap each time, which was
+        # the arbiter's largest line of Python time at 20,000 jobs/s.
+        self._scratch = memoryview(bytearray(_READ_SIZE))
 
-    def feed(self, data: bytes) -> list[msgspec.Struct]:
+    def receive(self, sock: socket.socket, flags: int = 0) -> list[msgspec.Struct] | None:
+        """Read once from `sock`; every message now complete, or None at the end of the stream.
+
+        Errors of the read (BlockingIOError with MSG_DONTWAIT, OSError) are the caller's.
+        """
+        size = sock.recv_into(self._scratch, _READ_SIZE, flags)
+        if not size:
+            return None
+        return self.feed(self._scratch[:size])
+
+    def feed(self, data: bytes | memoryview) -> list[msgspec.Struct]:
         """Add received bytes; return every message now complete."""
         self._buffer += data
         messages = []

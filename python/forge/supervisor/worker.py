@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("forge.worker")
 _PAGE_SIZE = resource.getpagesize()
-_READ_SIZE = 1 << 20
 
 
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
@@ -46,12 +45,12 @@ def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     reader = FrameReader(RunJob)
     done = 0
     while True:
-        data = sock.recv(_READ_SIZE)
-        if not data:
+        frames = reader.receive(sock)
+        if frames is None:
             return 0
         # Short jobs arrive several frames per read; each is reported on its own,
         # so the supervisor knows when the next one starts.
-        for frame in reader.feed(data):
+        for frame in frames:
             outcome = runner.run(frame)
             done += 1
             outcome.retiring = _should_retire(settings, done)

@@ -81,12 +81,9 @@ class Zygote:
     def receive(self) -> list[msgspec.Struct] | None:
         """Spawned/Exited reports now readable; None when the zygote is gone."""
         try:
-            data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            return self._reader.receive(self.sock, socket.MSG_DONTWAIT)
         except BlockingIOError:  # a stale readiness event
             return []
-        if not data:
-            return None
-        return self._reader.feed(data)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the channel (the zygote exits, its workers with it) and reap it."""
