@@ -3,8 +3,8 @@
 //! database I/O.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,25 @@ use crate::wake::Wake;
 
 /// How long close() waits for pending reports to be written.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
+/// How many fork()s separate this process from the one it started as: a
+/// child sees one more than a Core it inherited recorded, so the Core knows
+/// it is not in its own process. Every call into the Core checks this; an
+/// atomic load instead of getpid(), a system call, three times per job.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static COUNT_FORKS: Once = Once::new();
+
+extern "C" fn forked_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The current fork count, counting from the first call on.
+fn fork_generation() -> u64 {
+    COUNT_FORKS.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forked_child));
+    });
+    FORKS.load(Ordering::Relaxed)
+}
 
 /// Everything the runtime needs, fixed at construction.
 #[derive(Debug)]
@@ -198,7 +217,8 @@ pub struct Core {
     reporter: Mutex<Reporter>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    pid: u32,
+    /// fork_generation() when made: another value means a forked child.
+    forks: u64,
 }
 
 impl Core {
@@ -238,13 +258,13 @@ impl Core {
             reporter: Mutex::new(Reporter { seq: 0, tx }),
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
-            pid: std::process::id(),
+            forks: fork_generation(),
         })
     }
 
     /// Every method starts here: same process, not closed.
     fn check(&self) -> Result<(), CoreError> {
-        if std::process::id() != self.pid {
+        if FORKS.load(Ordering::Relaxed) != self.forks {
             return Err(CoreError::WrongProcess);
         }
         if lock(&self.stop).is_none() {
@@ -399,7 +419,7 @@ impl Core {
     /// Flushes (bounded), stops the runtime and joins its thread. Closing
     /// twice is a no-op.
     pub fn close(&self) -> Result<bool, CoreError> {
-        if std::process::id() != self.pid {
+        if FORKS.load(Ordering::Relaxed) != self.forks {
             return Err(CoreError::WrongProcess);
         }
         if lock(&self.stop).is_some() {
@@ -427,7 +447,7 @@ impl Drop for Core {
     /// the channel ends (whose drop would wake the parent's runtime through
     /// inherited fds) are leaked instead of joined or closed.
     fn drop(&mut self) {
-        if std::process::id() == self.pid {
+        if FORKS.load(Ordering::Relaxed) == self.forks {
             self.shutdown();
             return;
         }
