@@ -262,9 +262,14 @@ impl Core {
         })
     }
 
+    /// Not a forked child of the process that made this Core.
+    fn in_own_process(&self) -> bool {
+        FORKS.load(Ordering::Relaxed) == self.forks
+    }
+
     /// Every method starts here: same process, not closed.
     fn check(&self) -> Result<(), CoreError> {
-        if FORKS.load(Ordering::Relaxed) != self.forks {
+        if !self.in_own_process() {
             return Err(CoreError::WrongProcess);
         }
         if lock(&self.stop).is_none() {
@@ -419,7 +424,7 @@ impl Core {
     /// Flushes (bounded), stops the runtime and joins its thread. Closing
     /// twice is a no-op.
     pub fn close(&self) -> Result<bool, CoreError> {
-        if FORKS.load(Ordering::Relaxed) != self.forks {
+        if !self.in_own_process() {
             return Err(CoreError::WrongProcess);
         }
         if lock(&self.stop).is_some() {
@@ -447,7 +452,7 @@ impl Drop for Core {
     /// the channel ends (whose drop would wake the parent's runtime through
     /// inherited fds) are leaked instead of joined or closed.
     fn drop(&mut self) {
-        if FORKS.load(Ordering::Relaxed) == self.forks {
+        if self.in_own_process() {
             self.shutdown();
             return;
         }
