@@ -89,6 +89,8 @@ impl Drop for Listener {
 /// callers wait for one reconnect instead of each opening a connection.
 struct Slot {
     kind: ConnKind,
+    /// The parsed DSN with this connection's session settings.
+    pg: tokio_postgres::Config,
     names: &'static [&'static str],
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
@@ -96,8 +98,6 @@ struct Slot {
 pub struct Db {
     config: Arc<Config>,
     shared: Arc<Shared>,
-    /// The parsed DSN with timeouts, keepalives and statement_timeout set.
-    pg: tokio_postgres::Config,
     claim: Slot,
     main: Slot,
     maintenance: Slot,
@@ -107,28 +107,30 @@ pub struct Db {
 
 impl Db {
     pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Result<Db, CoreError> {
-        let pg = pg_config(&config.dsn, config.io_timeout())?;
+        let pg = |kind| pg_config(&config.dsn, config.io_timeout(), kind);
         Ok(Db {
-            config,
-            shared,
-            pg,
             claim: Slot {
                 kind: ConnKind::Claim,
+                pg: pg(ConnKind::Claim)?,
                 names: &CLAIM,
                 conn: tokio::sync::Mutex::new(None),
             },
             main: Slot {
                 kind: ConnKind::Main,
+                pg: pg(ConnKind::Main)?,
                 names: &MAIN,
                 conn: tokio::sync::Mutex::new(None),
             },
             maintenance: Slot {
                 kind: ConnKind::Maintenance,
+                pg: pg(ConnKind::Maintenance)?,
                 names: &MAINTENANCE,
                 conn: tokio::sync::Mutex::new(None),
             },
             pacer: Mutex::new(Pacer::new(Instant::now())),
             outage: Mutex::new(Outage::default()),
+            config,
+            shared,
         })
     }
 
@@ -164,7 +166,7 @@ impl Db {
             *held = None;
             self.lost(slot.kind, "the connection closed or stopped answering");
         }
-        match self.connect_prepared(slot.names).await {
+        match self.connect_prepared(slot).await {
             Ok(conn) => {
                 let conn = Arc::new(conn);
                 *held = Some(conn.clone());
@@ -224,10 +226,11 @@ impl Db {
         self.shared.stats.add(Stat::Connects, 1);
     }
 
-    async fn connect_prepared(&self, names: &'static [&'static str]) -> Result<Conn, CoreError> {
+    async fn connect_prepared(&self, slot: &Slot) -> Result<Conn, CoreError> {
         self.paced().await;
+        let names = slot.names;
         let setup = async {
-            let (client, connection) = connect(&self.pg).await?;
+            let (client, connection) = connect(&slot.pg).await?;
             let driver = tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -254,7 +257,7 @@ impl Db {
     pub async fn listen(&self) -> Result<Listener, CoreError> {
         self.paced().await;
         let timeout = self.config.io_timeout();
-        let (client, mut connection) = tokio::time::timeout(timeout, connect(&self.pg))
+        let (client, mut connection) = tokio::time::timeout(timeout, connect(&self.main.pg))
             .await
             .map_err(|_| timed_out("connecting", timeout))??;
         let shared = self.shared.clone();
@@ -328,16 +331,35 @@ fn timed_out(what: &str, timeout: Duration) -> CoreError {
 /// instead of 1 ms per claim of 64 jobs on a 20,000-row table), and with the
 /// statistics of a table that was empty at its last ANALYZE (a burst right
 /// after a quiet spell) it sorts every due row with a bitmap scan (20 ms per
-/// claim). So plans are always custom, and sequential and bitmap scans are
-/// off for the core's sessions; planning costs a few microseconds per job.
+/// claim). So sequential and bitmap scans are off for the core's sessions.
 /// A disabled scan that is the only way (forge_nodes is read by sequential
 /// scan) adds 10^10 to the plan's cost, which makes PostgreSQL JIT-compile
 /// it: 420 ms of compiling for a 15 ms sweep. None of the core's statements
 /// runs long enough to gain from JIT, so it is off.
-const INDEX_ONLY_PLANS: &str = "-c plan_cache_mode=force_custom_plan -c enable_seqscan=off \
-     -c enable_bitmapscan=off -c jit=off";
+const INDEX_ONLY_PLANS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off -c jit=off";
 
-fn pg_config(dsn: &str, io_timeout: Duration) -> Result<tokio_postgres::Config, CoreError> {
+/// How each connection plans. The claim connection runs one statement whose
+/// right plan never changes (the claimable index in claim order, then at most
+/// a batch of primary-key lookups): one generic plan, with joins as nested
+/// loops because the generic plan cannot see the LIMIT and would otherwise
+/// merge-join the whole primary key. Planning it every time was a tenth of
+/// the claim backend's CPU. The other connections join a batch of ids to the
+/// rows this node holds, where the best plan depends on the batch's size, so
+/// they plan every execution (custom plans, a few microseconds per job).
+fn plan_options(kind: ConnKind) -> &'static str {
+    match kind {
+        ConnKind::Claim => {
+            "-c plan_cache_mode=force_generic_plan -c enable_hashjoin=off -c enable_mergejoin=off"
+        }
+        _ => "-c plan_cache_mode=force_custom_plan",
+    }
+}
+
+fn pg_config(
+    dsn: &str,
+    io_timeout: Duration,
+    kind: ConnKind,
+) -> Result<tokio_postgres::Config, CoreError> {
     let mut pg: tokio_postgres::Config = dsn
         .parse()
         .map_err(|e: tokio_postgres::Error| CoreError::Connect(describe(&e)))?;
@@ -348,8 +370,9 @@ fn pg_config(dsn: &str, io_timeout: Duration) -> Result<tokio_postgres::Config, 
         .keepalives_retries(3)
         .tcp_user_timeout(io_timeout);
     let timeout = format!(
-        "-c statement_timeout={} {INDEX_ONLY_PLANS}",
-        io_timeout.as_millis()
+        "-c statement_timeout={} {INDEX_ONLY_PLANS} {}",
+        io_timeout.as_millis(),
+        plan_options(kind)
     );
     let options = match pg.get_options() {
         Some(o) if !o.trim().is_empty() => format!("{o} {timeout}"),
@@ -390,6 +413,7 @@ mod tests {
         let pg = pg_config(
             "host=127.0.0.1 port=5432 user=u dbname=d options='-c search_path=x'",
             Duration::from_secs(10),
+            ConnKind::Main,
         )
         .unwrap();
         assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(10)));
@@ -397,14 +421,25 @@ mod tests {
         assert_eq!(
             pg.get_options(),
             Some(
-                format!("-c search_path=x -c statement_timeout=10000 {INDEX_ONLY_PLANS}").as_str()
+                format!(
+                    "-c search_path=x -c statement_timeout=10000 {INDEX_ONLY_PLANS} \
+                     -c plan_cache_mode=force_custom_plan"
+                )
+                .as_str()
             )
         );
-        let url = pg_config("postgresql://u@127.0.0.1:5432/d", Duration::from_secs(3)).unwrap();
-        assert_eq!(
-            url.get_options(),
-            Some(format!("-c statement_timeout=3000 {INDEX_ONLY_PLANS}").as_str())
+        let url = pg_config(
+            "postgresql://u@127.0.0.1:5432/d",
+            Duration::from_secs(3),
+            ConnKind::Claim,
+        )
+        .unwrap();
+        let options = url.get_options().unwrap();
+        assert!(
+            options.starts_with(&format!("-c statement_timeout=3000 {INDEX_ONLY_PLANS} ")),
+            "{options}"
         );
-        assert!(pg_config("postgresql://u@[bad", Duration::from_secs(3)).is_err());
+        assert!(options.contains("force_generic_plan"), "{options}");
+        assert!(pg_config("postgresql://u@[bad", Duration::from_secs(3), ConnKind::Main).is_err());
     }
 }
