@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 SUPERVISOR = Path(sys.executable).with_name("forge-supervisor")
 
 # Forge's default batch; the SQL ceiling claims the same number (ceiling.py).
-CLAIM_BATCH = 100
+CLAIM_BATCH = 250
 
 
 def _input(task: str, seq: int) -> jobs.Empty | jobs.Seq:

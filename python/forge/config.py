@@ -93,7 +93,10 @@ class NodeConfig(_Section):
     heartbeat_interval: PositiveDuration = 2.0
     heartbeat_timeout: PositiveDuration = 30.0  # a lease not renewed this long is rescued
     poll_interval: PositiveDuration = 1.0
-    claim_batch: PositiveInt = 100
+    # Most rows one claim statement takes; each claim takes min(this, the
+    # room the workers have). A statement's fixed cost (round trip, commit)
+    # is spread over more jobs: 100 -> 250 was +11% no-op jobs/s (benches).
+    claim_batch: PositiveInt = 250
     # Extra jobs claimed beyond free workers, so a worker finishing a short job
     # gets the next at once. None means one per worker (= workers).
     prefetch: Annotated[int, msgspec.Meta(ge=0)] | None = None

@@ -46,7 +46,7 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert node.max_worker_memory is None
     assert (node.shutdown_grace, node.kill_grace) == (30.0, 1.0)
     assert (node.heartbeat_interval, node.heartbeat_timeout, node.poll_interval) == (2.0, 30.0, 1.0)
-    assert node.claim_batch == 100
+    assert node.claim_batch == 250
     assert node.prefetch == node.workers  # default: one extra job per worker
     assert node.prefetch_timeout == 1.0
     assert config.log.level == "info"
