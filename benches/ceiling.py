@@ -2,11 +2,12 @@
 
 Two processes (one per core, as many as Forge's supervisor uses database
 connections for claiming and reporting) each loop: claim a batch of
-CLAIM_BATCH rows with FOR UPDATE SKIP LOCKED, then mark them completed, each
-statement its own transaction, as Forge's core does. The statements are
-the claim and complete blocks of python/forge/db/sql/engine.sql themselves
-(the join form: WITH due AS (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
-UPDATE ... FROM due); the schema is Forge's own, applied by forge.db.migrate.
+CLAIM_BATCH rows with FOR UPDATE SKIP LOCKED, then mark them completed, then
+close the batch's forge_claims row, each statement its own transaction, as
+Forge's core does. The statements are the claim, complete and close_claims
+blocks of python/forge/db/sql/engine.sql themselves (the join form: WITH due
+AS (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) UPDATE ... FROM due); the
+schema is Forge's own, applied by forge.db.migrate.
 Rows per second from the moment both processes are connected to the moment
 the table has none left to claim.
 """
@@ -31,9 +32,13 @@ FILL = "INSERT INTO forge_jobs (job_type, input, max_attempts) SELECT 'noop', '{
 
 _SQL = load_queries("engine.sql")
 # The same statements as Forge's core, run with the same session settings
-# (rust/src/db.rs INDEX_ONLY_PLANS): custom plans, no sequential or bitmap
-# scans, so the ceiling is not lowered by plans Forge never uses.
-SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan -c enable_seqscan=off -c enable_bitmapscan=off"
+# (rust/src/db.rs: INDEX_ONLY_PLANS, plan_options): one generic plan per
+# statement, every join a nested loop over index lookups, so the ceiling is
+# not lowered by plans Forge never uses.
+SESSION_OPTIONS = (
+    "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c enable_bitmapscan=off"
+    " -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off"
+)
 
 
 def run(bench: Bench) -> None:
@@ -90,5 +95,6 @@ def _claimer(url: str, ready, results) -> None:
                 break
             ids, attempts = [row[0] for row in batch], [row[2] for row in batch]
             cur.execute(_SQL["complete"], (ids, attempts, [None] * len(batch), owner), prepare=True)
+            cur.execute(_SQL["close_claims"], ([batch[0][7]], owner), prepare=True)
             done += len(batch)
     results.put((done, time.time()))

@@ -4,7 +4,7 @@
 //! jobs that end in the same flush (the progress statement is sent first, so
 //! the last message a job reported survives its end); a start is dropped when
 //! the same (id, attempt) also ends in the flush, since the end statements set
-//! started_at themselves.
+//! started_at themselves. Claim rows to close are written after all of it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -75,24 +75,20 @@ pub enum Report {
         percent: i16,
         message: Option<String>,
     },
+    /// Every job of this forge_claims row has ended (queued after the end
+    /// report of the last one).
+    CloseClaim { claim: i64 },
 }
 
 impl Report {
-    fn key(&self) -> (i64, i32) {
+    /// The (id, attempt) of a job's end report.
+    fn ended(&self) -> Option<(i64, i32)> {
         match self {
-            Report::Start { id, attempt }
-            | Report::Complete { id, attempt, .. }
+            Report::Complete { id, attempt, .. }
             | Report::Fail { id, attempt, .. }
-            | Report::Release { id, attempt }
-            | Report::Progress { id, attempt, .. } => (*id, *attempt),
+            | Report::Release { id, attempt } => Some((*id, *attempt)),
+            _ => None,
         }
-    }
-
-    fn is_end(&self) -> bool {
-        matches!(
-            self,
-            Report::Complete { .. } | Report::Fail { .. } | Report::Release { .. }
-        )
     }
 }
 
@@ -161,27 +157,23 @@ pub struct Batch {
     pub fails: Fails,
     pub releases: Pairs,
     pub progress: Progresses,
+    pub closes: Vec<i64>,
 }
 
 impl Batch {
     /// Builds the batch from reports in enqueue order.
     pub fn build(reports: Vec<Report>) -> Batch {
-        let ended: HashSet<(i64, i32)> = reports
-            .iter()
-            .filter(|r| r.is_end())
-            .map(Report::key)
-            .collect();
+        let ended: HashSet<(i64, i32)> = reports.iter().filter_map(Report::ended).collect();
         let mut latest_progress: HashMap<(i64, i32), usize> = HashMap::new();
         for (i, r) in reports.iter().enumerate() {
-            if matches!(r, Report::Progress { .. }) {
-                latest_progress.insert(r.key(), i);
+            if let Report::Progress { id, attempt, .. } = r {
+                latest_progress.insert((*id, *attempt), i);
             }
         }
         let mut batch = Batch::default();
         for (i, r) in reports.into_iter().enumerate() {
-            let key = r.key();
             match r {
-                Report::Start { id, attempt } if !ended.contains(&key) => {
+                Report::Start { id, attempt } if !ended.contains(&(id, attempt)) => {
                     batch.starts.push(id, attempt)
                 }
                 Report::Start { .. } => {}
@@ -191,7 +183,7 @@ impl Batch {
                     percent,
                     message,
                 } => {
-                    if latest_progress.get(&key) == Some(&i) {
+                    if latest_progress.get(&(id, attempt)) == Some(&i) {
                         batch.progress.ids.push(id);
                         batch.progress.attempts.push(attempt);
                         batch.progress.percents.push(percent);
@@ -224,6 +216,7 @@ impl Batch {
                     f.crashed.push(crashed);
                 }
                 Report::Release { id, attempt } => batch.releases.push(id, attempt),
+                Report::CloseClaim { claim } => batch.closes.push(claim),
             }
         }
         batch
@@ -271,6 +264,7 @@ mod tests {
             },
             fail(5, 250.0),
             Report::Release { id: 6, attempt: 1 },
+            Report::CloseClaim { claim: 9 },
         ]);
         assert_eq!(
             b.starts,
@@ -286,6 +280,7 @@ mod tests {
         assert_eq!(b.fails.delay_of(5), Some(250.0));
         assert_eq!(b.fails.delay_of(9), None);
         assert_eq!(b.releases.ids, [6]);
+        assert_eq!(b.closes, [9]);
         assert!(b.progress.ids.is_empty());
     }
 

@@ -26,6 +26,8 @@ pub struct Claimed {
     pub priority: i16,
     pub input: String,
     pub parent_id: Option<i64>,
+    /// The forge_claims row of the claim that took it.
+    pub claim: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use crate::batch::Report;
 use crate::claim::{ClaimState, Claimed};
 use crate::db::Db;
 use crate::errors::CoreError;
-use crate::heartbeat::InFlight;
+use crate::heartbeat::{Ended, InFlight};
 use crate::rescue;
 use crate::stats::{Stat, Stats};
 use crate::tasks;
@@ -171,7 +171,7 @@ impl Shared {
         {
             let mut inflight = lock(&self.inflight);
             for j in &jobs {
-                inflight.add(j.id, j.attempt, j.job_type.clone());
+                inflight.add(j.id, j.attempt, j.job_type.clone(), j.claim);
             }
         }
         self.stats.add(Stat::Claimed, jobs.len() as u64);
@@ -335,14 +335,24 @@ impl Core {
         self.send(Report::Start { id, attempt })
     }
 
+    /// Queues a close of the job's claim row after the report that ended
+    /// the last job it held, so the close is written after that report.
+    fn close_claim(&self, ended: Option<Ended>) -> Result<(), CoreError> {
+        match ended.and_then(|e| e.closes) {
+            Some(claim) => self.send(Report::CloseClaim { claim }),
+            None => Ok(()),
+        }
+    }
+
     pub fn complete(&self, id: i64, attempt: i32, result: Option<String>) -> Result<(), CoreError> {
         self.check()?;
-        lock(&self.shared.inflight).remove(id, attempt);
+        let ended = lock(&self.shared.inflight).remove(id, attempt);
         self.send(Report::Complete {
             id,
             attempt,
             result,
-        })
+        })?;
+        self.close_claim(ended)
     }
 
     /// The retry delay comes from the policy of the job's type, known from
@@ -357,8 +367,9 @@ impl Core {
         crashed: bool,
     ) -> Result<(), CoreError> {
         self.check()?;
-        let job_type = lock(&self.shared.inflight).remove(id, attempt);
-        let delay_ms = self.policies.delay_ms(job_type.as_deref(), attempt);
+        let ended = lock(&self.shared.inflight).remove(id, attempt);
+        let job_type = ended.as_ref().map(|e| e.job_type.as_str());
+        let delay_ms = self.policies.delay_ms(job_type, attempt);
         self.send(Report::Fail {
             id,
             attempt,
@@ -366,13 +377,15 @@ impl Core {
             delay_ms,
             error,
             crashed,
-        })
+        })?;
+        self.close_claim(ended)
     }
 
     pub fn release(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
         self.check()?;
-        lock(&self.shared.inflight).remove(id, attempt);
-        self.send(Report::Release { id, attempt })
+        let ended = lock(&self.shared.inflight).remove(id, attempt);
+        self.send(Report::Release { id, attempt })?;
+        self.close_claim(ended)
     }
 
     pub fn progress(

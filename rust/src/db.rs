@@ -325,33 +325,32 @@ fn timed_out(what: &str, timeout: Duration) -> CoreError {
 /// holding row locks) on the server.
 ///
 /// Every statement of the core is meant to walk an index (the claim in
-/// claim order along forge_jobs_claimable, the reports by primary key), and
-/// the planner must not be free to decide otherwise: the generic plan of the
-/// claim cannot see its LIMIT and joins with a sequential scan (7.5 ms
-/// instead of 1 ms per claim of 64 jobs on a 20,000-row table), and with the
-/// statistics of a table that was empty at its last ANALYZE (a burst right
-/// after a quiet spell) it sorts every due row with a bitmap scan (20 ms per
-/// claim). So sequential and bitmap scans are off for the core's sessions.
-/// A disabled scan that is the only way (forge_nodes is read by sequential
-/// scan) adds 10^10 to the plan's cost, which makes PostgreSQL JIT-compile
-/// it: 420 ms of compiling for a 15 ms sweep. None of the core's statements
-/// runs long enough to gain from JIT, so it is off.
-const INDEX_ONLY_PLANS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off -c jit=off";
+/// claim order along forge_jobs_claimable, the reports and sweeps by primary
+/// key, one lookup per id of their batch), and the planner must not be free
+/// to decide otherwise: the generic plan of the claim cannot see its LIMIT
+/// and joins with a sequential scan (7.5 ms instead of 1 ms per claim of 64
+/// jobs on a 20,000-row table), with the statistics of a table that was
+/// empty at its last ANALYZE (a burst right after a quiet spell) it sorts
+/// every due row with a bitmap scan (20 ms per claim), and a completion of
+/// 1,500 ids hash-joined them with a walk of the whole primary key (100 ms
+/// instead of 5). So sequential and bitmap scans, hash and merge joins are
+/// off for the core's sessions: every join is a nested loop over index
+/// lookups. A disabled plan that is the only way (forge_nodes is read by
+/// sequential scan) adds 10^10 to its cost, which makes PostgreSQL
+/// JIT-compile it: 420 ms of compiling for a 15 ms sweep. None of the core's
+/// statements runs long enough to gain from JIT, so it is off.
+const INDEX_ONLY_PLANS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off \
+     -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
 
-/// How each connection plans. The claim connection runs one statement whose
-/// right plan never changes (the claimable index in claim order, then at most
-/// a batch of primary-key lookups): one generic plan, with joins as nested
-/// loops because the generic plan cannot see the LIMIT and would otherwise
-/// merge-join the whole primary key. Planning it every time was a tenth of
-/// the claim backend's CPU. The other connections join a batch of ids to the
-/// rows this node holds, where the best plan depends on the batch's size, so
-/// they plan every execution (custom plans, a few microseconds per job).
+/// How each connection plans. With the plan shapes fixed as above, the
+/// claim and the reports have one right plan whatever their parameters, so
+/// those connections keep one generic plan per statement: planning them at
+/// every execution was a tenth of the claim backend's CPU and of the report
+/// one's. The maintenance sweeps run once per interval and plan each time.
 fn plan_options(kind: ConnKind) -> &'static str {
     match kind {
-        ConnKind::Claim => {
-            "-c plan_cache_mode=force_generic_plan -c enable_hashjoin=off -c enable_mergejoin=off"
-        }
-        _ => "-c plan_cache_mode=force_custom_plan",
+        ConnKind::Maintenance => "-c plan_cache_mode=force_custom_plan",
+        _ => "-c plan_cache_mode=force_generic_plan",
     }
 }
 
@@ -423,7 +422,7 @@ mod tests {
             Some(
                 format!(
                     "-c search_path=x -c statement_timeout=10000 {INDEX_ONLY_PLANS} \
-                     -c plan_cache_mode=force_custom_plan"
+                     -c plan_cache_mode=force_generic_plan"
                 )
                 .as_str()
             )
@@ -431,7 +430,7 @@ mod tests {
         let url = pg_config(
             "postgresql://u@127.0.0.1:5432/d",
             Duration::from_secs(3),
-            ConnKind::Claim,
+            ConnKind::Maintenance,
         )
         .unwrap();
         let options = url.get_options().unwrap();
@@ -439,7 +438,7 @@ mod tests {
             options.starts_with(&format!("-c statement_timeout=3000 {INDEX_ONLY_PLANS} ")),
             "{options}"
         );
-        assert!(options.contains("force_generic_plan"), "{options}");
+        assert!(options.contains("force_custom_plan"), "{options}");
         assert!(pg_config("postgresql://u@[bad", Duration::from_secs(3), ConnKind::Main).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The maintenance sweep every node runs each maintenance interval, on its
-//! own connection: rescue jobs of lost nodes, move failed jobs to the dead
+//! own connection: rescue jobs of lost nodes, delete the forge_claims rows
+//! that hold nothing any more, move failed jobs to the dead
 //! letter queue, prune old dead letters, fail due jobs no live node can run,
 //! and delete registrations of long-gone nodes. Each statement is one
 //! bounded `FOR UPDATE SKIP LOCKED` batch (engine.sql), so nodes sweeping at
@@ -27,6 +28,7 @@ pub struct Round {
     pub rescued_retry: u64,
     /// Rescued jobs failed for good (attempts or crash cap exhausted).
     pub rescued_failed: u64,
+    pub claims_pruned: u64,
     pub dead_lettered: u64,
     pub pruned: u64,
     pub unknown_failed: u64,
@@ -38,6 +40,7 @@ impl Round {
     pub fn full(&self) -> bool {
         [
             self.rescued_retry + self.rescued_failed,
+            self.claims_pruned,
             self.dead_lettered,
             self.pruned,
             self.unknown_failed,
@@ -151,6 +154,9 @@ async fn sweep(db: &Db) -> Result<Round, CoreError> {
     if round.rescued_retry > 0 {
         notify(db, &conn).await;
     }
+
+    round.claims_pruned = db.query(&conn, "prune_claims", &[&timeout]).await?.len() as u64;
+    shared.stats.add(Stat::ClaimsPruned, round.claims_pruned);
 
     let after = ms(config.dead_letter_after);
     round.dead_lettered = db.query(&conn, "dead_letter", &[&after]).await?.len() as u64;

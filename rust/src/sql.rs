@@ -13,12 +13,13 @@ use crate::errors::CoreError;
 pub const CLAIM: [&str; 1] = ["claim"];
 
 /// Prepared on the main connection (reports, heartbeats, the node's row).
-pub const MAIN: [&str; 10] = [
+pub const MAIN: [&str; 11] = [
     "start",
     "complete",
     "fail",
     "release",
     "progress",
+    "close_claims",
     "heartbeat",
     "node_heartbeat",
     "register_node",
@@ -28,8 +29,9 @@ pub const MAIN: [&str; 10] = [
 
 /// Prepared on the maintenance connection, so a slow sweep never delays a
 /// claim, report or heartbeat pipelined on the main one.
-pub const MAINTENANCE: [&str; 6] = [
+pub const MAINTENANCE: [&str; 7] = [
     "rescue",
+    "prune_claims",
     "dead_letter",
     "prune_dead_letters",
     "fail_unknown_types",
@@ -142,6 +144,7 @@ mod tests {
         let b = parse_engine_sql(text).unwrap();
         assert!(b["claim"].contains("SKIP LOCKED"));
         assert!(b["claim"].contains("$4::text[]"));
+        assert!(b["claim"].contains("INSERT INTO forge_claims"));
         for name in MAINTENANCE.iter().filter(|n| **n != "notify") {
             assert!(b[*name].contains("SKIP LOCKED"), "{name}");
             assert!(b[*name].contains("LIMIT 1000"), "{name}");

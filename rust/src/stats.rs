@@ -45,9 +45,13 @@ pub enum Stat {
     Sweeps,
     /// Connection attempts (all connections, the first ones included).
     Connects,
+    /// forge_claims rows this node deleted once their jobs had all ended.
+    ClaimsClosed,
+    /// forge_claims rows the maintenance sweep deleted (see prune_claims).
+    ClaimsPruned,
 }
 
-const NAMES: [&str; 22] = [
+const NAMES: [&str; 24] = [
     "claimed",
     "claims",
     "started",
@@ -70,6 +74,8 @@ const NAMES: [&str; 22] = [
     "nodes_reaped",
     "sweeps",
     "connects",
+    "claims_closed",
+    "claims_pruned",
 ];
 
 #[derive(Debug, Default)]
@@ -103,8 +109,13 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap[0], ("claimed", 3));
         assert_eq!(snap[Stat::Errors as usize], ("errors", 1));
-        assert_eq!(snap.len(), 22);
+        assert_eq!(snap.len(), NAMES.len());
         s.add(Stat::Connects, 2);
         assert_eq!(s.snapshot()[Stat::Connects as usize], ("connects", 2));
+        s.add(Stat::ClaimsPruned, 4);
+        assert_eq!(
+            s.snapshot()[Stat::ClaimsPruned as usize],
+            ("claims_pruned", 4)
+        );
     }
 }

@@ -151,6 +151,7 @@ fn claimed_from_row(row: &Row) -> Result<Claimed, CoreError> {
         priority: row.try_get("priority").map_err(bad)?,
         input: row.try_get("input").map_err(bad)?,
         parent_id: row.try_get("parent_id").map_err(bad)?,
+        claim: row.try_get("claim_id").map_err(bad)?,
     })
 }
 
@@ -187,7 +188,8 @@ pub async fn report(db: Arc<Db>, mut queue: mpsc::UnboundedReceiver<Sequenced>) 
 /// Starts first (claimed -> running), then the rest pipelined on the one
 /// connection. join! polls in order and tokio-postgres sends in poll order,
 /// so progress reaches the server before the statements that end a job.
-/// Each written part is cleared, so a retry redoes only the rest.
+/// Claim rows are closed only after all of those are written. Each written
+/// part is cleared, so a retry redoes only the rest.
 async fn write_batch(db: &Db, batch: &mut Batch) -> Result<(), CoreError> {
     let conn = db.client().await?;
     write_starts(db, &conn, &mut batch.starts).await?;
@@ -197,7 +199,22 @@ async fn write_batch(db: &Db, batch: &mut Batch) -> Result<(), CoreError> {
         write_fails(db, &conn, &mut batch.fails),
         write_releases(db, &conn, &mut batch.releases),
     );
-    progress.and(completes).and(fails).and(releases)
+    progress.and(completes).and(fails).and(releases)?;
+    write_closes(db, &conn, &mut batch.closes).await
+}
+
+/// Claim rows whose jobs have all ended, once the reports that ended them
+/// are written (close_claims keeps a row that still lists a held job).
+async fn write_closes(db: &Db, conn: &Conn, part: &mut Vec<i64>) -> Result<(), CoreError> {
+    if part.is_empty() {
+        return Ok(());
+    }
+    let rows = db
+        .query(conn, "close_claims", &[&*part, &db.config().owner])
+        .await?;
+    db.shared().stats.add(Stat::ClaimsClosed, rows.len() as u64);
+    part.clear();
+    Ok(())
 }
 
 /// Counts what a report statement changed, and the rest as fenced.

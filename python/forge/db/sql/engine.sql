@@ -5,6 +5,10 @@
 -- or running), so a late, duplicate or rescued report changes no row; the
 -- core counts each such report in stats()["fenced"] (a heartbeat that renews
 -- nothing counts in "lost" instead).
+-- Claimable rows are told by claimed_by IS NULL AND failed_at IS NULL (the
+-- forge_jobs_claimable predicate; a CHECK of 0003 ties it to status), and the
+-- jobs a node holds are found through forge_claims, so that no index looks at
+-- a column a completion writes and completing a job is a HOT update (0003).
 -- Maintenance statements (rescue ... reap_nodes) run on every node each
 -- maintenance interval, each one bounded (LIMIT 1000) and FOR UPDATE SKIP
 -- LOCKED so any number of nodes can sweep at once without waiting on each
@@ -19,10 +23,13 @@
 -- the join form keeps its speed at large batches. Only the job types $4 this
 -- node has registered are claimed, so a node never takes a job it cannot
 -- run (rolling deploys with two code versions are safe). The capability and
--- type tests are filters on the forge_jobs_claimable index scan.
+-- type tests are filters on the forge_jobs_claimable index scan. The ids
+-- taken are recorded in one forge_claims row of the owner, in the same
+-- statement, so no job is ever held without one; its id comes back with
+-- every row (for close_claims).
 WITH due AS (
     SELECT id FROM forge_jobs
-    WHERE status IN ('pending', 'retry')
+    WHERE claimed_by IS NULL AND failed_at IS NULL
       AND scheduled_at <= now()
       AND capability = ANY($2::text[])
       AND job_type = ANY($4::text[])
@@ -37,8 +44,13 @@ WITH due AS (
     WHERE j.id = due.id
     RETURNING j.id, j.job_type, j.attempts, j.max_attempts, j.priority,
               j.scheduled_at, j.input::text AS input, j.parent_id
+), recorded AS (
+    INSERT INTO forge_claims (owner, job_ids)
+    SELECT $3, array_agg(id) FROM claimed HAVING count(*) > 0
+    RETURNING id
 )
-SELECT id, job_type, attempts, max_attempts, priority, input, parent_id
+SELECT id, job_type, attempts, max_attempts, priority, input, parent_id,
+       (SELECT id FROM recorded) AS claim_id
 FROM claimed
 ORDER BY priority, scheduled_at, id;
 
@@ -130,6 +142,19 @@ WHERE j.id = h.id AND j.attempts = h.attempt AND j.claimed_by = $3
   AND j.status IN ('claimed', 'running')
 RETURNING j.id;
 
+-- name: close_claims
+-- Claim rows $1 of owner $2 whose jobs have all ended, written after the
+-- reports that ended them. A row that still lists a job its owner holds
+-- (the core's count was wrong, or the job's end report failed) is kept;
+-- prune_claims deletes it once nothing it lists is held.
+DELETE FROM forge_claims AS c
+WHERE c.id = ANY($1::bigint[]) AND c.owner = $2
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest(c.job_ids) AS listed(id)
+      JOIN forge_jobs AS j ON j.id = listed.id
+      WHERE j.claimed_by = c.owner AND j.status IN ('claimed', 'running'))
+RETURNING c.id;
+
 -- name: register_node
 -- This supervisor run announces itself (the id is new at every start and is
 -- the lease owner of every job the run claims): $1 id, $2 hostname, $3 pid,
@@ -157,13 +182,21 @@ SELECT pg_notify('forge_jobs', '0');
 -- crashes stay below max_crashes $2; otherwise failed (with a "reason" when
 -- the crash cap is what stops it). The old owner's heartbeat and reports no
 -- longer match (claimed_by/status changed), so it finds the lease lost and
--- fences itself. Scans only the forge_jobs_leased partial index (held rows).
+-- fences itself. Held jobs are found through their owners' forge_claims
+-- rows, and only rows older than the timeout: a job's heartbeat_at starts
+-- at its claim (the claim row's claimed_at) and only moves forward. A job
+-- listed twice (released, then claimed again by the same node) is updated
+-- once.
 WITH expired AS (
-    SELECT id FROM forge_jobs
-    WHERE status IN ('claimed', 'running')
-      AND heartbeat_at < now() - $1::float8 * interval '1 millisecond'
+    SELECT j.id FROM forge_claims AS c
+    CROSS JOIN LATERAL unnest(c.job_ids) AS listed(id)
+    JOIN forge_jobs AS j ON j.id = listed.id
+    WHERE c.claimed_at < now() - $1::float8 * interval '1 millisecond'
+      AND j.claimed_by = c.owner
+      AND j.status IN ('claimed', 'running')
+      AND j.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
     LIMIT 1000
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF j SKIP LOCKED
 ), rescued AS (
     UPDATE forge_jobs AS j
     SET status = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
@@ -194,12 +227,31 @@ SELECT count(*) FILTER (WHERE status = 'retry') AS retried,
        count(*) FILTER (WHERE status = 'failed') AS failed
 FROM rescued;
 
+-- name: prune_claims
+-- Claim rows older than the heartbeat timeout $1 ms that list no job their
+-- owner still holds: what a node that died or stopped without closing them
+-- left, after rescue has taken its jobs back, and rows a close kept.
+-- Oldest first.
+DELETE FROM forge_claims
+WHERE id IN (
+    SELECT c.id FROM forge_claims AS c
+    WHERE c.claimed_at < now() - $1::float8 * interval '1 millisecond'
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest(c.job_ids) AS listed(id)
+          JOIN forge_jobs AS j ON j.id = listed.id
+          WHERE j.claimed_by = c.owner AND j.status IN ('claimed', 'running'))
+    ORDER BY c.claimed_at
+    LIMIT 1000
+    FOR UPDATE OF c SKIP LOCKED)
+RETURNING id;
+
 -- name: dead_letter
 -- Failed jobs move to the dead letter queue once failed for $1 ms (0: at the
--- next sweep). Uses the forge_jobs_failed_at partial index (0002).
+-- next sweep). Uses the forge_jobs_failed_at partial index (0003).
 WITH old AS (
     SELECT id FROM forge_jobs
-    WHERE status = 'failed'
+    WHERE failed_at IS NOT NULL AND dead_lettered_at IS NULL
+      AND status = 'failed'
       AND failed_at <= now() - $1::float8 * interval '1 millisecond'
     ORDER BY failed_at
     LIMIT 1000
@@ -215,18 +267,20 @@ RETURNING j.id;
 -- Dead letters past their retention (the row's dead_letter_retain, or the
 -- default $1 ms when NULL) are deleted with their job logs, oldest first, to
 -- keep the table and its indexes small. Two bounded scans, one per partial
--- index of 0002: the default retention is an index range scan; rows with
+-- index of 0003: the default retention is an index range scan; rows with
 -- their own retention are few and scanned whole.
 WITH old_default AS (
     SELECT id FROM forge_jobs
-    WHERE status = 'dead_letter' AND dead_letter_retain IS NULL
+    WHERE dead_lettered_at IS NOT NULL AND dead_letter_retain IS NULL
+      AND status = 'dead_letter'
       AND dead_lettered_at <= now() - $1::float8 * interval '1 millisecond'
     ORDER BY dead_lettered_at
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 ), old_own AS (
     SELECT id FROM forge_jobs
-    WHERE status = 'dead_letter' AND dead_letter_retain IS NOT NULL
+    WHERE dead_lettered_at IS NOT NULL AND dead_letter_retain IS NOT NULL
+      AND status = 'dead_letter'
       AND dead_lettered_at + dead_letter_retain <= now()
     ORDER BY dead_lettered_at
     LIMIT 1000
@@ -254,7 +308,7 @@ SELECT count(*) AS pruned FROM gone;
 -- claim order (the forge_jobs_claimable index) are looked at.
 WITH due AS MATERIALIZED (
     SELECT id, job_type, scheduled_at FROM forge_jobs
-    WHERE status IN ('pending', 'retry')
+    WHERE claimed_by IS NULL AND failed_at IS NULL
       AND scheduled_at <= now()
     ORDER BY priority, scheduled_at, id
     LIMIT 10000
@@ -268,7 +322,7 @@ WITH due AS MATERIALIZED (
         SELECT due.id FROM due
         WHERE due.scheduled_at <= now() - $1::float8 * interval '1 millisecond'
           AND NOT EXISTS (SELECT 1 FROM live WHERE due.job_type = ANY(live.job_types)))
-      AND j.status IN ('pending', 'retry')
+      AND j.claimed_by IS NULL AND j.failed_at IS NULL
       AND EXISTS (SELECT 1 FROM live WHERE live.id = $2)
     LIMIT 1000
     FOR UPDATE OF j SKIP LOCKED
@@ -281,20 +335,19 @@ SET status = 'failed', failed_at = now(),
                           '@forge.job in a module listed in [app] modules', j.job_type, j.id),
         'attempt', j.attempts)
 FROM orphaned
-WHERE j.id = orphaned.id AND j.status IN ('pending', 'retry')
+WHERE j.id = orphaned.id AND j.claimed_by IS NULL AND j.failed_at IS NULL
 RETURNING j.id;
 
 -- name: reap_nodes
 -- Registrations of nodes gone for $1 ms (the core passes max(10 x heartbeat
 -- timeout, 1 hour), so stopped nodes stay visible on the dashboard for an
 -- hour and a paused node is long rescued first). Never a node that still
--- holds a lease (claimed/running rows owned by it).
+-- has forge_claims rows: every job it holds is listed in one of them.
 DELETE FROM forge_nodes
 WHERE id IN (
     SELECT n.id FROM forge_nodes AS n
     WHERE n.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
-      AND NOT EXISTS (SELECT 1 FROM forge_jobs AS j
-                      WHERE j.claimed_by = n.id AND j.status IN ('claimed', 'running'))
+      AND NOT EXISTS (SELECT 1 FROM forge_claims AS c WHERE c.owner = n.id)
     LIMIT 1000
     FOR UPDATE OF n SKIP LOCKED)
 RETURNING id;
