@@ -51,6 +51,19 @@ def test_no_notify_is_lost_to_a_claim_in_flight(supervisor, db):
         wait_for(lambda: finished(db, first, second), timeout=3, what=f"pair {i}'s NOTIFY-woken jobs")
 
 
+def test_claim_rows_are_closed_as_their_jobs_end(supervisor, db):
+    # The maintenance sweep would delete them only after heartbeat_timeout
+    # (30 s): gone within seconds means the node closed them itself.
+    supervisor(workers=2)
+    ids = forge.dispatch_many(db, jobs.double, [jobs.N(n=i) for i in range(300)])
+    wait_for(lambda: finished(db, *ids), what="300 jobs")
+    wait_for(
+        lambda: db.execute("SELECT count(*) FROM forge_claims").fetchone()[0] == 0,
+        timeout=5,
+        what="the claim rows to be closed",
+    )
+
+
 def test_async_job_results_are_stored(supervisor, db):
     supervisor()
     ids = forge.dispatch_many(db, jobs.double_async, [jobs.N(n=i) for i in range(20)])

@@ -1,4 +1,5 @@
-"""SIGTERM/SIGINT: stop claiming, let short jobs finish, hand the rest back; nothing left leased."""
+"""SIGTERM/SIGINT: stop claiming, let short jobs finish, hand the rest back; nothing left leased,
+and no claim row left behind (each is closed once its jobs have ended)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ def _leased(db) -> int:
     return db.execute("SELECT count(*) FROM forge_jobs WHERE status IN ('claimed', 'running')").fetchone()[0]
 
 
+def _claim_rows(db) -> int:
+    return db.execute("SELECT count(*) FROM forge_claims").fetchone()[0]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_clean_stop_lets_short_jobs_finish_and_leaves_nothing_leased(supervisor, db, signum):
     sup = supervisor(workers=2, shutdown_grace="10s")
@@ -26,6 +31,7 @@ def test_clean_stop_lets_short_jobs_finish_and_leaves_nothing_leased(supervisor,
     assert sup.stop(signum) == 0
     assert job_row(db, short)["status"] == "completed"
     assert _leased(db) == 0
+    assert _claim_rows(db) == 0
     assert {job_row(db, i)["status"] for i in waiting} == {"pending"}
     assert db.execute("SELECT stopped_at IS NOT NULL FROM forge_nodes").fetchone()[0]
 
@@ -43,6 +49,7 @@ def test_jobs_longer_than_the_grace_are_killed_and_handed_back_uncharged(supervi
         assert (row["status"], row["attempts"], row["claimed_by"]) == ("pending", 0, None)
     assert job_row(db, queued)["status"] in ("pending", "completed")
     assert _leased(db) == 0
+    assert _claim_rows(db) == 0
 
 
 def test_a_second_signal_kills_at_once(supervisor, db):
@@ -56,3 +63,4 @@ def test_a_second_signal_kills_at_once(supervisor, db):
     assert time.monotonic() - began < 5
     assert job_row(db, job_id)["status"] == "pending"
     assert _leased(db) == 0
+    assert _claim_rows(db) == 0
