@@ -95,6 +95,7 @@ def _claimer(url: str, ready, results) -> None:
                 break
             ids, attempts = [row[0] for row in batch], [row[2] for row in batch]
             cur.execute(_SQL["complete"], (ids, attempts, [None] * len(batch), owner), prepare=True)
-            cur.execute(_SQL["close_claims"], ([batch[0][7]], owner), prepare=True)
+            claim_id = batch[0][7]  # the claim statement's last column
+            cur.execute(_SQL["close_claims"], ([claim_id], owner), prepare=True)
             done += len(batch)
     results.put((done, time.time()))

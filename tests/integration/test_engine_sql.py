@@ -4,11 +4,13 @@ completion a HOT update (migration 0003)."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import psycopg
 import pytest
 
+from forge.db.migrate import MIGRATIONS_DIR, migrate
 from forge.db.queries import load_queries
 
 SQL = load_queries("engine.sql")
@@ -157,3 +159,24 @@ def test_the_database_ties_claimability_to_status(db, change):
     [job] = dispatch(db, 1)
     with pytest.raises(psycopg.errors.CheckViolation, match="forge_jobs_claimable_valid"):
         db.execute(f"UPDATE forge_jobs SET {change} WHERE id = $1", (job,))
+
+
+def test_migration_0003_gives_jobs_held_before_it_their_claim_rows(empty_database_url, tmp_path):
+    """A job claimed under 0002 (no forge_claims) must still be found by rescue once 0003 is applied."""
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("000[12]_*.sql")):
+        shutil.copy(path, before / path.name)
+    assert migrate(empty_database_url, before) == [1, 2]
+    owner = uuid.uuid4()
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        held = conn.execute(
+            "INSERT INTO forge_jobs (job_type, input, status, attempts, claimed_by, claimed_at, heartbeat_at)"
+            " VALUES ('noop', '{}', 'running', 1, %s, now() - interval '2 minutes', now() - interval '2 minutes')"
+            " RETURNING id",
+            (owner,),
+        ).fetchone()[0]
+    assert 3 in migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True, options=SESSION, cursor_factory=psycopg.RawCursor) as db:
+        assert [(r[1], r[2]) for r in claim_rows(db)] == [(owner, [held])]
+        assert db.execute(SQL["rescue"], (60_000.0, 3)).fetchone() == (1, 0)

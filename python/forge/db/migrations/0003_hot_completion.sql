@@ -63,3 +63,13 @@ CREATE TABLE forge_claims (
 
 CREATE INDEX forge_claims_claimed_at ON forge_claims (claimed_at);
 CREATE INDEX forge_claims_owner ON forge_claims (owner);
+
+-- Jobs held when this runs get their claim rows here, so rescue still finds
+-- them. A node running code from before 0003 writes none for what it claims
+-- afterwards: stop such nodes when applying it (a clean stop hands their
+-- unfinished jobs back), do not run both versions side by side.
+INSERT INTO forge_claims (owner, claimed_at, job_ids)
+SELECT claimed_by, min(claimed_at), array_agg(id ORDER BY id)
+FROM forge_jobs
+WHERE status IN ('claimed', 'running')
+GROUP BY claimed_by;
