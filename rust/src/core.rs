@@ -16,7 +16,7 @@ use crate::batch::Report;
 use crate::claim::{ClaimState, Claimed};
 use crate::db::Db;
 use crate::errors::CoreError;
-use crate::heartbeat::{Ended, InFlight};
+use crate::heartbeat::InFlight;
 use crate::rescue;
 use crate::stats::{Stat, Stats};
 use crate::tasks;
@@ -335,9 +335,19 @@ impl Core {
         self.send(Report::Start { id, attempt })
     }
 
-    /// Queues a close of the job's claim row after the report that ended
-    /// the last job it held, so the close is written after that report.
-    fn close_claim(&self, ended: Option<Ended>) -> Result<(), CoreError> {
+    /// Ends the lease of (id, attempt) with the report `make` builds from
+    /// the job's type (None when this attempt is not held), then, if it was
+    /// the last held job of its claim, queues the claim row's close after
+    /// that report, so the close is written after it.
+    fn end(
+        &self,
+        id: i64,
+        attempt: i32,
+        make: impl FnOnce(Option<&str>) -> Report,
+    ) -> Result<(), CoreError> {
+        self.check()?;
+        let ended = lock(&self.shared.inflight).remove(id, attempt);
+        self.send(make(ended.as_ref().map(|e| e.job_type.as_str())))?;
         match ended.and_then(|e| e.closes) {
             Some(claim) => self.send(Report::CloseClaim { claim }),
             None => Ok(()),
@@ -345,14 +355,11 @@ impl Core {
     }
 
     pub fn complete(&self, id: i64, attempt: i32, result: Option<String>) -> Result<(), CoreError> {
-        self.check()?;
-        let ended = lock(&self.shared.inflight).remove(id, attempt);
-        self.send(Report::Complete {
+        self.end(id, attempt, |_| Report::Complete {
             id,
             attempt,
             result,
-        })?;
-        self.close_claim(ended)
+        })
     }
 
     /// The retry delay comes from the policy of the job's type, known from
@@ -366,26 +373,18 @@ impl Core {
         error: String,
         crashed: bool,
     ) -> Result<(), CoreError> {
-        self.check()?;
-        let ended = lock(&self.shared.inflight).remove(id, attempt);
-        let job_type = ended.as_ref().map(|e| e.job_type.as_str());
-        let delay_ms = self.policies.delay_ms(job_type, attempt);
-        self.send(Report::Fail {
+        self.end(id, attempt, |job_type| Report::Fail {
             id,
             attempt,
             retryable,
-            delay_ms,
+            delay_ms: self.policies.delay_ms(job_type, attempt),
             error,
             crashed,
-        })?;
-        self.close_claim(ended)
+        })
     }
 
     pub fn release(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
-        self.check()?;
-        let ended = lock(&self.shared.inflight).remove(id, attempt);
-        self.send(Report::Release { id, attempt })?;
-        self.close_claim(ended)
+        self.end(id, attempt, |_| Report::Release { id, attempt })
     }
 
     pub fn progress(
