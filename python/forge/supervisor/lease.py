@@ -11,10 +11,7 @@ that a supervisor that is frozen (SIGSTOP, a stuck loop) is fenced as well.
 from __future__ import annotations
 
 import mmap
-import struct
 import time
-
-_STAMP = struct.Struct("d")
 
 #: Fence at this fraction of heartbeat_timeout: well before the rescue, with a heartbeat interval to spare.
 FENCE_FRACTION = 0.75
@@ -29,14 +26,19 @@ class LeaseClock:
     """A CLOCK_MONOTONIC timestamp in an anonymous shared page, created before the zygote is forked."""
 
     def __init__(self) -> None:
-        self._page = mmap.mmap(-1, _STAMP.size)  # MAP_SHARED: the zygote sees our writes
+        self._page = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED: the zygote sees our writes
+        # One aligned 8-byte store or load per access, so the zygote never
+        # reads half a write. (struct.pack_into zeroes its target before
+        # writing: a reader in between saw 0.0, an age of the whole uptime,
+        # and killed every worker.)
+        self._stamp = memoryview(self._page).cast("d")
         self.renewed(time.monotonic())
 
     def renewed(self, at: float) -> None:
-        _STAMP.pack_into(self._page, 0, at)
+        self._stamp[0] = at
 
     def renewed_at(self) -> float:
-        return _STAMP.unpack_from(self._page, 0)[0]
+        return self._stamp[0]
 
     def age(self, now: float) -> float:
         return now - self.renewed_at()
