@@ -9,6 +9,7 @@ import pytest
 from testapp import jobs
 
 import forge
+from forge.supervisor.slot import MAX_BATCH
 
 from .conftest import finished, job_row, wait_for
 
@@ -127,3 +128,18 @@ def test_workers_forked_once_the_zygote_idled_have_the_driver_loaded(supervisor,
     second = forge.dispatch(db, jobs.driver_loaded, jobs.N(n=2))
     wait_for(lambda: finished(db, second), what="the second job")
     assert [job_row(db, first)["result"], job_row(db, second)["result"]] == [False, True]
+
+
+def test_short_jobs_are_claimed_many_at_a_time(supervisor, db):
+    # One worker's room and spares are 64 short jobs; claims sized by them
+    # alone shared each claim's fixed cost among ~30 jobs. The arbiter holds up
+    # to two claim_batches of short jobs, so a backlog is claimed in big bites.
+    sup = supervisor(workers=1)
+    warm = forge.dispatch_many(db, jobs.quick, [jobs.Crash(code=1)] * 400)
+    wait_for(lambda: finished(db, *warm), what="the warm-up jobs")  # now known to be short
+    ids = forge.dispatch_many(db, jobs.quick, [jobs.Crash(code=1)] * 6000)
+    wait_for(lambda: finished(db, *ids), what="the backlog")
+    assert sup.stop() == 0
+    totals = dict(kv.split("=") for kv in sup.log().split("core totals: ")[1].split("\n")[0].split())
+    per_claim = int(totals["claimed"]) / int(totals["claims"])
+    assert per_claim > 2 * MAX_BATCH, per_claim

@@ -74,3 +74,12 @@ def test_a_worker_with_short_jobs_is_topped_up_only_once_it_runs_low():
     assert slot.wants_jobs() and slot.accepts("short", durations)
     slot.retiring = True
     assert not slot.wants_jobs()
+
+
+def test_runs_within_counts_recent_jobs_back_to_back():
+    durations = JobDurations()
+    assert durations.runs_within(0.25) == 0  # nothing ran yet: no estimate
+    durations.observe("t", 0.002)
+    assert durations.runs_within(0.25) == 125
+    durations.observe("t", 0.002)
+    assert durations.runs_within(0.001) == 0

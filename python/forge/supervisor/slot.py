@@ -50,6 +50,10 @@ class JobDurations:
         """How many jobs to keep per worker: a batch while recent jobs are short, else one."""
         return MAX_BATCH if self._overall is not None and self._overall < SHORT_JOB else 1
 
+    def runs_within(self, seconds: float) -> int:
+        """How many recent jobs, one after another, one worker runs in `seconds` (0 before any ran)."""
+        return int(seconds / self._overall) if self._overall else 0
+
 
 @dataclass
 class Slot:
