@@ -143,3 +143,11 @@ def test_short_jobs_are_claimed_many_at_a_time(supervisor, db):
     totals = dict(kv.split("=") for kv in sup.log().split("core totals: ")[1].split("\n")[0].split())
     per_claim = int(totals["claimed"]) / int(totals["claims"])
     assert per_claim > 2 * MAX_BATCH, per_claim
+
+
+def test_short_jobs_run_with_prefetch_off(supervisor, db):
+    supervisor(workers=1, prefetch=0)
+    warm = forge.dispatch_many(db, jobs.quick, [jobs.Crash(code=1)] * 400)
+    wait_for(lambda: finished(db, *warm), what="the warm-up jobs")  # now known to be short
+    ids = forge.dispatch_many(db, jobs.quick, [jobs.Crash(code=1)] * 400)
+    wait_for(lambda: finished(db, *ids), timeout=20, what="short jobs with no prefetch")

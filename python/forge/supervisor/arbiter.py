@@ -509,8 +509,8 @@ class Arbiter:
     def _grant_credits(self) -> None:
         """Ask the core for as many jobs as the workers have room for, plus the prefetch.
 
-        While short jobs are queued past half the prefetch, credits wait to be
-        a whole claim_batch: the core claims as soon as it holds credits, so
+        While more than half the prefetch of short jobs is queued, credits wait
+        to be a whole claim_batch: the core claims as soon as it holds credits, so
         credits granted a few at a time made claims of a few rows each.
         """
         if self.state is not State.RUNNING:
@@ -521,7 +521,7 @@ class Arbiter:
         wanted = room + prefetch - len(self._queue) - (self._requested - self._received)
         if wanted <= 0:
             return
-        if per_worker > 1 and wanted < self.node.claim_batch and len(self._queue) >= prefetch // 2:
+        if per_worker > 1 and prefetch and wanted < self.node.claim_batch and len(self._queue) > prefetch // 2:
             return
         self.core.request(wanted)
         self._requested += wanted
