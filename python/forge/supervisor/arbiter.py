@@ -521,7 +521,8 @@ class Arbiter:
         wanted = room + prefetch - len(self._queue) - (self._requested - self._received)
         if wanted <= 0:
             return
-        if per_worker > 1 and prefetch and wanted < self.node.claim_batch and len(self._queue) > prefetch // 2:
+        plenty_queued = per_worker > 1 and prefetch and len(self._queue) > prefetch // 2
+        if plenty_queued and wanted < self.node.claim_batch:
             return
         self.core.request(wanted)
         self._requested += wanted
@@ -531,13 +532,13 @@ class Arbiter:
 
         `prefetch` spares per worker position (whole batches of them while jobs
         are short), so the next claim is under way while the workers run the
-        current one. While jobs are short, up to two claim_batches besides: the
-        core claims as credits come back, and with only the spares it claimed a
-        few dozen rows at a time, each claim's fixed cost (statement, commit,
-        claim row) shared by few jobs: the database spent 40-60% more per job
-        (benches, 1-4 workers). Bounded by the work the workers get through in
-        a quarter of prefetch_timeout, so held jobs start well before they
-        would be handed back.
+        current one. While jobs are short, up to two claim_batches if that is
+        more: with only the spares the core claimed a few dozen rows at a time,
+        each claim's fixed cost (statement, commit, claim row) shared by few
+        jobs, and the database spent 40-60% more per job (benches, 1-4
+        workers). That is bounded by the work the workers get through in a
+        quarter of prefetch_timeout, so held jobs start well before they would
+        be handed back.
         """
         if not self._prefetching:
             return 0
