@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 import pytest
 
 from ..polling import wait_for
+from ..supervisor_log import core_totals
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 if str(APPS) not in sys.path:  # the tests import the test app's jobs to dispatch them
@@ -68,6 +69,11 @@ class Supervisor:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def core_totals(self) -> dict[str, int]:
+        """The core's totals, logged when this supervisor stopped cleanly."""
+        (totals,) = core_totals(self.log())
+        return totals
 
 
 def _toml(value: Any) -> str:

@@ -6,7 +6,6 @@ Everything runs on this machine and on 127.0.0.1; every wait is bounded.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import psycopg
 from forge.db.embedded import EmbeddedPostgres
 
 from ..polling import wait_for
+from ..supervisor_log import core_totals
 from . import ledger
 
 APP_DIR = Path(__file__).resolve().parent / "app"
@@ -289,10 +289,7 @@ class Node:
 
     def core_totals(self) -> list[dict[str, int]]:
         """The `core totals: k=v ...` line of every run that stopped cleanly."""
-        totals = []
-        for match in re.finditer(r"core totals: ([^\n]*)", self.log()):
-            totals.append({k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))})
-        return totals
+        return core_totals(self.log())
 
 
 def record(url: str, kind: str, **fields: Any) -> None:
