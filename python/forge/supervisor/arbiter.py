@@ -11,7 +11,8 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
      so that no job runs here while another node runs it;
   4. hands claimed jobs to workers, best priority first: one at a time, or a
      batch of frames in one write when the jobs are known to be short;
-  5. grants the core claim credits for the room the workers have.
+  5. grants the core claim credits for the room the workers have, plus a
+     prefetch (how many: demand.py).
 Per job the arbiter does O(1) work: decode one frame, one call into the core,
 encode one frame. A worker that dies fails only the job it was running; the
 jobs waiting behind it go back unrun.
@@ -29,14 +30,14 @@ import time
 from enum import Enum
 from typing import Any, NamedTuple
 
-import msgspec
-
 from .._core import ClaimedJob, Core
 from ..config import NodeConfig
 from ..errors import UnknownJobType
 from ..job import Job
+from .demand import Demand, credits
 from .lease import LeaseClock, fence_after
 from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, RunJob, Spawned, WorkerSettings, encode
+from .arbiter_log import Throughput, dump_state, log_failure
 from .settle import CRASH_CLASS, HAND_BACK, error_json, killed_job_error
 from .slot import JobDurations, Slot
 from .zygote import Zygote
@@ -47,12 +48,6 @@ _log = logging.getLogger("forge.arbiter")
 _IDLE_WAKE = 1.0
 #: How long to wait for the zygote to report killed workers during shutdown.
 _EXIT_WAIT = 5.0
-#: How often throughput is summarised in the log, in seconds.
-_SUMMARY_EVERY = 10.0
-#: While jobs are short, hold up to this many claim_batches of claimed jobs beyond the workers' room ...
-_PREFETCH_CLAIMS = 2
-#: ... but no more than the workers run in this fraction of prefetch_timeout.
-_PREFETCH_HORIZON = 0.25
 
 
 class State(Enum):
@@ -90,6 +85,8 @@ class Arbiter:
         self.state = State.RUNNING
         self.slots = [Slot(i) for i in range(node.workers)]
         self.durations = JobDurations()
+        assert node.prefetch is not None  # NodeConfig.__post_init__ defaults it to workers
+        self._spares: int = node.prefetch
         self._fence_after = fence_after(node.heartbeat_timeout)
         self._fenced = False
         self._by_pid: dict[int, Slot] = {}
@@ -97,13 +94,12 @@ class Arbiter:
         self._seq = 0
         self._requested = 0
         self._received = 0
-        self._prefetching = True
+        self._prefetching = True  # see demand.Demand.prefetching
         self._signals: list[int] = []
         self._grace_ends = 0.0
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._next_summary = time.monotonic() + _SUMMARY_EVERY
-        self._last_stats: dict[str, int] = {}
+        self._throughput = Throughput(time.monotonic())
 
     # -- the loop ---------------------------------------------------------
 
@@ -124,7 +120,7 @@ class Arbiter:
             self._enforce_deadlines(now)
             self._assign(now)
             self._grant_credits()
-            self._summarise(now)
+            self._throughput.summarise(now, self.core, self.slots)
         self._hand_back_queue()
         return 0
 
@@ -185,26 +181,8 @@ class Arbiter:
 
     def _dump_state(self) -> None:
         """SIGUSR1: log what every slot is doing, the lease and the core's counters."""
-        _log.info(
-            "state %s, fenced %s, lease age %dms, queue %d, credits asked %d received %d",
-            self.state.value,
-            self._fenced,
-            self.core.lease_age_ms(),
-            len(self._queue),
-            self._requested,
-            self._received,
-        )
-        for slot in self.slots:
-            _log.info(
-                "slot %d: pid %s, socket %s, jobs %s, kill %s, retiring %s",
-                slot.index,
-                slot.pid,
-                None if slot.sock is None else slot.sock.fileno(),
-                [f"{job.id}/{job.attempt}" for job in slot.jobs],
-                slot.kill_reason,
-                slot.retiring,
-            )
-        _log.info("core: %s", " ".join(f"{k}={v}" for k, v in sorted(self.core.stats().items())))
+        queued, requested, received = len(self._queue), self._requested, self._received
+        dump_state(self.state.value, self._fenced, self.core, queued, requested, received, self.slots)
 
     def _drain(self, reason: str) -> None:
         """Stop claiming, hand back what has not been handed out, let workers finish theirs."""
@@ -228,7 +206,7 @@ class Arbiter:
         self._grace_ends = min(self._grace_ends or time.monotonic(), time.monotonic())
         for slot in self.slots:
             if slot.jobs and slot.kill_reason is None:
-                self._kill(slot, "shutdown")
+                slot.kill("shutdown", self.node.kill_grace)
             elif not slot.jobs:
                 self._dismiss(slot)
 
@@ -253,9 +231,9 @@ class Arbiter:
                 if self.state is not State.RUNNING:
                     self._dismiss(slot)
             else:
-                slot = self._by_pid.pop(message.pid, None)
-                if slot is not None:
-                    self._worker_gone(slot, message.status)
+                gone = self._by_pid.pop(message.pid, None)
+                if gone is not None:
+                    self._worker_gone(gone, message.status)
 
     def _on_worker(self, slot: Slot, sock: socket.socket) -> None:
         # One select() returns a batch of events; handling an earlier one may
@@ -286,27 +264,13 @@ class Arbiter:
             self._job_done(slot, message.retiring, now)
         elif isinstance(message, Failed):
             self.core.fail(job.id, job.attempt, message.retryable, message.error)
-            self._log_failure(job, message)
+            log_failure(job, message)
             self._job_done(slot, message.retiring, now)
         elif isinstance(message, Progress):
             self.core.progress(job.id, job.attempt, message.percent, message.message)
             self._renew_beat(slot, now)
         elif isinstance(message, Heartbeat):
             self._renew_beat(slot, now)
-
-    def _log_failure(self, job: ClaimedJob, message: Failed) -> None:
-        error = msgspec.json.decode(message.error)
-        outlook = "may be retried" if message.retryable else "not retryable"
-        _log.warning(
-            "job %s (%s) attempt %s/%s raised %s: %s (%s)",
-            job.id,
-            job.job_type,
-            job.attempt,
-            job.max_attempts,
-            error.get("type"),
-            error.get("message"),
-            outlook,
-        )
 
     def _job_done(self, slot: Slot, retiring: bool, now: float) -> None:
         """The head job reported: the next one handed to this worker starts now."""
@@ -374,17 +338,6 @@ class Arbiter:
         if not slot.jobs and slot.pid is not None:
             self._close(slot)
 
-    def _kill(self, slot: Slot, reason: str, *, at_once: bool = False) -> None:
-        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once."""
-        slot.kill_reason = reason
-        slot.deadline = slot.beat_deadline = None
-        if at_once:
-            slot.sigkill_at = None
-            _signal_group(slot.pid, signal.SIGKILL)
-        else:
-            slot.sigkill_at = time.monotonic() + self.node.kill_grace
-            _signal_group(slot.pid, signal.SIGTERM)
-
     # -- the lease ------------------------------------------------------------
 
     def _watch_lease(self, now: float) -> None:
@@ -398,7 +351,7 @@ class Arbiter:
             )
             for slot in self.slots:
                 if slot.jobs and slot.kill_reason not in ("fenced", "lost"):
-                    self._kill(slot, "fenced", at_once=True)
+                    slot.kill("fenced", self.node.kill_grace, at_once=True)
         elif self._fenced and not stale:
             _log.warning("leases renewed again; running jobs resumes")
         self._fenced = stale
@@ -410,7 +363,7 @@ class Arbiter:
         for slot in self.slots:
             if any((job.id, job.attempt) == (job_id, attempt) for job in slot.jobs):
                 _log.error("job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid)
-                self._kill(slot, "lost", at_once=True)
+                slot.kill("lost", self.node.kill_grace, at_once=True)
                 return
         kept = [q for q in self._queue if (q.job.id, q.job.attempt) != (job_id, attempt)]
         if len(kept) != len(self._queue):
@@ -429,12 +382,12 @@ class Arbiter:
     def _enforce_deadlines(self, now: float) -> None:
         for slot in self.slots:
             if slot.deadline is not None and now >= slot.deadline:
-                self._kill(slot, "timeout")
+                slot.kill("timeout", self.node.kill_grace)
             elif slot.beat_deadline is not None and now >= slot.beat_deadline:
-                self._kill(slot, "hung")
+                slot.kill("hung", self.node.kill_grace)
             elif slot.sigkill_at is not None and now >= slot.sigkill_at:
                 slot.sigkill_at = None
-                _signal_group(slot.pid, signal.SIGKILL)
+                slot.signal_group(signal.SIGKILL)
         if self.state is State.DRAINING and now >= self._grace_ends:
             self._kill_all("shutdown grace over")
         self._release_stale(now)
@@ -507,46 +460,27 @@ class Arbiter:
             self._begin_head(slot, now)
 
     def _grant_credits(self) -> None:
-        """Ask the core for as many jobs as the workers have room for, plus the prefetch.
-
-        While more than half the prefetch of short jobs is queued, credits wait
-        to be a whole claim_batch: the core claims as soon as it holds credits, so
-        credits granted a few at a time made claims of a few rows each.
-        """
-        if self.state is not State.RUNNING:
-            return
+        """Grant the core the claim credits the demand policy asks for now (see demand.credits)."""
         per_worker = self.durations.per_worker()
         room = sum(per_worker - len(s.jobs) for s in self.slots if s.kill_reason is None and not s.retiring)
-        prefetch = self._prefetch(per_worker)
-        wanted = room + prefetch - len(self._queue) - (self._requested - self._received)
-        if wanted <= 0:
-            return
-        plenty_queued = per_worker > 1 and prefetch and len(self._queue) > prefetch // 2
-        if plenty_queued and wanted < self.node.claim_batch:
-            return
-        self.core.request(wanted)
-        self._requested += wanted
-
-    def _prefetch(self, per_worker: int) -> int:
-        """How many claimed jobs to hold beyond the workers' room.
-
-        `prefetch` spares per worker position (whole batches of them while jobs
-        are short), so the next claim is under way while the workers run the
-        current one. While jobs are short, up to two claim_batches if that is
-        more: with only the spares the core claimed a few dozen rows at a time,
-        each claim's fixed cost (statement, commit, claim row) shared by few
-        jobs, and the database spent 40-60% more per job (benches, 1-4
-        workers). That is bounded by the work the workers get through in a
-        quarter of prefetch_timeout, so held jobs start well before they would
-        be handed back.
-        """
-        if not self._prefetching:
-            return 0
-        spares = self.node.prefetch * per_worker
-        if spares == 0 or per_worker == 1:
-            return spares
-        horizon = self.durations.runs_within(self.node.prefetch_timeout * _PREFETCH_HORIZON) * len(self.slots)
-        return max(spares, min(_PREFETCH_CLAIMS * self.node.claim_batch, horizon))
+        wanted = credits(
+            Demand(
+                running=self.state is State.RUNNING,
+                room=room,
+                queued=len(self._queue),
+                outstanding=self._requested - self._received,
+                per_worker=per_worker,
+                prefetching=self._prefetching,
+                prefetch=self._spares,
+                claim_batch=self.node.claim_batch,
+                prefetch_timeout=self.node.prefetch_timeout,
+                slots=len(self.slots),
+                pace=self.durations,
+            )
+        )
+        if wanted:
+            self.core.request(wanted)
+            self._requested += wanted
 
     def _hand_back_queue(self) -> None:
         for queued in self._queue:
@@ -555,29 +489,3 @@ class Arbiter:
         for job in self.core.take():
             self._received += 1
             self.core.release(job.id, job.attempt)
-
-    def _summarise(self, now: float) -> None:
-        if now < self._next_summary:
-            return
-        self._next_summary = now + _SUMMARY_EVERY
-        stats = self.core.stats()
-        delta = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
-        self._last_stats = stats
-        if delta.get("completed") or delta.get("failed") or delta.get("retried"):
-            _log.info(
-                "last %.0fs: %d completed, %d retried, %d failed; %d running",
-                _SUMMARY_EVERY,
-                delta.get("completed", 0),
-                delta.get("retried", 0),
-                delta.get("failed", 0),
-                sum(1 for s in self.slots if s.jobs),
-            )
-
-
-def _signal_group(pid: int | None, signum: int) -> None:
-    if pid is None:
-        return
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass

@@ -1,4 +1,4 @@
-"""Worker slots and the job-duration record that sizes their batches.
+"""Worker slots (a worker's process, the jobs handed to it, its killing) and the job-duration record.
 
 A slot is one worker position. Jobs are handed to its worker in order over
 its socket; the first one handed and not yet reported (the head) is the one
@@ -9,7 +9,10 @@ while other workers or nodes are idle (see JobDurations).
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -61,7 +64,7 @@ class Slot:
 
     index: int
     sock: socket.socket | None = None
-    reader: FrameReader = field(default_factory=lambda: FrameReader(FromWorker))
+    reader: FrameReader[FromWorker] = field(default_factory=lambda: FrameReader(FromWorker))
     pid: int | None = None
     jobs: deque[ClaimedJob] = field(default_factory=deque)
     head_since: float = 0.0  # when the head job started running, monotonic
@@ -98,6 +101,26 @@ class Slot:
         """Hand `job` to this worker (after accepts() said yes)."""
         self.all_short = (self.all_short or not self.jobs) and durations.short(job.job_type)
         self.jobs.append(job)
+
+    def kill(self, reason: str, kill_grace: float, *, at_once: bool = False) -> None:
+        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once."""
+        self.kill_reason = reason
+        self.deadline = self.beat_deadline = None
+        if at_once:
+            self.sigkill_at = None
+            self.signal_group(signal.SIGKILL)
+        else:
+            self.sigkill_at = time.monotonic() + kill_grace
+            self.signal_group(signal.SIGTERM)
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to the worker's process group (the worker and whatever its job started), if it has one."""
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
 
     def reset(self) -> None:
         """Forget the worker (it is gone or being replaced)."""

@@ -1,0 +1,87 @@
+"""What the arbiter writes to the log about its work: failed attempts, a periodic throughput summary, its state.
+
+Only logging: nothing here changes a job, a slot or the core.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import msgspec
+
+from .._core import ClaimedJob, Core
+from .protocol import Failed
+from .slot import Slot
+
+_log = logging.getLogger("forge.arbiter")
+
+#: How often throughput is summarised in the log, in seconds.
+SUMMARY_EVERY = 10.0
+
+
+def log_failure(job: ClaimedJob, message: Failed) -> None:
+    """A job raised: its type, attempt, the error, and whether it may be retried."""
+    error = msgspec.json.decode(message.error)
+    outlook = "may be retried" if message.retryable else "not retryable"
+    _log.warning(
+        "job %s (%s) attempt %s/%s raised %s: %s (%s)",
+        job.id,
+        job.job_type,
+        job.attempt,
+        job.max_attempts,
+        error.get("type"),
+        error.get("message"),
+        outlook,
+    )
+
+
+class Throughput:
+    """Every SUMMARY_EVERY seconds in which jobs ended: how many completed, were retried and failed."""
+
+    def __init__(self, now: float) -> None:
+        self._next_summary = now + SUMMARY_EVERY
+        self._last_stats: dict[str, int] = {}
+
+    def summarise(self, now: float, core: Core, slots: Sequence[Slot]) -> None:
+        if now < self._next_summary:
+            return
+        self._next_summary = now + SUMMARY_EVERY
+        stats = core.stats()
+        delta = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
+        self._last_stats = stats
+        if delta.get("completed") or delta.get("failed") or delta.get("retried"):
+            _log.info(
+                "last %.0fs: %d completed, %d retried, %d failed; %d running",
+                SUMMARY_EVERY,
+                delta.get("completed", 0),
+                delta.get("retried", 0),
+                delta.get("failed", 0),
+                sum(1 for s in slots if s.jobs),
+            )
+
+
+def dump_state(
+    state: str, fenced: bool, core: Core, queued: int, requested: int, received: int, slots: Sequence[Slot]
+) -> None:
+    """SIGUSR1: log what every slot is doing, the lease and the core's counters."""
+    _log.info(
+        "state %s, fenced %s, lease age %dms, queue %d, credits asked %d received %d",
+        state,
+        fenced,
+        core.lease_age_ms(),
+        queued,
+        requested,
+        received,
+    )
+    for slot in slots:
+        _log.info(
+            "slot %d: pid %s, socket %s, jobs %s, kill %s, retiring %s",
+            slot.index,
+            slot.pid,
+            None if slot.sock is None else slot.sock.fileno(),
+            [f"{job.id}/{job.attempt}" for job in slot.jobs],
+            slot.kill_reason,
+            slot.retiring,
+        )
+    _log.info("core: %s", " ".join(f"{k}={v}" for k, v in sorted(core.stats().items())))
