@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.forge-built
 COMPILE = $(PY) -m compileall -q python/forge
 SOURCES := pyproject.toml Cargo.toml $(shell find rust python -name '*.rs' -o -name '*.pyi' 2>/dev/null)
 
-.PHONY: install run test test-rust test-python bench bench-quick clean
+.PHONY: install run test test-rust test-python lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -33,8 +33,19 @@ test-rust:
 test-python: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The checked contracts, configured in pyproject.toml: mypy --strict on python/forge,
+# ruff on the whole repo, and stubtest of python/forge/_core.pyi against the built
+# extension. Every check runs; lint fails if any of them failed.
+lint: $(STAMP)
+	@status=0; \
+	echo "$(PY) -m mypy"; $(PY) -m mypy || status=1; \
+	echo "$(PY) -m ruff check ."; $(PY) -m ruff check . || status=1; \
+	echo "$(PY) -m mypy.stubtest --mypy-config-file pyproject.toml forge._core"; \
+	$(PY) -m mypy.stubtest --mypy-config-file pyproject.toml forge._core || status=1; \
+	exit $$status
+
 clean:
-	rm -rf $(VENV) target examples/hello/.forge
+	rm -rf $(VENV) target examples/hello/.forge .mypy_cache .ruff_cache
 
 # Every benchmark side by side on a throwaway durable PostgreSQL, with the peers
 # (PgQueuer, Procrastinate, Celery) in benches/.venv-peers: ~20-30 min, table + benches/results/*.json.

@@ -21,14 +21,16 @@ import uuid
 import psycopg
 
 from forge.db.queries import load_queries
-
 from forge_adapter import CLAIM_BATCH
 from harness import Bench, checkpoint
 
 SECTION = "ceiling"
 CONNECTIONS = 2
 
-FILL = "INSERT INTO forge_jobs (job_type, input, max_attempts) SELECT 'noop', '{}'::jsonb, 1 FROM generate_series(1, %s)"
+FILL = (
+    "INSERT INTO forge_jobs (job_type, input, max_attempts)"
+    " SELECT 'noop', '{}'::jsonb, 1 FROM generate_series(1, %s)"
+)
 
 _SQL = load_queries("engine.sql")
 # The same statements as Forge's core, run with the same session settings

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import forge
 import psycopg
 
+import forge
 import procs
 from app import jobs
 from workloads import SqlMonitor

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from forge.db.embedded import EmbeddedPostgres, create_database, drop_database
 from forge.db.migrate import migrate
-
 from workloads import checkpoint
 
 __all__ = ["QUICK", "Bench", "Sizes", "checkpoint", "throwaway_cluster"]

@@ -144,7 +144,8 @@ def _print_comparisons(comparisons: list[dict]) -> None:
         return
     names = list(PEERS.values())
     print(
-        "\nForge against its peers (medians; x = Forge / peer: higher is better for jobs/s, lower for ms, commits, bytes)"
+        "\nForge against its peers"
+        " (medians; x = Forge / peer: higher is better for jobs/s, lower for ms, commits, bytes)"
     )
     header = f"  {'workload':<32} {'unit':<8} {'Forge':>10}" + "".join(
         f" {n:>14} {'x':>6}" for n in names

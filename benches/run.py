@@ -30,8 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import QUICK, Bench, Sizes, throwaway_cluster
-from report import git_state, print_and_save
+from harness import QUICK, Bench, Sizes, throwaway_cluster  # noqa: E402 (needs the sys.path line above)
+from report import git_state, print_and_save  # noqa: E402 (needs the sys.path line above)
 
 SECTIONS = {
     "ceiling": "ceiling",

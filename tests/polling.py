@@ -7,7 +7,10 @@ from typing import Any, Callable
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition", every: float = 0.02) -> Any:
-    """Poll `predicate` every `every` s until truthy and return its value; AssertionError naming `what` after `timeout` s."""
+    """Poll `predicate` every `every` s until truthy and return its value.
+
+    Raises AssertionError naming `what` after `timeout` s.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

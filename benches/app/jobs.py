@@ -2,9 +2,9 @@
 
 import time
 
-import forge
 import msgspec
 
+import forge
 from stamps import write_stamp
 
 

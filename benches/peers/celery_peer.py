@@ -19,8 +19,8 @@ from pathlib import Path
 import redis
 from celery import Celery
 from celery.signals import task_postrun
-from common import Processes
 
+from common import Processes
 from stamps import write_stamp
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")

@@ -14,11 +14,11 @@ import time
 
 import asyncpg
 import uvloop
-from common import Loop, Processes, python_worker
 from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
 
+from common import Loop, Processes, python_worker
 from stamps import write_stamp
 from workloads import SqlMonitor
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from common import Loop, Processes, python_worker
 from procrastinate import App, PsycopgConnector
 
+from common import Loop, Processes, python_worker
 from stamps import write_stamp
 from workloads import SqlMonitor
 

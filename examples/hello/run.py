@@ -70,14 +70,17 @@ def _watch(url: str, ids: list[int]) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while len([s for s in seen.values() if s in ("completed", "failed")]) < len(ids):
             rows = conn.execute(
-                "SELECT id, job_type, status, attempts, progress, result FROM forge_jobs WHERE id = ANY(%s) ORDER BY id",
+                "SELECT id, job_type, status, attempts, progress, result"
+                " FROM forge_jobs WHERE id = ANY(%s) ORDER BY id",
                 (ids,),
             ).fetchall()
             for job_id, job_type, status, attempts, progress, result in rows:
                 if seen.get(job_id) != status:
                     seen[job_id] = status
                     detail = f" result={result}" if status == "completed" else ""
-                    print(f"  job {job_id:>4} {job_type:<22} {status:<9} attempt {attempts} progress {progress}%{detail}")
+                    print(
+                        f"  job {job_id:>4} {job_type:<22} {status:<9} attempt {attempts} progress {progress}%{detail}"
+                    )
             time.sleep(0.1)
     print(f"all {len(ids)} jobs finished")
 

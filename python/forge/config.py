@@ -88,11 +88,11 @@ class NodeConfig(_Section):
     workers: PositiveInt = 4
     max_jobs_per_worker: PositiveInt | None = None  # recycle a worker after this many jobs
     max_worker_memory: Size | None = None  # recycle a worker when its RSS passes this
-    shutdown_grace: Duration = 30.0  # running jobs get this long to finish on shutdown
-    kill_grace: Duration = 1.0  # SIGTERM -> SIGKILL gap for timeouts and shutdown
-    heartbeat_interval: PositiveDuration = 2.0
-    heartbeat_timeout: PositiveDuration = 30.0  # a lease not renewed this long is rescued
-    poll_interval: PositiveDuration = 1.0
+    shutdown_grace: Duration = Duration(30.0)  # running jobs get this long to finish on shutdown
+    kill_grace: Duration = Duration(1.0)  # SIGTERM -> SIGKILL gap for timeouts and shutdown
+    heartbeat_interval: PositiveDuration = PositiveDuration(2.0)
+    heartbeat_timeout: PositiveDuration = PositiveDuration(30.0)  # a lease not renewed this long is rescued
+    poll_interval: PositiveDuration = PositiveDuration(1.0)
     # Most rows one claim statement takes; each claim takes min(this, the
     # room the workers have). A statement's fixed cost (round trip, commit)
     # is spread over more jobs: 100 -> 250 was +11% no-op jobs/s (benches).
@@ -102,13 +102,13 @@ class NodeConfig(_Section):
     # short the arbiter holds whole batches per spare, and up to two
     # claim_batches (see Arbiter._prefetch); 0 turns prefetching off.
     prefetch: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    prefetch_timeout: Duration = 1.0  # a prefetched job not started by then is handed back
+    prefetch_timeout: Duration = Duration(1.0)  # a prefetched job not started by then is handed back
     # Crash-class endings (signal, OOM, lost lease) a job may have before it
     # fails for good, whatever its max_attempts says.
     max_crashes: PositiveInt = 3
-    maintenance_interval: PositiveDuration = 1.0  # rescue and dead-letter sweeps
-    dead_letter_after: Duration = 0.0  # a failed job moves to dead_letter this long after failing
-    dead_letter_retain: PositiveDuration = 7 * 86400.0  # unless the job sets its own retention
+    maintenance_interval: PositiveDuration = PositiveDuration(1.0)  # rescue and dead-letter sweeps
+    dead_letter_after: Duration = Duration(0.0)  # a failed job moves to dead_letter this long after failing
+    dead_letter_retain: PositiveDuration = PositiveDuration(7 * 86400.0)  # unless the job sets its own retention
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,7 +127,7 @@ class AlertConfig(_Section):
 
     name: str
     condition: str
-    for_: Duration = msgspec.field(default=0.0, name="for")
+    for_: Duration = msgspec.field(default=Duration(0.0), name="for")
     severity: Literal["info", "warning", "critical"] = "warning"
     notify: list[str] = msgspec.field(default_factory=list)
 
@@ -141,6 +141,8 @@ class Config(_Section, dict=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     alerts: list[AlertConfig] = msgspec.field(default_factory=list)
 
+    # Set on each instance by parse_config (kept in the instance __dict__ that
+    # dict=True gives); ClassVar keeps msgspec from taking them for fields.
     path: ClassVar[Path]
     folder: ClassVar[Path]
 
@@ -184,8 +186,8 @@ def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[st
     except msgspec.ValidationError as exc:
         raise source.validation_error(str(exc), data) from None
     _check_relations(config, source)
-    config.path = file.absolute()
-    config.folder = config.path.parent
+    config.path = file.absolute()  # type: ignore[misc]  # declared ClassVar only so msgspec skips it
+    config.folder = config.path.parent  # type: ignore[misc]  # declared ClassVar only so msgspec skips it
     return config
 
 
@@ -266,19 +268,20 @@ def _lookup(data: Any, at: tuple[str | int, ...]) -> Any:
     return data
 
 
-def _struct_at(at: tuple[str | int, ...]) -> type | None:
+def _struct_at(at: tuple[str | int, ...]) -> type[msgspec.Struct] | None:
     """The Struct type that validates the table at `at` (list indexes skipped), or None."""
-    kind: Any = Config
+    struct: type[msgspec.Struct] = Config
     for part in at:
         if isinstance(part, int):
             continue
-        fields = {f.encode_name: f.type for f in msgspec.structs.fields(kind)}
-        kind = fields.get(part)
+        fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
+        kind: Any = fields.get(part)  # an annotation: a Struct, list[...], a scalar type...
         while getattr(kind, "__origin__", None) is list:
             kind = kind.__args__[0]
         if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
             return None
-    return kind
+        struct = kind
+    return struct
 
 
 def _suggest(field: str, at: tuple[str | int, ...]) -> str:
@@ -360,8 +363,8 @@ class _Source:
             key = (*at, match.group(1))
             hint = _MISSING_HINTS.get(_dotted(key), "")
             return ConfigError(f"missing required key {_dotted(key)!r}{self.where(at)}{hint}")
-        key = _dotted(at) or "(top level)"
-        return ConfigError(f"invalid value for {key!r}{self.where(at)}: {_detail(detail, at, data)}")
+        dotted = _dotted(at) or "(top level)"
+        return ConfigError(f"invalid value for {dotted!r}{self.where(at)}: {_detail(detail, at, data)}")
 
 
 def _detail(detail: str, at: tuple[str | int, ...], data: Any) -> str:

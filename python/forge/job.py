@@ -110,7 +110,7 @@ def job(
     """
 
     def register(func: Callable[..., Any]) -> Job[Any]:
-        definition = Job(
+        definition: Job[Any] = Job(
             func,
             name=name or func.__name__,
             input_type=_input_type(func),

@@ -78,6 +78,7 @@ def _duration(value: object, what: str) -> float:
 
 
 def _matchers(on: object) -> tuple[ErrorMatcher, ...]:
+    # on is untyped on purpose (checked below); tuple() of a non-iterable raises TypeError.
     items = (on,) if isinstance(on, (str, type)) else tuple(on)  # type: ignore[arg-type]
     for item in items:
         if isinstance(item, str) and item:

@@ -31,7 +31,10 @@ def _run(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
         ('[app]\nmodules = ["testapp.jobs"]\n[node]\nshutdown_grace = "soon"\n', "node.shutdown_grace"),
         ("[node]\nworkers = 2\n", "app"),
         ('[app]\nmodules = ["testapp.nope"]\n', "testapp.nope"),
-        ('[database]\nurl = "${FORGE_TEST_UNSET_VARIABLE}"\n[app]\nmodules = ["testapp.jobs"]\n', "FORGE_TEST_UNSET_VARIABLE"),
+        (
+            '[database]\nurl = "${FORGE_TEST_UNSET_VARIABLE}"\n[app]\nmodules = ["testapp.jobs"]\n',
+            "FORGE_TEST_UNSET_VARIABLE",
+        ),
         ("[app\nmodules = 1\n", "forge.toml:1"),
     ],
     ids=["misspelled", "mistyped", "bad-duration", "missing", "no-module", "unset-env", "syntax"],

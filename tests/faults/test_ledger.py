@@ -90,7 +90,9 @@ def test_an_observed_death_bounds_a_killed_execution(fault_db: str) -> None:
     with psycopg.connect(fault_db, autocommit=True) as conn:
         job = _rescued_and_completed_elsewhere(conn)
         _exec(conn, job, 1, 400, "-10 s", None)
-        conn.execute("INSERT INTO ledger_faults (kind, pid, sup_pid, at) VALUES ('died', 400, 1, now() - interval '8 s')")
+        conn.execute(
+            "INSERT INTO ledger_faults (kind, pid, sup_pid, at) VALUES ('died', 400, 1, now() - interval '8 s')"
+        )
         _exec(conn, job, 2, 401, "-5 s", "-4 s")
     report = ledger.check(fault_db)
     assert report.ok, report.text

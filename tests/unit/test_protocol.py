@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-from forge.supervisor.settle import describe_exit
-from forge.supervisor.protocol import Completed, Failed, FrameReader, FromWorker, Progress, encode
 from forge.supervisor.lease import LeaseClock
+from forge.supervisor.protocol import Completed, Failed, FrameReader, FromWorker, Progress, encode
+from forge.supervisor.settle import describe_exit
 from forge.supervisor.zygote import Zygote, ensure_single_threaded
 
 

@@ -69,7 +69,8 @@ def find_bin_dir() -> Path:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # an AF_INET socket's name is (host, port)
+        return port
 
 
 def _is_postmaster(pid: int) -> bool:

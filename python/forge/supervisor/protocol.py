@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Union
+from typing import TYPE_CHECKING, Generic, TypeVar, Union
 
 import msgspec
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeForm  # PEP 747: a Struct class or a Union of them
 
 _LENGTH = struct.Struct(">I")
 #: One read takes at most this much; a longer frame is put together over reads.
@@ -95,6 +98,9 @@ FromZygote = Union[Spawned, Exited, Fenced]
 
 _encoder = msgspec.msgpack.Encoder()
 
+#: The message type a FrameReader decodes: one Struct, or a Union of tagged Structs.
+M = TypeVar("M")
+
 
 def encode(message: msgspec.Struct) -> bytes:
     """One frame: length prefix and body."""
@@ -102,10 +108,10 @@ def encode(message: msgspec.Struct) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-class FrameReader:
+class FrameReader(Generic[M]):
     """Splits a byte stream into decoded messages of one union type."""
 
-    def __init__(self, message_type: object) -> None:
+    def __init__(self, message_type: TypeForm[M]) -> None:
         self._decoder = msgspec.msgpack.Decoder(message_type)
         self._buffer = bytearray()
         # Reads land in one reused buffer: a fresh bytes object per recv() of
@@ -113,7 +119,7 @@ class FrameReader:
         # the arbiter's largest line of Python time at 20,000 jobs/s.
         self._scratch = memoryview(bytearray(_READ_SIZE))
 
-    def receive(self, sock: socket.socket, flags: int = 0) -> list[msgspec.Struct] | None:
+    def receive(self, sock: socket.socket, flags: int = 0) -> list[M] | None:
         """Read once from `sock`; every message now complete, or None at the end of the stream.
 
         Errors of the read (BlockingIOError with MSG_DONTWAIT, OSError) are the caller's.
@@ -123,10 +129,10 @@ class FrameReader:
             return None
         return self.feed(self._scratch[:size])
 
-    def feed(self, data: bytes | memoryview) -> list[msgspec.Struct]:
+    def feed(self, data: bytes | memoryview) -> list[M]:
         """Add received bytes; return every message now complete."""
         self._buffer += data
-        messages = []
+        messages: list[M] = []
         offset = 0
         with memoryview(self._buffer) as view:
             while len(view) - offset >= _LENGTH.size:

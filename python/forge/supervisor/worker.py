@@ -23,10 +23,10 @@ from ..job import Job, registry
 from .protocol import (
     Completed,
     Failed,
+    FrameReader,
     Heartbeat,
     Progress,
     RunJob,
-    FrameReader,
     WorkerSettings,
     encode,
     error_payload,

@@ -78,7 +78,7 @@ class Zygote:
         theirs.close()
         return ours
 
-    def receive(self) -> list[msgspec.Struct] | None:
+    def receive(self) -> list[FromZygote] | None:
         """Spawned/Exited reports now readable; None when the zygote is gone."""
         try:
             return self._reader.receive(self.sock, socket.MSG_DONTWAIT)
@@ -152,7 +152,7 @@ class _Server:
     def _warm(self) -> None:
         """Load what workers need for ctx.db, off the boot's critical path (it takes ~0.1 s)."""
         self.warmed = True
-        import psycopg  # noqa: F401
+        import psycopg  # noqa: F401 (imported for the import: the workers forked later inherit it)
 
     def _watch_lease(self) -> None:
         """Kill every worker once when the lease clock goes stale; re-arm when it is renewed."""
