@@ -1,7 +1,7 @@
-"""The Rust core of Forge's supervisor: claiming, reporting and leases.
+"""The Rust core of Forge's supervisor: claiming, reporting, leases, maintenance and migrations.
 
-Private to the engine: the supervisor's modules are its only users. All
-database I/O runs on one background thread (a tokio runtime) that the Core
+Private to the engine: the supervisor's modules and forge.db are its only users. All
+database I/O of a Core runs on one background thread (a tokio runtime) that the Core
 starts, so a Core must only be created after the zygote has been forked.
 """
 
@@ -32,63 +32,76 @@ class ClaimedJob:
     """The job's input, JSON as stored."""
     parent_id: int | None
 
-class Core:
-    """The claim loop, the batched reporter and the lease heartbeat of one supervisor.
+class CoreSettings:
+    """Everything a Core is made from, validated once; durations in seconds.
 
-    owner is the supervisor run's instance id (a UUID string), written to
-    claimed_by and required by every later statement. Before the first claim
-    the core registers the run in forge_nodes (owner, hostname, pid, roles,
-    capabilities, workers, the job types of `policies`) and keeps that row's
-    heartbeat fresh; close() records the stop there. engine_sql is the text of
-    forge/db/sql/engine.sql. Claims are demand-driven: request(n) grants n
-    credits, and the core claims due jobs (at most max_batch per statement)
-    whenever it holds credits and has a reason: a NOTIFY on channel forge_jobs
-    (payload: milliseconds until the job is due), a retry it scheduled itself
-    coming due, a previous claim that came back full, or poll_interval_ms
-    without a claim. Only jobs whose job_type is one of `policies` are claimed,
-    so a node never takes a job it cannot run (rolling deploys are safe).
-    Raises ConnectionError when the database cannot be reached at start, and
-    ValueError on a bad argument (heartbeat_timeout_ms must exceed
-    heartbeat_interval_ms).
+    The defaults are config.py's (NodeConfig); forge.supervisor.main.core_settings
+    builds one from [node]. owner is the supervisor run's instance id (a UUID
+    string), written to claimed_by and required by every later statement.
+    Before the first claim the core registers the run in forge_nodes (owner,
+    hostname, pid, roles, capabilities, workers, the job types of `policies`)
+    and keeps that row's heartbeat fresh. Only jobs whose job_type is one of
+    `policies` are claimed, so a node never takes a job it cannot run (rolling
+    deploys are safe); a failure of any other type is retried by
+    default_policy. claim_batch: most rows one claim statement takes.
 
-    heartbeat_timeout_ms: a lease not renewed this long is rescued by any
-    node's maintenance sweep; it also sets the client-side timeout of every
-    statement round and connection attempt (a third of it, within 1-10 s), so
-    a connection that hangs is replaced well before the leases expire.
+    heartbeat_timeout: a lease not renewed this long is rescued by any node's
+    maintenance sweep; it also sets the client-side timeout of every statement
+    round and connection attempt (a third of it, within 1-10 s), so a
+    connection that hangs is replaced well before the leases expire.
     max_crashes: crash-class endings (fail(crashed=True), a lost lease) after
     which a job is failed whatever max_attempts says, with a "reason" in
-    last_error. maintenance_interval_ms: how often this node sweeps (rescue
-    of lost nodes' jobs, failed -> dead_letter after dead_letter_after_ms,
-    dead letters deleted after dead_letter_retain_ms unless the row sets its
-    own dead_letter_retain, due jobs of types no live node runs failed,
-    registrations of nodes silent for max(10 x heartbeat timeout, 1 h)
-    deleted). While the database is unreachable nothing raises: reports
-    wait in memory and are written after the reconnect, and the core tries
-    to reconnect at most about twice a second (all its connections
-    together), logging each outage once when it starts and once when it ends.
+    last_error. maintenance_interval: how often this node sweeps (rescue of
+    lost nodes' jobs, failed -> dead_letter after dead_letter_after, dead
+    letters deleted after dead_letter_retain unless the row sets its own,
+    due jobs of types no live node runs failed, registrations of nodes silent
+    for max(10 x heartbeat timeout, 1 h) deleted).
+
+    Raises ValueError naming the setting when a value is out of range:
+    intervals must be at least 1 ms, dead_letter_after and dead_letter_retain
+    at least 0, counts at least 1, heartbeat_timeout greater than
+    heartbeat_interval, owner a UUID.
     """
 
     def __init__(
         self,
+        *,
         dsn: str,
         owner: str,
-        capabilities: list[str],
-        policies: list[JobPolicy],
-        engine_sql: str,
-        *,
-        default_policy: JobPolicy,
         hostname: str,
         roles: list[str],
         workers: int,
-        max_batch: int = 100,
-        poll_interval_ms: int = 1000,
-        heartbeat_interval_ms: int = 2000,
-        heartbeat_timeout_ms: int = 30000,
-        max_crashes: int = 3,
-        maintenance_interval_ms: int = 1000,
-        dead_letter_after_ms: int = 0,
-        dead_letter_retain_ms: int = 604800000,
+        capabilities: list[str],
+        policies: list[JobPolicy],
+        default_policy: JobPolicy,
+        claim_batch: int,
+        poll_interval: float,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        max_crashes: int,
+        maintenance_interval: float,
+        dead_letter_after: float,
+        dead_letter_retain: float,
     ) -> None: ...
+
+class Core:
+    """The claim loop, the batched reporter and the lease heartbeat of one supervisor.
+
+    Claims are demand-driven: request(n) grants n credits, and the core claims
+    due jobs (at most claim_batch per statement) whenever it holds credits and
+    has a reason: a NOTIFY on channel forge_jobs (payload: milliseconds until
+    the job is due), a retry it scheduled itself coming due, a previous claim
+    that came back full, or poll_interval without a claim. close() records the
+    stop in forge_nodes. Raises ConnectionError when the database cannot be
+    reached at start, and forge.errors.CoreError when the core cannot start
+    (its thread, runtime or eventfd) or the registration is refused. While the
+    database is unreachable nothing raises: reports wait in memory and are
+    written after the reconnect, and the core tries to reconnect at most about
+    twice a second (all its connections together), logging each outage once
+    when it starts and once when it ends.
+    """
+
+    def __init__(self, settings: CoreSettings) -> None: ...
     def fileno(self) -> int:
         """A file descriptor that becomes readable when take() or logs() have
         something; it is also signalled when lost() gets new leases (always
@@ -156,6 +169,21 @@ class Core:
     def close(self) -> bool:
         """Flush what can be flushed (waiting up to 5 s), record the node's
         clean stop (True when that was written; False when the database could
-        not be reached within 5 s), stop the runtime and close the connections. A second close() does nothing; any other method
-        raises RuntimeError after close(), and in a process other than the
+        not be reached within 5 s), stop the runtime and close the connections.
+        A second close() does nothing; any other method raises
+        forge.errors.CoreError after close(), and in a process other than the
         creating one (a forked child)."""
+
+def migrate(dsn: str, migrations: list[tuple[int, str, str, str]]) -> list[int]:
+    """Apply the pending ones of `migrations`, given as (version, name, file name, SQL) in any order, in version
+    order in one transaction under an advisory lock, each recorded in forge_migrations; the versions applied
+    (empty when none were pending). The GIL is released meanwhile. Raises ConnectionError when the database cannot
+    be reached, RuntimeError when a migration fails (naming its file; nothing was applied)."""
+
+def parse_sql(text: str, source: str) -> dict[str, str]:
+    """The named statements of a `-- name:` SQL file's text (see forge.db.queries); ValueError naming `source`
+    (and the line) on a duplicate name, a block without a name or one without a statement."""
+
+def planner_options(connection: str) -> str:
+    """The planner settings ("-c name=value ...") of the core's "claim", "main" or "maintenance" connection, so a
+    session running engine.sql by hand plans it as the core does; ValueError for another name."""

@@ -21,6 +21,11 @@ class DatabaseError(ForgeError):
     """The database could not be reached or set up (migrations, embedded cluster)."""
 
 
+class CoreError(ForgeError, RuntimeError):
+    """The Rust core failed: its runtime, thread or eventfd could not be made, it was used after close() or
+    in a forked child, or the database refused one of its statements. Raised by forge._core."""
+
+
 class JobTimeout(ForgeError):
     """The job ran past its timeout and its worker process was killed."""
 

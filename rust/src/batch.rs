@@ -77,7 +77,9 @@ pub enum Report {
     },
     /// Every job of this forge_claims row has ended (queued after the end
     /// report of the last one).
-    CloseClaim { claim: i64 },
+    CloseClaim {
+        claim: i64,
+    },
 }
 
 impl Report {

@@ -1,26 +1,24 @@
-//! The Core: the Python-thread side (cheap, non-blocking calls) and the one
-//! background thread running a current-thread tokio runtime that does all
+//! The Core façade: the Python-thread side (cheap, non-blocking calls that
+//! queue reports and read what the runtime delivered) and the one background
+//! thread running a current-thread tokio runtime with the core's tasks
+//! (producer, reporter, heartbeat, listener, maintenance), which does all
 //! database I/O.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Notify};
-use uuid::Uuid;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::backoff::Backoff;
 use crate::batch::Report;
 use crate::claim::{ClaimState, Claimed};
+use crate::config::{Config, Policies};
 use crate::db::Db;
 use crate::errors::CoreError;
-use crate::heartbeat::InFlight;
-use crate::rescue;
-use crate::stats::{Stat, Stats};
-use crate::tasks;
+use crate::shared::{lock, Sequenced, Shared};
 use crate::wake::Wake;
+use crate::{heartbeat, listener, maintenance, node, producer, reporter};
 
 /// How long close() waits for pending reports to be written.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
@@ -44,166 +42,6 @@ fn fork_generation() -> u64 {
     FORKS.load(Ordering::Relaxed)
 }
 
-/// Everything the runtime needs, fixed at construction.
-#[derive(Debug)]
-pub struct Config {
-    pub dsn: String,
-    pub owner: Uuid,
-    /// What this node's forge_nodes row says about it.
-    pub node: NodeInfo,
-    pub capabilities: Vec<String>,
-    /// The job types this node runs: the only ones it claims.
-    pub job_types: Vec<String>,
-    pub sql: HashMap<String, String>,
-    pub max_batch: u64,
-    pub poll_interval: Duration,
-    pub heartbeat_interval: Duration,
-    /// A lease not renewed this long is rescued by the maintenance sweep.
-    pub heartbeat_timeout: Duration,
-    /// Crash-class endings after which a job is failed whatever its attempts.
-    pub max_crashes: i32,
-    pub maintenance_interval: Duration,
-    /// How long a failed job stays failed before the dead letter queue.
-    pub dead_letter_after: Duration,
-    /// How long a dead letter is kept when its row sets no retention.
-    pub dead_letter_retain: Duration,
-}
-
-/// The registration of this supervisor run (its id is Config::owner).
-#[derive(Debug)]
-pub struct NodeInfo {
-    pub hostname: String,
-    pub roles: Vec<String>,
-    pub workers: i32,
-}
-
-/// Bounds of the client-side timeout of every statement round and connect.
-const IO_TIMEOUT_MIN: Duration = Duration::from_secs(1);
-const IO_TIMEOUT_MAX: Duration = Duration::from_secs(10);
-/// Gone nodes' registrations are kept at least this long (the dashboard).
-const REAP_NODES_MIN: Duration = Duration::from_secs(3600);
-
-impl Config {
-    /// The client-side timeout of a statement round or a connection
-    /// attempt: a third of the heartbeat timeout, within 1-10 s, so a hung
-    /// connection is replaced well before this node's leases expire.
-    pub fn io_timeout(&self) -> Duration {
-        io_timeout(self.heartbeat_timeout)
-    }
-
-    /// How long a node must have been silent before its registration is
-    /// deleted: 10 heartbeat timeouts, at least an hour.
-    pub fn reap_nodes_after(&self) -> Duration {
-        (self.heartbeat_timeout * 10).max(REAP_NODES_MIN)
-    }
-}
-
-pub fn io_timeout(heartbeat_timeout: Duration) -> Duration {
-    (heartbeat_timeout / 3).clamp(IO_TIMEOUT_MIN, IO_TIMEOUT_MAX)
-}
-
-/// Retry policies by job type, used when Python reports a failure.
-#[derive(Debug)]
-pub struct Policies {
-    pub by_type: HashMap<String, Backoff>,
-    pub default: Backoff,
-}
-
-impl Policies {
-    fn delay_ms(&self, job_type: Option<&str>, attempt: i32) -> f64 {
-        let policy = job_type
-            .and_then(|t| self.by_type.get(t))
-            .unwrap_or(&self.default);
-        policy.delay_ms(attempt.max(1) as u32)
-    }
-}
-
-/// A report with its sequence number, for flush().
-pub type Sequenced = (u64, Report);
-
-/// State shared by the Python thread and the runtime thread.
-#[derive(Debug)]
-pub struct Shared {
-    pub wake: Wake,
-    pub jobs: Mutex<Vec<Claimed>>,
-    pub logs: Mutex<Vec<(&'static str, String)>>,
-    pub stats: Stats,
-    pub inflight: Mutex<InFlight>,
-    /// Leases the heartbeat found lost, until Python's lost().
-    pub lost: Mutex<Vec<(i64, i32)>>,
-    /// When the last heartbeat round that renewed everything was sent (the
-    /// core's start before the first one).
-    pub renewed_at: Mutex<Instant>,
-    pub claim: Mutex<ClaimState>,
-    /// Wakes the producer: credits granted, NOTIFY, retry scheduled.
-    pub claim_wake: Notify,
-    /// Sequence number of the last report written, and its waiters.
-    written: Mutex<u64>,
-    written_cv: Condvar,
-    /// Whether the runtime recorded the node's clean stop before ending.
-    stop_recorded: AtomicBool,
-}
-
-/// Locks ignoring poisoning: the guarded data stays consistent because no
-/// code path panics while holding these locks mid-update.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    pub fn log(&self, level: &'static str, message: String) {
-        lock(&self.logs).push((level, message));
-        self.wake.signal();
-    }
-
-    /// Changes the claim state and wakes the producer to re-decide.
-    pub fn claim_event(&self, change: impl FnOnce(&mut ClaimState)) {
-        change(&mut lock(&self.claim));
-        self.claim_wake.notify_one();
-    }
-
-    /// Hands claimed jobs to Python: leases first, so a fail() right after
-    /// take() finds the job's type.
-    pub fn deliver(&self, jobs: Vec<Claimed>) {
-        if jobs.is_empty() {
-            return;
-        }
-        {
-            let mut inflight = lock(&self.inflight);
-            for j in &jobs {
-                inflight.add(j.id, j.attempt, j.job_type.clone(), j.claim);
-            }
-        }
-        self.stats.add(Stat::Claimed, jobs.len() as u64);
-        lock(&self.jobs).extend(jobs);
-        self.wake.signal();
-    }
-
-    /// Reports up to `seq` are in the database: wake flush() waiters.
-    pub fn mark_written(&self, seq: u64) {
-        *lock(&self.written) = seq;
-        self.written_cv.notify_all();
-    }
-
-    /// Waits until reports up to `seq` are written; false at the deadline.
-    fn wait_written(&self, seq: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut written = lock(&self.written);
-        while *written < seq {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            written = self
-                .written_cv
-                .wait_timeout(written, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
-    }
-}
-
 /// The report queue's sending end and the last sequence number handed out;
 /// one lock so sequence order is queue order even with several Python threads.
 struct Reporter {
@@ -224,21 +62,9 @@ pub struct Core {
 impl Core {
     /// Starts the runtime thread and waits for both connections (blocking).
     pub fn new(config: Config, policies: Policies) -> Result<Core, CoreError> {
-        let wake = Wake::new().map_err(|e| CoreError::Invalid(format!("eventfd: {e}")))?;
-        let shared = Arc::new(Shared {
-            wake,
-            jobs: Mutex::default(),
-            logs: Mutex::default(),
-            stats: Stats::default(),
-            inflight: Mutex::default(),
-            lost: Mutex::default(),
-            renewed_at: Mutex::new(Instant::now()),
-            claim: Mutex::new(ClaimState::new(config.max_batch, config.poll_interval)),
-            claim_wake: Notify::new(),
-            written: Mutex::new(0),
-            written_cv: Condvar::new(),
-            stop_recorded: AtomicBool::new(false),
-        });
+        let wake = Wake::new().map_err(|e| CoreError::Internal(format!("eventfd: {e}")))?;
+        let claim = ClaimState::new(config.claim_batch, config.poll_interval);
+        let shared = Arc::new(Shared::new(wake, claim));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -246,7 +72,7 @@ impl Core {
         let thread = std::thread::Builder::new()
             .name("forge-core".into())
             .spawn(move || run_thread(config, runtime_shared, rx, stop_rx, ready_tx))
-            .map_err(|e| CoreError::Invalid(format!("cannot start the core thread: {e}")))?;
+            .map_err(|e| CoreError::Internal(format!("cannot start the core thread: {e}")))?;
         let ready = ready_rx.recv().unwrap_or(Err(CoreError::Closed));
         if let Err(e) = ready {
             let _ = thread.join();
@@ -444,7 +270,7 @@ impl Core {
             self.shared.wait_written(target, CLOSE_FLUSH);
             self.shutdown();
         }
-        Ok(self.shared.stop_recorded.load(Ordering::Relaxed))
+        Ok(self.shared.stop_recorded())
     }
 
     /// Signals the runtime to stop and joins it. In a forked child the thread
@@ -490,7 +316,7 @@ fn run_thread(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ready.send(Err(CoreError::Invalid(format!("tokio runtime: {e}"))));
+            let _ = ready.send(Err(CoreError::Internal(format!("tokio runtime: {e}"))));
             return;
         }
     };
@@ -510,37 +336,17 @@ fn run_thread(
                 return;
             }
         };
-        if let Err(e) = tasks::register_node(&db).await {
+        if let Err(e) = node::register_node(&db).await {
             let _ = ready.send(Err(e));
             return;
         }
         let _ = ready.send(Ok(()));
-        tokio::spawn(tasks::listen(db.clone(), listener));
-        tokio::spawn(tasks::produce(db.clone()));
-        tokio::spawn(tasks::report(db.clone(), reports));
-        tokio::spawn(tasks::heartbeat(db.clone()));
-        tokio::spawn(rescue::maintain(db.clone()));
+        tokio::spawn(listener::listen(db.clone(), listener));
+        tokio::spawn(producer::produce(db.clone()));
+        tokio::spawn(reporter::report(db.clone(), reports));
+        tokio::spawn(heartbeat::heartbeat(db.clone()));
+        tokio::spawn(maintenance::maintain(db.clone()));
         let _ = stop.await;
-        let recorded = tasks::record_stop(&db).await.is_ok();
-        shared.stop_recorded.store(recorded, Ordering::Relaxed);
+        shared.set_stop_recorded(node::record_stop(&db).await.is_ok());
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn io_timeout_is_a_third_of_the_heartbeat_timeout_within_bounds() {
-        assert_eq!(io_timeout(Duration::from_secs(30)), Duration::from_secs(10));
-        assert_eq!(
-            io_timeout(Duration::from_secs(300)),
-            Duration::from_secs(10)
-        );
-        assert_eq!(io_timeout(Duration::from_secs(6)), Duration::from_secs(2));
-        assert_eq!(
-            io_timeout(Duration::from_millis(900)),
-            Duration::from_secs(1)
-        );
-    }
 }

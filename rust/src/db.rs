@@ -25,10 +25,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use crate::claim::parse_delay;
-use crate::core::{lock, Config, Shared};
+use crate::config::Config;
 use crate::errors::{describe, CoreError};
 use crate::pacing::{ConnKind, Outage, Pacer};
-use crate::sql::{CLAIM, MAIN, MAINTENANCE};
+use crate::session::pg_config;
+use crate::shared::{lock, Shared};
+use crate::sql::{self, Query, Statements};
 use crate::stats::Stat;
 
 /// The channel engine.sql's notify statement and job inserts notify.
@@ -47,6 +49,21 @@ pub struct Conn {
 impl Conn {
     fn usable(&self) -> bool {
         !self.broken.load(Ordering::Relaxed) && !self.client.is_closed()
+    }
+
+    /// The prepared statement of `q`, given `params` parameters: a query
+    /// this connection did not prepare, or the wrong number of parameters
+    /// (engine.sql was checked against `q.params` at start), is a bug.
+    fn statement(&self, q: Query, params: usize) -> Result<&Statement, CoreError> {
+        if params != q.params {
+            return Err(CoreError::Internal(format!(
+                "{} takes {} parameters, {params} were passed",
+                q.name, q.params
+            )));
+        }
+        self.statements
+            .get(q.name)
+            .ok_or_else(|| CoreError::Internal(format!("{} is not prepared here", q.name)))
     }
 }
 
@@ -91,13 +108,14 @@ struct Slot {
     kind: ConnKind,
     /// The parsed DSN with this connection's session settings.
     pg: tokio_postgres::Config,
-    names: &'static [&'static str],
+    queries: &'static [Query],
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
 
 pub struct Db {
     config: Arc<Config>,
     shared: Arc<Shared>,
+    sql: &'static Statements,
     claim: Slot,
     main: Slot,
     maintenance: Slot,
@@ -107,26 +125,19 @@ pub struct Db {
 
 impl Db {
     pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Result<Db, CoreError> {
-        let pg = |kind| pg_config(&config.dsn, config.io_timeout(), kind);
+        let slot = |kind, queries| -> Result<Slot, CoreError> {
+            Ok(Slot {
+                kind,
+                pg: pg_config(&config.dsn, config.io_timeout(), kind)?,
+                queries,
+                conn: tokio::sync::Mutex::new(None),
+            })
+        };
         Ok(Db {
-            claim: Slot {
-                kind: ConnKind::Claim,
-                pg: pg(ConnKind::Claim)?,
-                names: &CLAIM,
-                conn: tokio::sync::Mutex::new(None),
-            },
-            main: Slot {
-                kind: ConnKind::Main,
-                pg: pg(ConnKind::Main)?,
-                names: &MAIN,
-                conn: tokio::sync::Mutex::new(None),
-            },
-            maintenance: Slot {
-                kind: ConnKind::Maintenance,
-                pg: pg(ConnKind::Maintenance)?,
-                names: &MAINTENANCE,
-                conn: tokio::sync::Mutex::new(None),
-            },
+            claim: slot(ConnKind::Claim, sql::CLAIM_CONNECTION)?,
+            main: slot(ConnKind::Main, sql::MAIN_CONNECTION)?,
+            maintenance: slot(ConnKind::Maintenance, sql::MAINTENANCE_CONNECTION)?,
+            sql: sql::engine()?,
             pacer: Mutex::new(Pacer::new(Instant::now())),
             outage: Mutex::new(Outage::default()),
             config,
@@ -228,21 +239,21 @@ impl Db {
 
     async fn connect_prepared(&self, slot: &Slot) -> Result<Conn, CoreError> {
         self.paced().await;
-        let names = slot.names;
+        let queries = slot.queries;
         let setup = async {
             let (client, connection) = connect(&slot.pg).await?;
             let driver = tokio::spawn(async move {
                 let _ = connection.await;
             });
             let prepared = try_join_all(
-                names
+                queries
                     .iter()
-                    .map(|name| prepare(&client, name, &self.config.sql[*name])),
+                    .map(|q| prepare(&client, q.name, self.sql.get(*q))),
             )
             .await?;
             Ok(Conn {
                 client,
-                statements: names.iter().copied().zip(prepared).collect(),
+                statements: queries.iter().map(|q| q.name).zip(prepared).collect(),
                 driver,
                 broken: AtomicBool::new(false),
             })
@@ -285,12 +296,12 @@ impl Db {
     pub async fn query(
         &self,
         conn: &Conn,
-        name: &str,
+        q: Query,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, CoreError> {
+        let statement = conn.statement(q, params.len())?;
         let timeout = self.config.io_timeout();
-        let result =
-            tokio::time::timeout(timeout, conn.client.query(&conn.statements[name], params)).await;
+        let result = tokio::time::timeout(timeout, conn.client.query(statement, params)).await;
         match result {
             Ok(Ok(rows)) => {
                 self.shared.stats.add(Stat::Statements, 1);
@@ -305,7 +316,7 @@ impl Db {
             }
             Err(_) => {
                 conn.broken.store(true, Ordering::Relaxed);
-                Err(timed_out(name, timeout))
+                Err(timed_out(q.name, timeout))
             }
         }
     }
@@ -316,69 +327,6 @@ fn timed_out(what: &str, timeout: Duration) -> CoreError {
         "{what}: no answer within {:.1} s",
         timeout.as_secs_f64()
     ))
-}
-
-/// The DSN with the core's connection settings: the connect timeout, TCP
-/// keepalives (a dead peer is noticed by the kernel even on an idle
-/// connection) and a server-side statement_timeout equal to the client-side
-/// one, so a statement the core gave up on does not keep running (and
-/// holding row locks) on the server.
-///
-/// Every statement of the core is meant to walk an index (the claim in
-/// claim order along forge_jobs_claimable, the reports and sweeps by primary
-/// key, one lookup per id of their batch), and the planner must not be free
-/// to decide otherwise: the generic plan of the claim cannot see its LIMIT
-/// and joins with a sequential scan (7.5 ms instead of 1 ms per claim of 64
-/// jobs on a 20,000-row table), with the statistics of a table that was
-/// empty at its last ANALYZE (a burst right after a quiet spell) it sorts
-/// every due row with a bitmap scan (20 ms per claim), and a completion of
-/// 1,500 ids hash-joined them with a walk of the whole primary key (100 ms
-/// instead of 5). So sequential and bitmap scans, hash and merge joins are
-/// off for the core's sessions: every join is a nested loop over index
-/// lookups. A disabled plan that is the only way (forge_nodes is read by
-/// sequential scan) adds 10^10 to its cost, which makes PostgreSQL
-/// JIT-compile it: 420 ms of compiling for a 15 ms sweep. None of the core's
-/// statements runs long enough to gain from JIT, so it is off.
-const INDEX_ONLY_PLANS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off \
-     -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
-
-/// How each connection plans. With the plan shapes fixed as above, the
-/// claim and the reports have one right plan whatever their parameters, so
-/// those connections keep one generic plan per statement: planning them at
-/// every execution was a tenth of the claim backend's CPU and of the report
-/// one's. The maintenance sweeps run once per interval and plan each time.
-fn plan_options(kind: ConnKind) -> &'static str {
-    match kind {
-        ConnKind::Maintenance => "-c plan_cache_mode=force_custom_plan",
-        _ => "-c plan_cache_mode=force_generic_plan",
-    }
-}
-
-fn pg_config(
-    dsn: &str,
-    io_timeout: Duration,
-    kind: ConnKind,
-) -> Result<tokio_postgres::Config, CoreError> {
-    let mut pg: tokio_postgres::Config = dsn
-        .parse()
-        .map_err(|e: tokio_postgres::Error| CoreError::Connect(describe(&e)))?;
-    pg.connect_timeout(io_timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(5))
-        .keepalives_interval(Duration::from_secs(2))
-        .keepalives_retries(3)
-        .tcp_user_timeout(io_timeout);
-    let timeout = format!(
-        "-c statement_timeout={} {INDEX_ONLY_PLANS} {}",
-        io_timeout.as_millis(),
-        plan_options(kind)
-    );
-    let options = match pg.get_options() {
-        Some(o) if !o.trim().is_empty() => format!("{o} {timeout}"),
-        _ => timeout,
-    };
-    pg.options(options);
-    Ok(pg)
 }
 
 type Connection =
@@ -401,44 +349,4 @@ async fn prepare(client: &Client, name: &str, sql: &str) -> Result<Statement, Co
             CoreError::Database(m) => CoreError::Database(format!("preparing {name}: {m}")),
             other => other,
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_dsn_gets_timeouts_keepalives_and_statement_timeout() {
-        let pg = pg_config(
-            "host=127.0.0.1 port=5432 user=u dbname=d options='-c search_path=x'",
-            Duration::from_secs(10),
-            ConnKind::Main,
-        )
-        .unwrap();
-        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(10)));
-        assert!(pg.get_keepalives());
-        assert_eq!(
-            pg.get_options(),
-            Some(
-                format!(
-                    "-c search_path=x -c statement_timeout=10000 {INDEX_ONLY_PLANS} \
-                     -c plan_cache_mode=force_generic_plan"
-                )
-                .as_str()
-            )
-        );
-        let url = pg_config(
-            "postgresql://u@127.0.0.1:5432/d",
-            Duration::from_secs(3),
-            ConnKind::Maintenance,
-        )
-        .unwrap();
-        let options = url.get_options().unwrap();
-        assert!(
-            options.starts_with(&format!("-c statement_timeout=3000 {INDEX_ONLY_PLANS} ")),
-            "{options}"
-        );
-        assert!(options.contains("force_custom_plan"), "{options}");
-        assert!(pg_config("postgresql://u@[bad", Duration::from_secs(3), ConnKind::Main).is_err());
-    }
 }

@@ -3,7 +3,9 @@
 use std::fmt;
 
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
-use pyo3::PyErr;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+use pyo3::{Py, PyErr, Python};
 
 /// Every failure the core reports to Python or logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +16,9 @@ pub enum CoreError {
     Database(String),
     /// An argument from Python is out of range or malformed.
     Invalid(String),
+    /// The core itself failed: its runtime, thread or eventfd could not be
+    /// made, or its compiled-in SQL does not fit its callers.
+    Internal(String),
     /// The Core was closed, or its runtime thread is gone.
     Closed,
     /// The Core is used in a process other than the one that created it (a fork).
@@ -26,6 +31,7 @@ impl fmt::Display for CoreError {
             CoreError::Connect(m) => write!(f, "database connection failed: {m}"),
             CoreError::Database(m) => write!(f, "database error: {m}"),
             CoreError::Invalid(m) => write!(f, "{m}"),
+            CoreError::Internal(m) => write!(f, "internal error of the core: {m}"),
             CoreError::Closed => write!(f, "the Core is closed"),
             CoreError::WrongProcess => {
                 write!(
@@ -67,15 +73,25 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// ConnectionError for the database, ValueError for a bad argument, and
+/// forge.errors.CoreError (a RuntimeError) for everything else.
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> PyErr {
         let msg = e.to_string();
         match e {
             CoreError::Connect(_) => PyConnectionError::new_err(msg),
             CoreError::Invalid(_) => PyValueError::new_err(msg),
-            CoreError::Database(_) | CoreError::Closed | CoreError::WrongProcess => {
-                PyRuntimeError::new_err(msg)
-            }
+            CoreError::Database(_)
+            | CoreError::Internal(_)
+            | CoreError::Closed
+            | CoreError::WrongProcess => Python::attach(|py| {
+                static CORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+                match CORE_ERROR.import(py, "forge.errors", "CoreError") {
+                    Ok(kind) => PyErr::from_type(kind.clone(), msg),
+                    // forge.errors is part of the package: only a broken install lands here
+                    Err(_) => PyRuntimeError::new_err(msg),
+                }
+            }),
         }
     }
 }

@@ -5,31 +5,40 @@
 mod backoff;
 mod batch;
 mod claim;
+mod config;
 mod core;
 mod db;
 mod errors;
 mod heartbeat;
+mod leases;
+mod listener;
+mod maintenance;
 mod migrate;
+mod node;
 mod pacing;
-mod rescue;
+mod producer;
+mod reporter;
+mod session;
+mod shared;
 mod sql;
 mod stats;
-mod tasks;
+mod streak;
 mod wake;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::backoff::{Backoff, BackoffKind};
 use crate::batch::json_text;
 use crate::claim::Claimed;
-use crate::core::{Config, NodeInfo, Policies};
+use crate::config::{Config, NodeInfo, Policies};
 use crate::errors::CoreError;
 use crate::migrate::{MigrateError, Migration};
+use crate::pacing::ConnKind;
 
 /// How one job type is retried.
 #[pyclass(frozen, module = "forge._core")]
@@ -108,46 +117,46 @@ impl ClaimedJob {
     }
 }
 
-/// The claim loop, batched reporter and lease heartbeat of one supervisor.
+/// Everything a Core is made from, validated once (durations in seconds).
 #[pyclass(frozen, module = "forge._core")]
-struct Core(core::Core);
+struct CoreSettings {
+    config: Config,
+    policies: Policies,
+}
 
 #[pymethods]
-impl Core {
+impl CoreSettings {
     #[new]
     #[pyo3(signature = (
-        dsn, owner, capabilities, policies, engine_sql, *, default_policy, hostname, roles, workers,
-        max_batch = 100, poll_interval_ms = 1000, heartbeat_interval_ms = 2000,
-        heartbeat_timeout_ms = 30_000, max_crashes = 3, maintenance_interval_ms = 1000,
-        dead_letter_after_ms = 0, dead_letter_retain_ms = DEFAULT_DEAD_LETTER_RETAIN_MS
+        *, dsn, owner, hostname, roles, workers, capabilities, policies, default_policy,
+        claim_batch, poll_interval, heartbeat_interval, heartbeat_timeout, max_crashes,
+        maintenance_interval, dead_letter_after, dead_letter_retain
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        py: Python<'_>,
         dsn: String,
         owner: &str,
-        capabilities: Vec<String>,
-        policies: Vec<PyRef<'_, JobPolicy>>,
-        engine_sql: &str,
-        default_policy: PyRef<'_, JobPolicy>,
         hostname: String,
         roles: Vec<String>,
         workers: i64,
-        max_batch: i64,
-        poll_interval_ms: i64,
-        heartbeat_interval_ms: i64,
-        heartbeat_timeout_ms: i64,
+        capabilities: Vec<String>,
+        policies: Vec<PyRef<'_, JobPolicy>>,
+        default_policy: PyRef<'_, JobPolicy>,
+        claim_batch: i64,
+        poll_interval: f64,
+        heartbeat_interval: f64,
+        heartbeat_timeout: f64,
         max_crashes: i64,
-        maintenance_interval_ms: i64,
-        dead_letter_after_ms: i64,
-        dead_letter_retain_ms: i64,
+        maintenance_interval: f64,
+        dead_letter_after: f64,
+        dead_letter_retain: f64,
     ) -> PyResult<Self> {
-        let heartbeat_interval = millis(heartbeat_interval_ms, "heartbeat_interval_ms")?;
-        let heartbeat_timeout = millis(heartbeat_timeout_ms, "heartbeat_timeout_ms")?;
+        let heartbeat_interval = interval(heartbeat_interval, "heartbeat_interval")?;
+        let heartbeat_timeout = interval(heartbeat_timeout, "heartbeat_timeout")?;
         if heartbeat_timeout <= heartbeat_interval {
             return Err(CoreError::Invalid(format!(
-                "heartbeat_timeout_ms ({heartbeat_timeout_ms}) must be greater than \
-                 heartbeat_interval_ms ({heartbeat_interval_ms})"
+                "heartbeat_timeout ({:?}) must be greater than heartbeat_interval ({:?})",
+                heartbeat_timeout, heartbeat_interval
             ))
             .into());
         }
@@ -159,26 +168,18 @@ impl Core {
             node: NodeInfo {
                 hostname,
                 roles,
-                workers: positive_u32(workers, "workers")?
-                    .try_into()
-                    .map_err(|_| CoreError::Invalid(format!("workers too large: {workers}")))?,
+                workers: positive_i32(workers, "workers")?,
             },
             capabilities,
             job_types: sorted(policies.iter().map(|p| p.job_type.clone()).collect()),
-            sql: sql::parse_engine_sql(engine_sql)?,
-            max_batch: u64::from(positive_u32(max_batch, "max_batch")?),
-            poll_interval: millis(poll_interval_ms, "poll_interval_ms")?,
+            claim_batch: u64::from(positive_u32(claim_batch, "claim_batch")?),
+            poll_interval: interval(poll_interval, "poll_interval")?,
             heartbeat_interval,
             heartbeat_timeout,
-            max_crashes: positive_u32(max_crashes, "max_crashes")?
-                .try_into()
-                .map_err(|_| CoreError::Invalid(format!("max_crashes too large: {max_crashes}")))?,
-            maintenance_interval: millis(maintenance_interval_ms, "maintenance_interval_ms")?,
-            dead_letter_after: non_negative_millis(dead_letter_after_ms, "dead_letter_after_ms")?,
-            dead_letter_retain: non_negative_millis(
-                dead_letter_retain_ms,
-                "dead_letter_retain_ms",
-            )?,
+            max_crashes: positive_i32(max_crashes, "max_crashes")?,
+            maintenance_interval: interval(maintenance_interval, "maintenance_interval")?,
+            dead_letter_after: span(dead_letter_after, "dead_letter_after")?,
+            dead_letter_retain: span(dead_letter_retain, "dead_letter_retain")?,
         };
         let policies = Policies {
             by_type: policies
@@ -187,6 +188,27 @@ impl Core {
                 .collect(),
             default: default_policy.backoff.clone(),
         };
+        Ok(CoreSettings { config, policies })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CoreSettings(owner={}, job_types={:?}, workers={})",
+            self.config.owner, self.config.job_types, self.config.node.workers
+        )
+    }
+}
+
+/// The claim loop, batched reporter and lease heartbeat of one supervisor.
+#[pyclass(frozen, module = "forge._core")]
+struct Core(core::Core);
+
+#[pymethods]
+impl Core {
+    #[new]
+    fn new(py: Python<'_>, settings: PyRef<'_, CoreSettings>) -> PyResult<Self> {
+        let config = settings.config.clone();
+        let policies = settings.policies.clone();
         // Connecting takes up to the connect timeout: let other threads run.
         Ok(Core(py.detach(move || core::Core::new(config, policies))?))
     }
@@ -292,7 +314,6 @@ fn sorted(mut names: Vec<String>) -> Vec<String> {
 fn apply_migrations(
     py: Python<'_>,
     dsn: &str,
-    migrate_sql: &str,
     migrations: Vec<(i32, String, String, String)>,
 ) -> PyResult<Vec<i32>> {
     let migrations: Vec<Migration> = migrations
@@ -304,15 +325,37 @@ fn apply_migrations(
             sql,
         })
         .collect();
-    py.detach(|| migrate::migrate(dsn, migrate_sql, &migrations))
-        .map_err(|e| {
-            let msg = e.to_string();
-            match e {
-                MigrateError::Invalid(_) => PyValueError::new_err(msg),
-                MigrateError::Connect(_) => PyConnectionError::new_err(msg),
-                MigrateError::Failed { .. } => PyRuntimeError::new_err(msg),
-            }
+    py.detach(|| migrate::migrate(dsn, &migrations))
+        .map_err(|e| match e {
+            MigrateError::Internal(e) => e.into(),
+            MigrateError::Connect(_) => PyConnectionError::new_err(e.to_string()),
+            MigrateError::Failed { .. } => PyRuntimeError::new_err(e.to_string()),
         })
+}
+
+/// The named statements of a `-- name:` SQL file (sql.rs has the format);
+/// ValueError naming `source` and the line on a duplicate or empty block.
+#[pyfunction]
+fn parse_sql(text: &str, source: &str) -> PyResult<HashMap<String, String>> {
+    Ok(sql::parse_blocks(text, source)?)
+}
+
+/// The planner settings of the core's `connection` ("claim", "main" or
+/// "maintenance"), as a libpq options string.
+#[pyfunction]
+fn planner_options(connection: &str) -> PyResult<String> {
+    let kind = match connection {
+        "claim" => ConnKind::Claim,
+        "main" => ConnKind::Main,
+        "maintenance" => ConnKind::Maintenance,
+        other => {
+            return Err(CoreError::Invalid(format!(
+                "connection must be claim, main or maintenance, not {other:?}"
+            ))
+            .into())
+        }
+    };
+    Ok(session::planner_options(kind))
 }
 
 /// A count that must be at least 1 (attempt numbers, batch sizes).
@@ -323,25 +366,39 @@ fn positive_u32(n: i64, what: &str) -> Result<u32, CoreError> {
         .ok_or_else(|| CoreError::Invalid(format!("{what} must be >= 1, not {n}")))
 }
 
-fn millis(ms: i64, what: &str) -> Result<Duration, CoreError> {
-    Ok(Duration::from_millis(u64::from(positive_u32(ms, what)?)))
+fn positive_i32(n: i64, what: &str) -> Result<i32, CoreError> {
+    i32::try_from(positive_u32(n, what)?)
+        .map_err(|_| CoreError::Invalid(format!("{what} too large: {n}")))
 }
 
-/// A duration that may be zero (dead_letter_after_ms: at the next sweep).
-fn non_negative_millis(ms: i64, what: &str) -> Result<Duration, CoreError> {
-    u64::try_from(ms)
-        .map(Duration::from_millis)
-        .map_err(|_| CoreError::Invalid(format!("{what} must be >= 0, not {ms}")))
+/// The shortest interval the core's loops run at.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// A duration a loop waits for: at least 1 ms.
+fn interval(seconds: f64, what: &str) -> Result<Duration, CoreError> {
+    let d = span(seconds, what)?;
+    if d < MIN_INTERVAL {
+        return Err(CoreError::Invalid(format!(
+            "{what} must be at least 1 ms, not {seconds} s"
+        )));
+    }
+    Ok(d)
 }
 
-/// How long dead letters are kept by default: 7 days.
-const DEFAULT_DEAD_LETTER_RETAIN_MS: i64 = 7 * 24 * 3600 * 1000;
+/// A duration that may be zero (dead_letter_after: at the next sweep).
+fn span(seconds: f64, what: &str) -> Result<Duration, CoreError> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| CoreError::Invalid(format!("{what} must be >= 0 s, not {seconds}")))
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<JobPolicy>()?;
     m.add_class::<ClaimedJob>()?;
+    m.add_class::<CoreSettings>()?;
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(apply_migrations, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_sql, m)?)?;
+    m.add_function(wrap_pyfunction!(planner_options, m)?)?;
     Ok(())
 }

@@ -1,26 +1,22 @@
 //! Schema migrations: the pending ones applied in version order, all in one
 //! transaction under a transaction-level advisory lock, each recorded in
 //! forge_migrations; running it again, or from two processes at once,
-//! applies nothing twice. The statements are migrate.sql's.
+//! applies nothing twice. The statements are migrate.sql's (sql.rs).
 //!
 //! This is the one implementation, used by `forge migrate` and by the
 //! supervisor at boot, which therefore needs no Python database driver
 //! before its first claim. It runs on a runtime of the calling thread.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
 use crate::errors::{describe, CoreError};
-use crate::sql::parse_blocks;
+use crate::sql::{self, Statements};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The migrate.sql statements this module runs.
-const STATEMENTS: [&str; 4] = ["lock", "create_table", "applied", "record"];
 
 /// One migration file.
 #[derive(Debug, Clone)]
@@ -34,18 +30,21 @@ pub struct Migration {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum MigrateError {
-    /// Bad statements or arguments from Python.
-    Invalid(String),
+    /// The migrator itself failed (its runtime, its compiled-in SQL).
+    Internal(CoreError),
     /// The database could not be reached.
     Connect(String),
     /// A statement failed: the transaction was rolled back, nothing applied.
-    Failed { file: Option<String>, detail: String },
+    Failed {
+        file: Option<String>,
+        detail: String,
+    },
 }
 
 impl fmt::Display for MigrateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MigrateError::Invalid(m) => write!(f, "{m}"),
+            MigrateError::Internal(e) => write!(f, "{e}"),
             MigrateError::Connect(m) => {
                 write!(f, "cannot connect to the database to migrate it: {m}")
             }
@@ -64,32 +63,18 @@ impl std::error::Error for MigrateError {}
 
 /// Applies the pending `migrations` to the database at `dsn`; the versions
 /// applied, in order (empty when there were none).
-pub fn migrate(
-    dsn: &str,
-    migrate_sql: &str,
-    migrations: &[Migration],
-) -> Result<Vec<i32>, MigrateError> {
-    let statements = statements(migrate_sql)?;
+pub fn migrate(dsn: &str, migrations: &[Migration]) -> Result<Vec<i32>, MigrateError> {
+    let statements = sql::migrations().map_err(MigrateError::Internal)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| MigrateError::Invalid(format!("tokio runtime: {e}")))?;
-    runtime.block_on(apply(dsn, &statements, migrations))
-}
-
-fn statements(migrate_sql: &str) -> Result<HashMap<String, String>, MigrateError> {
-    let blocks = parse_blocks(migrate_sql).map_err(|e| MigrateError::Invalid(e.to_string()))?;
-    match STATEMENTS.iter().find(|n| !blocks.contains_key(**n)) {
-        Some(missing) => Err(MigrateError::Invalid(format!(
-            "migrate_sql has no block {missing:?}"
-        ))),
-        None => Ok(blocks),
-    }
+        .map_err(|e| MigrateError::Internal(CoreError::Internal(format!("tokio runtime: {e}"))))?;
+    runtime.block_on(apply(dsn, statements, migrations))
 }
 
 async fn apply(
     dsn: &str,
-    sql: &HashMap<String, String>,
+    sql: &Statements,
     migrations: &[Migration],
 ) -> Result<Vec<i32>, MigrateError> {
     let mut pg: tokio_postgres::Config = dsn
@@ -110,15 +95,19 @@ async fn apply(
 /// The one transaction: lock, ledger, every pending migration, commit.
 async fn run(
     client: &mut tokio_postgres::Client,
-    sql: &HashMap<String, String>,
+    sql: &Statements,
     migrations: &[Migration],
 ) -> Result<Vec<i32>, MigrateError> {
     let outside = |e| failed(None, e);
     let tx = client.transaction().await.map_err(outside)?;
-    tx.batch_execute(&sql["lock"]).await.map_err(outside)?;
-    tx.batch_execute(&sql["create_table"]).await.map_err(outside)?;
+    tx.batch_execute(sql.get(sql::MIGRATE_LOCK))
+        .await
+        .map_err(outside)?;
+    tx.batch_execute(sql.get(sql::MIGRATE_CREATE_TABLE))
+        .await
+        .map_err(outside)?;
     let done: Vec<i32> = tx
-        .query(sql["applied"].as_str(), &[])
+        .query(sql.get(sql::MIGRATE_APPLIED), &[])
         .await
         .map_err(outside)?
         .iter()
@@ -128,7 +117,7 @@ async fn run(
     for m in pending(migrations, &done) {
         let during = |e| failed(Some(m), e);
         tx.batch_execute(&m.sql).await.map_err(during)?;
-        tx.execute(sql["record"].as_str(), &[&m.version, &m.name])
+        tx.execute(sql.get(sql::MIGRATE_RECORD), &[&m.version, &m.name])
             .await
             .map_err(during)?;
         applied.push(m.version);
@@ -181,11 +170,10 @@ mod tests {
 
     #[test]
     fn the_real_migrate_sql_has_every_statement() {
-        let text = include_str!("../../python/forge/db/sql/migrate.sql");
-        let s = statements(text).unwrap();
-        assert!(s["lock"].contains("pg_advisory_xact_lock"));
-        assert!(s["record"].contains("$1") && s["record"].contains("$2"));
-        assert!(statements("-- name: lock\nSELECT 1;").is_err());
+        let s = sql::migrations().unwrap();
+        assert!(s.get(sql::MIGRATE_LOCK).contains("pg_advisory_xact_lock"));
+        let record = s.get(sql::MIGRATE_RECORD);
+        assert!(record.contains("$1") && record.contains("$2"));
     }
 
     #[test]

@@ -5,24 +5,16 @@ from __future__ import annotations
 import os
 import uuid
 
+import pytest
+
 from forge._core import Core
-from forge.db.queries import SQL_DIR
-from forge.retry import Retry
-from forge.supervisor.main import policy
+from forge.config import NodeConfig
+from forge.errors import CoreError
+from forge.supervisor.main import core_settings
 
 
 def test_a_core_refuses_calls_from_a_forked_child(database_url):
-    core = Core(
-        database_url,
-        str(uuid.uuid4()),
-        ["general"],
-        [],
-        (SQL_DIR / "engine.sql").read_text(encoding="utf-8"),
-        default_policy=policy("", Retry()),
-        hostname="test",
-        roles=["worker"],
-        workers=1,
-    )
+    core = Core(core_settings(NodeConfig(workers=1), database_url, uuid.uuid4(), {}))
     try:
         answer_r, answer_w = os.pipe()
         pid = os.fork()
@@ -30,7 +22,7 @@ def test_a_core_refuses_calls_from_a_forked_child(database_url):
             try:
                 core.stats()
                 os.write(answer_w, b"answered")
-            except RuntimeError as exc:
+            except CoreError as exc:
                 os.write(answer_w, str(exc).encode())
             os._exit(0)
         os.close(answer_w)
@@ -40,3 +32,11 @@ def test_a_core_refuses_calls_from_a_forked_child(database_url):
         assert "completed" in core.stats()  # the parent's Core is untouched
     finally:
         assert core.close()
+
+
+def test_a_closed_core_raises_the_core_error(database_url):
+    core = Core(core_settings(NodeConfig(workers=1), database_url, uuid.uuid4(), {}))
+    assert core.close()
+    with pytest.raises(CoreError, match="closed"):
+        core.stats()
+    assert isinstance(CoreError("x"), RuntimeError)

@@ -10,12 +10,13 @@ import uuid
 import psycopg
 import pytest
 
+from forge._core import planner_options
 from forge.db.migrate import MIGRATIONS_DIR, migrate
 from forge.db.queries import load_queries
 
 SQL = load_queries("engine.sql")
-# The core's session settings (rust/src/db.rs), so the plans are the core's.
-SESSION = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
+# The core's planner settings (rust/src/session.rs), so the plans are the core's.
+SESSION = planner_options("main")
 HOUR_MS = 3_600_000.0
 
 

@@ -1,4 +1,4 @@
-"""The `forge` command line: `forge migrate`, and (added later) `forge jobs ...`."""
+"""The `forge` command line (cli/main.py)."""
 
 from forge.cli.main import cli, main
 

@@ -87,10 +87,6 @@ def migrate(config: Config) -> None:
         click.echo("database schema is up to date")
 
 
-# `forge jobs ...` (retry, retry-all, discard) is a click group registered
-# here with cli.add_command(jobs); its commands use config_option and database_url.
-
-
 def main() -> None:
     """Entry point of the `forge` script."""
     cli(prog_name="forge")

@@ -1,0 +1,1 @@
+"""The database seam: migrations, named SQL statements, and the embedded PostgreSQL for development."""

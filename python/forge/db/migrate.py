@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forge import _core
-from forge.db.queries import SQL_DIR, load_queries
+from forge.db.queries import load_queries
 from forge.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -66,6 +66,6 @@ def migrate(url: str, folder: Path = MIGRATIONS_DIR) -> list[int]:
     """Apply pending migrations in one locked transaction; return the versions applied (empty if none)."""
     migrations = [(m.version, m.name, m.path.name, m.sql()) for m in available(folder)]
     try:
-        return _core.migrate(url, (SQL_DIR / "migrate.sql").read_text(encoding="utf-8"), migrations)
+        return _core.migrate(url, migrations)
     except (ConnectionError, RuntimeError) as exc:
         raise DatabaseError(" ".join(str(exc).split())) from exc

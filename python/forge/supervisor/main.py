@@ -20,10 +20,9 @@ from typing import Any
 import click
 
 from .. import logs
-from .._core import Core, JobPolicy
-from ..config import Config, import_app_modules, load_config, resolve_database_url
+from .._core import Core, CoreSettings, JobPolicy
+from ..config import Config, NodeConfig, import_app_modules, load_config, resolve_database_url
 from ..db.migrate import migrate
-from ..db.queries import SQL_DIR
 from ..errors import ConfigError, DatabaseError
 from ..job import Job, registry
 from ..retry import Retry
@@ -91,25 +90,7 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
 def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
     node_id = uuid.uuid4()  # new at every start: the lease owner of this run's claims
     try:
-        core = Core(
-            dsn,
-            str(node_id),
-            list(config.node.worker_capabilities),
-            [policy(name, job.retry) for name, job in jobs.items()],
-            (SQL_DIR / "engine.sql").read_text(encoding="utf-8"),
-            default_policy=policy("", Retry()),
-            hostname=socket.gethostname(),
-            roles=list(config.node.roles),
-            workers=config.node.workers,
-            max_batch=config.node.claim_batch,
-            poll_interval_ms=_ms(config.node.poll_interval),
-            heartbeat_interval_ms=_ms(config.node.heartbeat_interval),
-            heartbeat_timeout_ms=_ms(config.node.heartbeat_timeout),
-            max_crashes=config.node.max_crashes,
-            maintenance_interval_ms=_ms(config.node.maintenance_interval),
-            dead_letter_after_ms=_ms(config.node.dead_letter_after),
-            dead_letter_retain_ms=_ms(config.node.dead_letter_retain),
-        )
+        core = Core(core_settings(config.node, dsn, node_id, jobs))
     except (ConnectionError, RuntimeError) as exc:  # unreachable, or the registration refused
         _log.error("cannot start the core on the database: %s", exc)
         return EXIT_DATABASE
@@ -136,8 +117,26 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
         _log.info("node %s stopped", node_id)
 
 
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)
+def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str, Job[Any]]) -> CoreSettings:
+    """The Rust core's settings for this run: [node] as validated by config.py, the only place of their defaults."""
+    return CoreSettings(
+        dsn=dsn,
+        owner=str(node_id),
+        hostname=socket.gethostname(),
+        roles=list(node.roles),
+        workers=node.workers,
+        capabilities=list(node.worker_capabilities),
+        policies=[policy(name, job.retry) for name, job in jobs.items()],
+        default_policy=policy("", Retry()),
+        claim_batch=node.claim_batch,
+        poll_interval=node.poll_interval,
+        heartbeat_interval=node.heartbeat_interval,
+        heartbeat_timeout=node.heartbeat_timeout,
+        max_crashes=node.max_crashes,
+        maintenance_interval=node.maintenance_interval,
+        dead_letter_after=node.dead_letter_after,
+        dead_letter_retain=node.dead_letter_retain,
+    )
 
 
 def policy(job_type: str, retry: Retry) -> JobPolicy:

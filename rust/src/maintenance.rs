@@ -1,8 +1,8 @@
-//! The maintenance sweep every node runs each maintenance interval, on its
-//! own connection: rescue jobs of lost nodes, delete the forge_claims rows
-//! that hold nothing any more, move failed jobs to the dead
-//! letter queue, prune old dead letters, fail due jobs no live node can run,
-//! and delete registrations of long-gone nodes. Each statement is one
+//! The maintenance sweeps every node runs each maintenance interval, on its
+//! own connection, one function each: rescue jobs of lost nodes, delete the
+//! forge_claims rows that hold nothing any more, move failed jobs to the
+//! dead letter queue, prune old dead letters, fail due jobs no live node can
+//! run, and delete registrations of long-gone nodes. Each statement is one
 //! bounded `FOR UPDATE SKIP LOCKED` batch (engine.sql), so nodes sweeping at
 //! once split the work instead of waiting on each other; a batch that came
 //! back full makes the next round start at once.
@@ -10,10 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
 use crate::db::{Conn, Db};
 use crate::errors::CoreError;
+use crate::sql;
 use crate::stats::Stat;
-use crate::tasks::Streak;
+use crate::streak::Streak;
 
 /// Rows one maintenance statement handles at most (the LIMIT in engine.sql).
 pub const BATCH: u64 = 1000;
@@ -126,79 +130,106 @@ pub async fn maintain(db: Arc<Db>) {
     }
 }
 
-/// One round: every statement in turn, counted as it goes (a failure
-/// part-way keeps what was done).
+/// One round: every sweep in turn, counted as it goes (a failure part-way
+/// keeps what was done). A new sweep is a function below and a line here.
 async fn sweep(db: &Db) -> Result<Round, CoreError> {
     let conn = db.maintenance_client().await?;
-    let config = db.config();
-    let shared = db.shared();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let timeout = ms(config.heartbeat_timeout);
     let mut round = Round::default();
+    (round.rescued_retry, round.rescued_failed) = rescue(db, &conn).await?;
+    round.claims_pruned = prune_claims(db, &conn).await?;
+    round.dead_lettered = dead_letter(db, &conn).await?;
+    round.pruned = prune_dead_letters(db, &conn).await?;
+    round.unknown_failed = fail_unknown_types(db, &conn).await?;
+    round.nodes_reaped = reap_nodes(db, &conn).await?;
+    Ok(round)
+}
 
-    let rows = db
-        .query(&conn, "rescue", &[&timeout, &config.max_crashes])
-        .await?;
-    let count = |name: &str| -> Result<u64, CoreError> {
-        let n: i64 = rows
-            .first()
-            .map(|r| r.try_get(name))
-            .transpose()
-            .map_err(|e| CoreError::Database(format!("rescue row: {e}")))?
-            .unwrap_or(0);
-        Ok(n.max(0) as u64)
-    };
-    round.rescued_retry = count("retried")?;
-    round.rescued_failed = count("failed")?;
-    shared.stats.add(Stat::Rescued, round.rescued());
-    if round.rescued_retry > 0 {
-        notify(db, &conn).await;
-    }
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
 
-    round.claims_pruned = db.query(&conn, "prune_claims", &[&timeout]).await?.len() as u64;
-    shared.stats.add(Stat::ClaimsPruned, round.claims_pruned);
-
-    let after = ms(config.dead_letter_after);
-    round.dead_lettered = db.query(&conn, "dead_letter", &[&after]).await?.len() as u64;
-    shared.stats.add(Stat::DeadLettered, round.dead_lettered);
-
-    let retain = ms(config.dead_letter_retain);
-    let rows = db.query(&conn, "prune_dead_letters", &[&retain]).await?;
-    let pruned: i64 = rows
+/// The count in column `name` of a statement's one row (0 without a row).
+fn counted(rows: &[Row], name: &str) -> Result<u64, CoreError> {
+    let n: i64 = rows
         .first()
-        .map(|r| r.try_get("pruned"))
+        .map(|r| r.try_get(name))
         .transpose()
-        .map_err(|e| CoreError::Database(format!("prune row: {e}")))?
+        .map_err(|e| CoreError::Database(format!("{name} count: {e}")))?
         .unwrap_or(0);
-    round.pruned = pruned.max(0) as u64;
-    shared.stats.add(Stat::Pruned, round.pruned);
+    Ok(n.max(0) as u64)
+}
 
-    round.unknown_failed = db
-        .query(&conn, "fail_unknown_types", &[&timeout, &config.owner])
+/// Jobs of nodes that stopped renewing their leases: (back in retry,
+/// failed for good). Those back in retry wake the idle nodes.
+async fn rescue(db: &Db, conn: &Conn) -> Result<(u64, u64), CoreError> {
+    let config = db.config();
+    let params: [&(dyn ToSql + Sync); 2] = [&ms(config.heartbeat_timeout), &config.max_crashes];
+    let rows = db.query(conn, sql::RESCUE, &params).await?;
+    let (retried, failed) = (counted(&rows, "retried")?, counted(&rows, "failed")?);
+    db.shared().stats.add(Stat::Rescued, retried + failed);
+    if retried > 0 {
+        notify(db, conn).await;
+    }
+    Ok((retried, failed))
+}
+
+/// forge_claims rows that hold nothing any more.
+async fn prune_claims(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
+    let timeout = ms(db.config().heartbeat_timeout);
+    let n = db.query(conn, sql::PRUNE_CLAIMS, &[&timeout]).await?.len() as u64;
+    db.shared().stats.add(Stat::ClaimsPruned, n);
+    Ok(n)
+}
+
+/// Failed jobs into the dead letter queue after dead_letter_after.
+async fn dead_letter(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
+    let after = ms(db.config().dead_letter_after);
+    let n = db.query(conn, sql::DEAD_LETTER, &[&after]).await?.len() as u64;
+    db.shared().stats.add(Stat::DeadLettered, n);
+    Ok(n)
+}
+
+/// Dead letters past their retention, deleted.
+async fn prune_dead_letters(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
+    let retain = ms(db.config().dead_letter_retain);
+    let rows = db.query(conn, sql::PRUNE_DEAD_LETTERS, &[&retain]).await?;
+    let n = counted(&rows, "pruned")?;
+    db.shared().stats.add(Stat::Pruned, n);
+    Ok(n)
+}
+
+/// Due jobs of types no live node runs, failed with the reason.
+async fn fail_unknown_types(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
+    let config = db.config();
+    let params: [&(dyn ToSql + Sync); 2] = [&ms(config.heartbeat_timeout), &config.owner];
+    let n = db
+        .query(conn, sql::FAIL_UNKNOWN_TYPES, &params)
         .await?
         .len() as u64;
-    shared.stats.add(Stat::UnknownFailed, round.unknown_failed);
-    if round.unknown_failed > 0 {
+    let shared = db.shared();
+    shared.stats.add(Stat::UnknownFailed, n);
+    if n > 0 {
         shared.log(
             "warning",
-            format!(
-                "failed {} due jobs of types no live node runs",
-                round.unknown_failed
-            ),
+            format!("failed {n} due jobs of types no live node runs"),
         );
     }
+    Ok(n)
+}
 
-    let reap = ms(config.reap_nodes_after());
-    round.nodes_reaped = db.query(&conn, "reap_nodes", &[&reap]).await?.len() as u64;
-    shared.stats.add(Stat::NodesReaped, round.nodes_reaped);
-    Ok(round)
+/// Registrations of nodes long gone, deleted.
+async fn reap_nodes(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
+    let after = ms(db.config().reap_nodes_after());
+    let n = db.query(conn, sql::REAP_NODES, &[&after]).await?.len() as u64;
+    db.shared().stats.add(Stat::NodesReaped, n);
+    Ok(n)
 }
 
 /// Rescued jobs are claimable at once: wake idle nodes (this one included,
 /// through its LISTEN). Only a hint (nodes also poll), so a failure is
 /// counted, not fatal.
 async fn notify(db: &Db, conn: &Conn) {
-    if db.query(conn, "notify", &[]).await.is_err() {
+    if db.query(conn, sql::NOTIFY, &[]).await.is_err() {
         db.shared().stats.add(Stat::Errors, 1);
     }
 }
