@@ -20,6 +20,7 @@ import uuid
 
 import psycopg
 
+from forge._core import planner_options
 from forge.db.queries import load_queries
 from forge_adapter import CLAIM_BATCH
 from harness import Bench, checkpoint
@@ -33,14 +34,11 @@ FILL = (
 )
 
 _SQL = load_queries("engine.sql")
-# The same statements as Forge's core, run with the same session settings
-# (rust/src/db.rs: INDEX_ONLY_PLANS, plan_options): one generic plan per
-# statement, every join a nested loop over index lookups, so the ceiling is
-# not lowered by plans Forge never uses.
-SESSION_OPTIONS = (
-    "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c enable_bitmapscan=off"
-    " -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off"
-)
+# The same statements as Forge's core, run with the same planner settings as
+# its main connection (rust/src/session.rs): one generic plan per statement,
+# every join a nested loop over index lookups, so the ceiling is not lowered
+# by plans Forge never uses.
+SESSION_OPTIONS = planner_options("main")
 
 
 def run(bench: Bench) -> None:

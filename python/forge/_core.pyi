@@ -5,6 +5,11 @@ database I/O of a Core runs on one background thread (a tokio runtime) that the 
 starts, so a Core must only be created after the zygote has been forked.
 """
 
+from typing import final
+
+__all__ = ["ClaimedJob", "Core", "CoreSettings", "JobPolicy", "migrate", "parse_sql", "planner_options"]
+
+@final
 class JobPolicy:
     """How the core retries one job type: the backoff of its retry policy.
 
@@ -14,12 +19,13 @@ class JobPolicy:
     """
 
     job_type: str
-    def __init__(
-        self, job_type: str, backoff: str, base_ms: float, max_ms: float | None, jitter: float
-    ) -> None: ...
+    def __new__(
+        cls, job_type: str, backoff: str, base_ms: float, max_ms: float | None, jitter: float
+    ) -> JobPolicy: ...
     def delay_ms(self, attempt: int) -> float:
         """The delay before retrying after failed attempt number `attempt` (1-based), jitter included."""
 
+@final
 class ClaimedJob:
     """A job this node now holds the lease of (status claimed)."""
 
@@ -32,6 +38,7 @@ class ClaimedJob:
     """The job's input, JSON as stored."""
     parent_id: int | None
 
+@final
 class CoreSettings:
     """Everything a Core is made from, validated once; durations in seconds.
 
@@ -63,8 +70,8 @@ class CoreSettings:
     heartbeat_interval, owner a UUID.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         dsn: str,
         owner: str,
@@ -82,8 +89,9 @@ class CoreSettings:
         maintenance_interval: float,
         dead_letter_after: float,
         dead_letter_retain: float,
-    ) -> None: ...
+    ) -> CoreSettings: ...
 
+@final
 class Core:
     """The claim loop, the batched reporter and the lease heartbeat of one supervisor.
 
@@ -101,7 +109,7 @@ class Core:
     when it starts and once when it ends.
     """
 
-    def __init__(self, settings: CoreSettings) -> None: ...
+    def __new__(cls, settings: CoreSettings) -> Core: ...
     def fileno(self) -> int:
         """A file descriptor that becomes readable when take() or logs() have
         something; it is also signalled when lost() gets new leases (always

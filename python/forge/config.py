@@ -95,12 +95,12 @@ class NodeConfig(_Section):
     poll_interval: PositiveDuration = PositiveDuration(1.0)
     # Most rows one claim statement takes; each claim takes min(this, the
     # room the workers have). A statement's fixed cost (round trip, commit)
-    # is spread over more jobs: 100 -> 250 was +11% no-op jobs/s (benches).
+    # is spread over more jobs (docs/performance.md, "Design measurements").
     claim_batch: PositiveInt = 250
     # Extra jobs claimed beyond free workers, so a worker finishing a job gets
     # the next at once. None means one per worker (= workers). While jobs are
     # short the arbiter holds whole batches per spare, and up to two
-    # claim_batches (see Arbiter._prefetch); 0 turns prefetching off.
+    # claim_batches (see supervisor/demand.py); 0 turns prefetching off.
     prefetch: Annotated[int, msgspec.Meta(ge=0)] | None = None
     prefetch_timeout: Duration = Duration(1.0)  # a prefetched job not started by then is handed back
     # Crash-class endings (signal, OOM, lost lease) a job may have before it

@@ -5,7 +5,7 @@ woken (NOTIFY), only if that transaction commits.
 
 psycopg is imported on the first dispatch, not with forge: the supervisor
 imports the app (and so forge) before forking its zygote, and reaches its
-first claim without it (it takes a third of a second to load).
+first claim without it (loading it is a large part of a boot).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ pub struct NodeInfo {
 /// Bounds of the client-side timeout of every statement round and connect.
 const IO_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 const IO_TIMEOUT_MAX: Duration = Duration::from_secs(10);
-/// Gone nodes' registrations are kept at least this long (the dashboard).
+/// Gone nodes' registrations are kept at least this long, for operators to see.
 const REAP_NODES_MIN: Duration = Duration::from_secs(3600);
 
 impl Config {

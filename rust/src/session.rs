@@ -26,7 +26,7 @@ use crate::pacing::ConnKind;
 /// the only way (forge_nodes is read by sequential scan) adds 10^10 to its
 /// cost, which makes PostgreSQL JIT-compile it, for far longer than the
 /// statement runs; none of the core's statements gains from JIT, so it is
-/// off. docs/performance.md ("Plan shapes") has the measurements.
+/// off. docs/performance.md ("Design measurements") has the figures.
 pub const INDEX_ONLY_PLANS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off \
      -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
 

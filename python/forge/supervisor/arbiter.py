@@ -34,10 +34,10 @@ from .._core import ClaimedJob, Core
 from ..config import NodeConfig
 from ..errors import UnknownJobType
 from ..job import Job
+from .arbiter_log import Throughput, dump_state, log_failure
 from .demand import Demand, credits
 from .lease import LeaseClock, fence_after
 from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, RunJob, Spawned, WorkerSettings, encode
-from .arbiter_log import Throughput, dump_state, log_failure
 from .settle import CRASH_CLASS, HAND_BACK, error_json, killed_job_error
 from .slot import JobDurations, Slot
 from .zygote import Zygote
@@ -362,7 +362,9 @@ class Arbiter:
         """Another node owns this job now: it must not run here (any more)."""
         for slot in self.slots:
             if any((job.id, job.attempt) == (job_id, attempt) for job in slot.jobs):
-                _log.error("job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid)
+                _log.error(
+                    "job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid
+                )
                 slot.kill("lost", self.node.kill_grace, at_once=True)
                 return
         kept = [q for q in self._queue if (q.job.id, q.job.attempt) != (job_id, attempt)]
@@ -423,7 +425,9 @@ class Arbiter:
 
     def _unknown(self, job: ClaimedJob) -> None:
         """Claims are filtered by job type, so this only happens if the registry changed under us."""
-        error = UnknownJobType(f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as")
+        error = UnknownJobType(
+            f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as"
+        )
         _log.error("%s", error)
         self.core.fail(job.id, job.attempt, True, error_json(error, job.attempt))
 

@@ -71,8 +71,8 @@ def prefetch_target(demand: Demand) -> int:
     current one. While jobs are short, up to two claim_batches if that is
     more: with only the spares the core claimed a few dozen rows at a time,
     each claim's fixed cost (statement, commit, claim row) shared by few
-    jobs, and the database spent 40-60% more per job (benches, 1-4
-    workers). That is bounded by the work the workers get through in a
+    jobs, which cost the database much more per job (docs/performance.md,
+    "Design measurements"). That is bounded by the work the workers get through in a
     quarter of prefetch_timeout, so held jobs start well before they would
     be handed back.
     """

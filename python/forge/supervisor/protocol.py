@@ -115,8 +115,8 @@ class FrameReader(Generic[M]):
         self._decoder = msgspec.msgpack.Decoder(message_type)
         self._buffer = bytearray()
         # Reads land in one reused buffer: a fresh bytes object per recv() of
-        # this size cost an mmap, a resize and an munmap each time, which was
-        # the arbiter's largest line of Python time at 20,000 jobs/s.
+        # this size costs an mmap, a resize and an munmap each time, the
+        # arbiter's largest line of Python time (docs/performance.md).
         self._scratch = memoryview(bytearray(_READ_SIZE))
 
     def receive(self, sock: socket.socket, flags: int = 0) -> list[M] | None:

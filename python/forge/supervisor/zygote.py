@@ -150,7 +150,7 @@ class _Server:
             self._watch_lease()
 
     def _warm(self) -> None:
-        """Load what workers need for ctx.db, off the boot's critical path (it takes ~0.1 s)."""
+        """Load what workers need for ctx.db, off the boot's critical path."""
         self.warmed = True
         import psycopg  # noqa: F401 (imported for the import: the workers forked later inherit it)
 

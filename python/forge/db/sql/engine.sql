@@ -163,7 +163,7 @@ INSERT INTO forge_nodes (id, hostname, pid, roles, capabilities, workers, job_ty
 VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: stop_node
--- A clean stop: the row stays for the dashboard until reaped.
+-- A clean stop: the row stays, for operators to see, until reaped.
 UPDATE forge_nodes SET stopped_at = now(), heartbeat_at = now() WHERE id = $1;
 
 -- name: node_heartbeat
@@ -340,7 +340,7 @@ RETURNING j.id;
 
 -- name: reap_nodes
 -- Registrations of nodes gone for $1 ms (the core passes max(10 x heartbeat
--- timeout, 1 hour), so stopped nodes stay visible on the dashboard for an
+-- timeout, 1 hour), so stopped nodes stay visible in forge_nodes for an
 -- hour and a paused node is long rescued first). Never a node that still
 -- has forge_claims rows: every job it holds is listed in one of them.
 DELETE FROM forge_nodes
