@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.forge-built
 # PYTHONDONTWRITEBYTECODE is set they would be compiled again at every start
 # (50 ms of a supervisor's boot here); a wheel install compiles them, so do it too.
 COMPILE = $(PY) -m compileall -q python/forge
-SOURCES := pyproject.toml Cargo.toml $(shell find rust python -name '*.rs' -o -name '*.pyi' 2>/dev/null)
+# The SQL files are compiled into the extension too (include_str!).
+SOURCES := pyproject.toml Cargo.toml $(shell find rust python -name '*.rs' -o -name '*.pyi' -o -name '*.sql' 2>/dev/null)
 
 .PHONY: install run test test-rust test-python lint bench bench-quick clean
 
@@ -25,7 +26,7 @@ $(STAMP): $(SOURCES)
 run: $(STAMP)
 	$(PY) examples/hello/run.py
 
-test: test-rust test-python
+test: test-rust test-python lint
 
 test-rust:
 	cargo test --quiet
