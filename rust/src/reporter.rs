@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 
 use crate::backoff::RetryDelay;
 use crate::batch::{Batch, Completes, Fails, Pairs, Progresses};
 use crate::db::{Conn, Db};
 use crate::errors::CoreError;
 use crate::shared::{Sequenced, Shared};
-use crate::sql;
+use crate::sql::{self, Query};
 use crate::stats::Stat;
 use crate::streak::Streak;
 
@@ -89,20 +90,28 @@ fn count(shared: &Shared, stat: Stat, sent: usize, rows: usize) {
         .add(Stat::Fenced, sent.saturating_sub(rows) as u64);
 }
 
-async fn write_starts(db: &Db, conn: &Conn, part: &mut Pairs) -> Result<(), CoreError> {
+/// A statement over ($1 ids, $2 attempts, $3 owner): how many rows it changed.
+async fn write_pairs(
+    db: &Db,
+    conn: &Conn,
+    q: Query,
+    stat: Stat,
+    part: &mut Pairs,
+) -> Result<usize, CoreError> {
     if part.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    let rows = db
-        .query(
-            conn,
-            sql::START,
-            &[&part.ids, &part.attempts, &db.config().owner],
-        )
-        .await?;
-    count(db.shared(), Stat::Started, part.len(), rows.len());
+    let params: [&(dyn ToSql + Sync); 3] = [&part.ids, &part.attempts, &db.config().owner];
+    let rows = db.query(conn, q, &params).await?.len();
+    count(db.shared(), stat, part.len(), rows);
     *part = Pairs::default();
-    Ok(())
+    Ok(rows)
+}
+
+async fn write_starts(db: &Db, conn: &Conn, part: &mut Pairs) -> Result<(), CoreError> {
+    write_pairs(db, conn, sql::START, Stat::Started, part)
+        .await
+        .map(drop)
 }
 
 async fn write_progress(db: &Db, conn: &Conn, part: &mut Progresses) -> Result<(), CoreError> {
@@ -187,19 +196,8 @@ async fn write_fails(db: &Db, conn: &Conn, part: &mut Fails) -> Result<(), CoreE
 /// notify is only a wake-up hint (nodes also poll), so its failure is
 /// counted but does not fail the batch.
 async fn write_releases(db: &Db, conn: &Conn, part: &mut Pairs) -> Result<(), CoreError> {
-    if part.is_empty() {
-        return Ok(());
-    }
-    let rows = db
-        .query(
-            conn,
-            sql::RELEASE,
-            &[&part.ids, &part.attempts, &db.config().owner],
-        )
-        .await?;
-    count(db.shared(), Stat::Released, part.len(), rows.len());
-    *part = Pairs::default();
-    if !rows.is_empty() && db.query(conn, sql::NOTIFY, &[]).await.is_err() {
+    let released = write_pairs(db, conn, sql::RELEASE, Stat::Released, part).await?;
+    if released > 0 && db.query(conn, sql::NOTIFY, &[]).await.is_err() {
         db.shared().stats.add(Stat::Errors, 1);
     }
     Ok(())
