@@ -21,7 +21,11 @@ How an execution's interval is defined (for "no two overlapping executions"):
   execution has no 'end'; its end is bounded from above by, in this order:
     1. the earliest observed death of its pid (ledger_faults kind 'died',
        written by the nemesis or a watcher that saw /proc/<pid> vanish, or
-       'kill_worker' for a SIGKILL sent to that pid: a SIGKILL is immediate);
+       'kill_worker' for a SIGKILL sent to that pid: a SIGKILL is immediate),
+       also one recorded up to 2 s (START_ROW_LAG) before the 'start' row: the job
+       writes that row after it has begun, and a row already sent when the
+       process is killed still commits, after the kill's record; a pid dies
+       once, and is not reused within seconds;
     2. the transition that closed its attempt (old attempts = its attempt,
        leaving claimed/running), *if* that transition is its own supervisor's
        report after reaping the worker, i.e. its error type is not NodeLost
@@ -192,7 +196,8 @@ WITH s AS (
 )
 SELECT s.*, e.ended,
     (SELECT min(f.at) FROM ledger_faults f
-      WHERE f.pid = s.pid AND f.kind IN ('died', 'kill_worker') AND f.at >= s.started) AS died,
+      WHERE f.pid = s.pid AND f.kind IN ('died', 'kill_worker')
+        AND f.at >= s.started - interval '2 seconds') AS died,  -- START_ROW_LAG
     (SELECT min(t.at) FROM ledger_transitions t
       WHERE t.job_id = s.job_id AND t.old_attempts = s.attempt AND t.at >= s.started
         AND t.old_status IN ('claimed', 'running')

@@ -96,3 +96,26 @@ def test_an_observed_death_bounds_a_killed_execution(fault_db: str) -> None:
         _exec(conn, job, 2, 401, "-5 s", "-4 s")
     report = ledger.check(fault_db)
     assert report.ok, report.text
+
+
+def test_a_kill_recorded_just_before_the_start_row_bounds_the_execution(fault_db: str) -> None:
+    """The job writes its 'start' row after it began; a kill of its pid can be recorded before that row lands
+    (the row was already sent, and commits after the kill). That kill ends the execution; one of the same pid
+    recorded long before (a reused pid) does not."""
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        job = _rescued_and_completed_elsewhere(conn)
+        _exec(conn, job, 1, 500, "-10 s", None)
+        conn.execute("INSERT INTO ledger_faults (kind, pid, sup_pid, at)"
+                     " VALUES ('kill_worker', 500, 1, now() - interval '10.5 s')")
+        _exec(conn, job, 2, 501, "-5 s", "-4 s")
+    report = ledger.check(fault_db)
+    assert report.ok, report.text
+
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        job = _rescued_and_completed_elsewhere(conn)
+        _exec(conn, job, 1, 600, "-10 s", None)
+        conn.execute("INSERT INTO ledger_faults (kind, pid, sup_pid, at)"
+                     " VALUES ('died', 600, 1, now() - interval '60 s')")
+        _exec(conn, job, 2, 601, "-5 s", "-4 s")
+    report = ledger.check(fault_db)
+    assert _failing(report) == {"no overlapping executions"}, report.text
