@@ -73,8 +73,26 @@ def job_row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
 
 
 def finished(conn: psycopg.Connection[Any], *job_ids: int) -> bool:
+    """Whether every job ended, one way or another: for tests that expect failures, and check them."""
     row = conn.execute(
         "SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status IN ('completed', 'failed', 'dead_letter')",
         (list(job_ids),),
     ).fetchone()
     return bool(row and row[0] == len(job_ids))
+
+
+def completed(conn: psycopg.Connection[Any], *job_ids: int) -> bool:
+    """Whether every job completed. AssertionError at once, naming one, if any ended otherwise: a run whose
+    jobs fail must not pass by merely finishing."""
+    row = conn.execute(
+        """SELECT count(*) FILTER (WHERE status = 'completed'),
+                  count(*) FILTER (WHERE status IN ('failed', 'dead_letter')),
+                  (array_agg(jsonb_build_object('id', id, 'status', status, 'error', last_error))
+                       FILTER (WHERE status IN ('failed', 'dead_letter')))[1]
+           FROM forge_jobs WHERE id = ANY(%s)""",
+        (list(job_ids),),
+    ).fetchone()
+    assert row is not None
+    done, ended_otherwise, example = row
+    assert not ended_otherwise, f"{ended_otherwise} of {len(job_ids)} jobs did not complete, e.g. {example}"
+    return bool(done == len(job_ids))

@@ -11,7 +11,7 @@ from testapp import jobs
 
 import forge
 
-from .conftest import finished, job_row, wait_for
+from .conftest import completed, job_row, wait_for
 
 
 def test_committed_job_runs_and_rolled_back_job_never_exists(supervisor, app_db, db):
@@ -21,7 +21,7 @@ def test_committed_job_runs_and_rolled_back_job_never_exists(supervisor, app_db,
         conn.commit()
         dropped = forge.dispatch(conn, jobs.double, jobs.N(n=1))
         conn.rollback()
-    wait_for(lambda: finished(db, kept), what="the committed job")
+    wait_for(lambda: completed(db, kept), what="the committed job")
     row = job_row(db, kept)
     assert row["status"] == "completed"
     assert row["result"] == 42
@@ -33,7 +33,7 @@ def test_committed_job_runs_and_rolled_back_job_never_exists(supervisor, app_db,
 def test_notify_wakes_an_idle_supervisor_quickly(supervisor, db):
     supervisor(poll_interval="30s")
     job_id = forge.dispatch(db, jobs.double, {"n": 2})
-    wait_for(lambda: finished(db, job_id), timeout=5, what="a NOTIFY-woken claim")
+    wait_for(lambda: completed(db, job_id), timeout=5, what="a NOTIFY-woken claim")
     row = job_row(db, job_id)
     assert row["started_at"] - row["created_at"] < timedelta(seconds=1)
 
@@ -48,7 +48,7 @@ def test_no_notify_is_lost_to_a_claim_in_flight(supervisor, db):
         first = forge.dispatch(db, jobs.double, {"n": i})
         time.sleep(rng.uniform(0, 0.002))
         second = forge.dispatch(db, jobs.double, {"n": i})
-        wait_for(lambda: finished(db, first, second), timeout=3, what=f"pair {i}'s NOTIFY-woken jobs")
+        wait_for(lambda: completed(db, first, second), timeout=3, what=f"pair {i}'s NOTIFY-woken jobs")
 
 
 def test_claim_rows_are_closed_as_their_jobs_end(supervisor, db):
@@ -56,7 +56,7 @@ def test_claim_rows_are_closed_as_their_jobs_end(supervisor, db):
     # (30 s): gone within seconds means the node closed them itself.
     supervisor(workers=2)
     ids = forge.dispatch_many(db, jobs.double, [jobs.N(n=i) for i in range(300)])
-    wait_for(lambda: finished(db, *ids), what="300 jobs")
+    wait_for(lambda: completed(db, *ids), what="300 jobs")
     wait_for(
         lambda: db.execute("SELECT count(*) FROM forge_claims").fetchone()[0] == 0,
         timeout=5,
@@ -67,7 +67,7 @@ def test_claim_rows_are_closed_as_their_jobs_end(supervisor, db):
 def test_async_job_results_are_stored(supervisor, db):
     supervisor()
     ids = forge.dispatch_many(db, jobs.double_async, [jobs.N(n=i) for i in range(20)])
-    wait_for(lambda: finished(db, *ids), what="async jobs")
+    wait_for(lambda: completed(db, *ids), what="async jobs")
     results = db.execute("SELECT id, result FROM forge_jobs WHERE id = ANY(%s) ORDER BY id", (ids,)).fetchall()
     assert [r[1] for r in results] == [{"doubled": i * 2} for i in range(20)]
 
@@ -77,9 +77,9 @@ def test_scheduled_jobs_do_not_run_before_their_time(supervisor, db):
     later = forge.dispatch(db, jobs.double, jobs.N(n=1), delay="1.5s")
     at = forge.dispatch(db, jobs.double, jobs.N(n=2), at=datetime.now(timezone.utc) + timedelta(seconds=1))
     now = forge.dispatch(db, jobs.double, jobs.N(n=3))
-    wait_for(lambda: finished(db, now), what="the immediate job")
+    wait_for(lambda: completed(db, now), what="the immediate job")
     assert job_row(db, later)["status"] == "pending"
-    wait_for(lambda: finished(db, later, at), what="the scheduled jobs")
+    wait_for(lambda: completed(db, later, at), what="the scheduled jobs")
     for job_id in (later, at):
         row = job_row(db, job_id)
         assert row["started_at"] >= row["scheduled_at"]
@@ -92,7 +92,7 @@ def test_one_worker_runs_jobs_strictly_by_priority(supervisor, db):
     order = ["low", "normal", "high", "critical", "low", "critical", "normal", "high"]
     ids = [forge.dispatch(db, jobs.double, jobs.N(n=i), priority=p) for i, p in enumerate(order)]
     supervisor(workers=1)
-    wait_for(lambda: finished(db, *ids), what="all jobs")
+    wait_for(lambda: completed(db, *ids), what="all jobs")
     started = db.execute(
         "SELECT j.priority FROM test_events e JOIN forge_jobs j ON j.id = e.job_id ORDER BY e.at"
     ).fetchall()
@@ -102,9 +102,8 @@ def test_one_worker_runs_jobs_strictly_by_priority(supervisor, db):
 def test_progress_and_logs_reach_the_row(supervisor, db):
     sup = supervisor()
     job_id = forge.dispatch(db, jobs.report_progress, jobs.N(n=4))
-    wait_for(lambda: finished(db, job_id), what="the progress job")
+    wait_for(lambda: completed(db, job_id), what="the progress job")
     row = job_row(db, job_id)
-    assert row["status"] == "completed"
     assert (row["progress"], row["progress_message"]) == (100, "step 4 of 4")
     wait_for(lambda: "progress reported" in sup.log(), what="the job's structured log line")
     assert f"job_id={job_id}" in sup.log()
@@ -113,7 +112,7 @@ def test_progress_and_logs_reach_the_row(supervisor, db):
 def test_many_jobs_complete_exactly_once(supervisor, db):
     supervisor(workers=2)
     ids = forge.dispatch_many(db, jobs.double, [jobs.N(n=i) for i in range(500)])
-    wait_for(lambda: finished(db, *ids), timeout=60, what="500 jobs")
+    wait_for(lambda: completed(db, *ids), timeout=60, what="500 jobs")
     runs = db.execute("SELECT count(*), count(DISTINCT job_id) FROM test_events").fetchone()
     assert runs == (500, 500)
     assert db.execute("SELECT count(*) FROM forge_jobs WHERE attempts <> 1").fetchone()[0] == 0
