@@ -7,11 +7,22 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
+import pytest
 from testapp import jobs
 
 import forge
 
 from .conftest import completed, job_row, wait_for
+
+# For the tests of wake-ups: a supervisor polls every 200 ms by default, so a quick pickup could be polling.
+# Polling 30 s apart, only NOTIFY (or its payload's due time) explains one.
+SLOW_POLL = "30s"
+
+
+def _idle_after_a_first_claim(db) -> None:
+    """Run one job, so the supervisor's first claim (made at start, whatever it heard) is behind it."""
+    job_id = forge.dispatch(db, jobs.double, {"n": 0})
+    wait_for(lambda: completed(db, job_id), what="the first job")
 
 
 def test_committed_job_runs_and_rolled_back_job_never_exists(supervisor, app_db, db):
@@ -31,7 +42,8 @@ def test_committed_job_runs_and_rolled_back_job_never_exists(supervisor, app_db,
 
 
 def test_notify_wakes_an_idle_supervisor_quickly(supervisor, db):
-    supervisor(poll_interval="30s")
+    supervisor(poll_interval=SLOW_POLL)
+    _idle_after_a_first_claim(db)
     job_id = forge.dispatch(db, jobs.double, {"n": 2})
     wait_for(lambda: completed(db, job_id), timeout=5, what="a NOTIFY-woken claim")
     row = job_row(db, job_id)
@@ -42,7 +54,8 @@ def test_no_notify_is_lost_to_a_claim_in_flight(supervisor, db):
     # The second job of each pair often commits while the claim woken by the
     # first is running, after its snapshot: that claim cannot see it, so its
     # NOTIFY must still cause another claim (polling is 30 s away).
-    supervisor(poll_interval="30s", workers=4)
+    supervisor(poll_interval=SLOW_POLL, workers=4)
+    _idle_after_a_first_claim(db)
     rng = random.Random(7)
     for i in range(60):
         first = forge.dispatch(db, jobs.double, {"n": i})
@@ -73,7 +86,7 @@ def test_async_job_results_are_stored(supervisor, db):
 
 
 def test_scheduled_jobs_do_not_run_before_their_time(supervisor, db):
-    supervisor()
+    supervisor(poll_interval=SLOW_POLL)
     later = forge.dispatch(db, jobs.double, jobs.N(n=1), delay="1.5s")
     at = forge.dispatch(db, jobs.double, jobs.N(n=2), at=datetime.now(timezone.utc) + timedelta(seconds=1))
     now = forge.dispatch(db, jobs.double, jobs.N(n=3))
@@ -99,7 +112,7 @@ def test_one_worker_runs_jobs_strictly_by_priority(supervisor, db):
     assert [r[0] for r in started] == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_progress_and_logs_reach_the_row(supervisor, db):
+def test_progress_reaches_the_row_and_log_lines_the_supervisors_log(supervisor, db):
     sup = supervisor()
     job_id = forge.dispatch(db, jobs.report_progress, jobs.N(n=4))
     wait_for(lambda: completed(db, job_id), what="the progress job")
@@ -109,6 +122,17 @@ def test_progress_and_logs_reach_the_row(supervisor, db):
     assert f"job_id={job_id}" in sup.log()
 
 
+@pytest.mark.xfail(strict=True, reason="job logs reach no row: nothing writes forge_job_logs (ctx.log goes to "
+                                       "the supervisor's log only), though migration 0001 made the table for them")
+def test_job_logs_reach_forge_job_logs(supervisor, db):
+    sup = supervisor()
+    job_id = forge.dispatch(db, jobs.report_progress, jobs.N(n=4))
+    wait_for(lambda: completed(db, job_id), what="the progress job")
+    assert sup.stop() == 0  # a clean stop has written whatever the node had to write
+    rows = db.execute("SELECT attempt, level, message, fields FROM forge_job_logs WHERE job_id = %s", (job_id,))
+    assert [row[:3] for row in rows.fetchall()] == [(1, "info", "progress reported")]
+
+
 def test_many_jobs_complete_exactly_once(supervisor, db):
     supervisor(workers=2)
     ids = forge.dispatch_many(db, jobs.double, [jobs.N(n=i) for i in range(500)])
@@ -116,3 +140,4 @@ def test_many_jobs_complete_exactly_once(supervisor, db):
     runs = db.execute("SELECT count(*), count(DISTINCT job_id) FROM test_events").fetchone()
     assert runs == (500, 500)
     assert db.execute("SELECT count(*) FROM forge_jobs WHERE attempts <> 1").fetchone()[0] == 0
+
