@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from datetime import timedelta
 
@@ -11,6 +13,7 @@ from testapp import jobs
 import forge
 from forge.supervisor.slot import MAX_BATCH
 
+from ..supervisors import alive
 from .conftest import completed, finished, job_row, wait_for
 
 
@@ -36,6 +39,42 @@ def test_timeout_kills_the_worker_within_a_second(supervisor, db, job):
     wait_for(lambda: completed(db, after), what="a job after the kill")
     assert job_row(db, after)["result"] == 10
     assert sup.proc.poll() is None
+
+
+def test_a_job_that_ignores_sigterm_is_sigkilled_after_kill_grace(supervisor, db):
+    supervisor(workers=1, kill_grace="1s")
+    job_id = forge.dispatch(db, jobs.ignore_sigterm, jobs.Sleep(seconds=0))
+    wait_for(lambda: finished(db, job_id), what="the job that ignores SIGTERM")
+    row = job_row(db, job_id)
+    assert (row["status"], row["last_error"]["type"]) == ("failed", "forge.errors.JobTimeout")
+    events = db.execute("SELECT event FROM test_events WHERE job_id = %s ORDER BY at", (job_id,)).fetchall()
+    assert events == [("start",), ("sigterm",)]  # it had its SIGTERM at the timeout, and lived on
+    # the SIGKILL came one kill_grace after the SIGTERM: 1 s of timeout + 1 s of grace after the start
+    assert timedelta(seconds=1.9) <= _ran_for(db, job_id) <= timedelta(seconds=3)
+
+
+@pytest.mark.parametrize(
+    "ignores_sigterm",
+    [
+        False,
+        pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
+            "a child that ignores SIGTERM survives a timeout kill: the worker dies of the SIGTERM, the arbiter "
+            "forgets the slot with it, and the group's SIGKILL after kill_grace is never sent"))),
+    ],
+    ids=["child", "child-ignoring-sigterm"],
+)
+def test_a_timeout_kill_reaches_the_jobs_children(supervisor, db, ignores_sigterm):
+    supervisor(workers=1, kill_grace="1s")
+    job_id = forge.dispatch(db, jobs.sleep_with_child, jobs.Child(ignore_sigterm=ignores_sigterm))
+    child_of = "SELECT pid FROM test_events WHERE job_id = %s AND event = 'child'"
+    (child,) = wait_for(lambda: db.execute(child_of, (job_id,)).fetchone(), what="the job's child")
+    try:
+        wait_for(lambda: finished(db, job_id), what="the timed-out job")
+        assert job_row(db, job_id)["last_error"]["type"] == "forge.errors.JobTimeout"
+        wait_for(lambda: not alive(child), timeout=3, what=f"the job's child {child} to be killed with its worker")
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_timed_out_job_is_retried_per_its_policy(supervisor, db):
