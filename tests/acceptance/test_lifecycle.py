@@ -11,6 +11,7 @@ import pytest
 from testapp import jobs
 
 import forge
+from forge.dispatch import MAX_INPUT_BYTES
 
 from .conftest import completed, job_row, wait_for
 
@@ -141,3 +142,30 @@ def test_many_jobs_complete_exactly_once(supervisor, db):
     assert runs == (500, 500)
     assert db.execute("SELECT count(*) FROM forge_jobs WHERE attempts <> 1").fetchone()[0] == 0
 
+
+def _listen_backend(db) -> int | None:
+    """The pid of the core's LISTEN connection: its last statement was the LISTEN, or a ping (an empty query)."""
+    rows = db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND query IN ('LISTEN forge_jobs', '')"
+    ).fetchall()
+    assert len(rows) <= 1, f"more than one connection looks like the LISTEN one: {rows}"
+    return rows[0][0] if rows else None
+
+
+def test_listen_is_re_established_after_its_connection_is_killed(supervisor, db):
+    supervisor(poll_interval=SLOW_POLL)
+    _idle_after_a_first_claim(db)
+    killed = wait_for(lambda: _listen_backend(db), what="the LISTEN connection")
+    assert db.execute("SELECT pg_terminate_backend(%s)", (killed,)).fetchone() == (True,)
+    wait_for(lambda: _listen_backend(db) not in (None, killed), timeout=10, what="a new LISTEN connection")
+    time.sleep(0.5)  # the claim a reconnect makes (notifications may have been missed) is over
+    job_id = forge.dispatch(db, jobs.double, {"n": 3})
+    wait_for(lambda: completed(db, job_id), timeout=3, what="a job woken through the new LISTEN connection")
+
+
+def test_an_input_of_the_largest_size_reaches_its_job(supervisor, db):
+    supervisor(workers=1)
+    job_id = forge.dispatch(db, jobs.measure, "x" * (MAX_INPUT_BYTES - 2))  # its JSON is exactly the limit
+    wait_for(lambda: completed(db, job_id), what="the job of the largest input")
+    assert job_row(db, job_id)["result"] == MAX_INPUT_BYTES - 2
