@@ -163,7 +163,8 @@ class Core:
         sweeps, connects.
 
         poisoned counts this node's failures that the crash cap stopped from
-        being retried (also counted in failed). rescued, dead_lettered,
+        being retried (also counted in failed). rescued (started or only
+        claimed, those uncharged), dead_lettered,
         pruned, unknown_failed and nodes_reaped count rows this node's
         maintenance sweeps changed; sweeps counts completed sweep rounds;
         connects counts connection attempts (all connections, the first ones

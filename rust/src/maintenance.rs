@@ -32,6 +32,8 @@ pub struct Round {
     pub rescued_retry: u64,
     /// Rescued jobs failed for good (attempts or crash cap exhausted).
     pub rescued_failed: u64,
+    /// Rescued jobs their node had claimed but not started: back, uncharged.
+    pub rescued_unstarted: u64,
     pub claims_pruned: u64,
     pub dead_lettered: u64,
     pub pruned: u64,
@@ -43,7 +45,7 @@ impl Round {
     /// Whether some statement filled its batch, so more rows are waiting.
     pub fn full(&self) -> bool {
         [
-            self.rescued_retry + self.rescued_failed,
+            self.rescued(),
             self.claims_pruned,
             self.dead_lettered,
             self.pruned,
@@ -55,7 +57,7 @@ impl Round {
     }
 
     pub fn rescued(&self) -> u64 {
-        self.rescued_retry + self.rescued_failed
+        self.rescued_retry + self.rescued_failed + self.rescued_unstarted
     }
 }
 
@@ -96,10 +98,12 @@ impl Schedule {
 pub fn rescue_message(round: &Round) -> Option<String> {
     (round.rescued() > 0).then(|| {
         format!(
-            "rescued {} jobs from lost nodes ({} back in retry, {} failed)",
+            "rescued {} jobs from lost nodes ({} back in retry, {} failed, \
+             {} never started: back uncharged)",
             round.rescued(),
             round.rescued_retry,
-            round.rescued_failed
+            round.rescued_failed,
+            round.rescued_unstarted
         )
     })
 }
@@ -135,7 +139,11 @@ pub async fn maintain(db: Arc<Db>) {
 async fn sweep(db: &Db) -> Result<Round, CoreError> {
     let conn = db.maintenance_client().await?;
     let mut round = Round::default();
-    (round.rescued_retry, round.rescued_failed) = rescue(db, &conn).await?;
+    (
+        round.rescued_retry,
+        round.rescued_failed,
+        round.rescued_unstarted,
+    ) = rescue(db, &conn).await?;
     round.claims_pruned = prune_claims(db, &conn).await?;
     round.dead_lettered = dead_letter(db, &conn).await?;
     round.pruned = prune_dead_letters(db, &conn).await?;
@@ -160,17 +168,22 @@ fn counted(rows: &[Row], name: &str) -> Result<u64, CoreError> {
 }
 
 /// Jobs of nodes that stopped renewing their leases: (back in retry,
-/// failed for good). Those back in retry wake the idle nodes.
-async fn rescue(db: &Db, conn: &Conn) -> Result<(u64, u64), CoreError> {
+/// failed for good, never started and back uncharged). Those back wake the
+/// idle nodes.
+async fn rescue(db: &Db, conn: &Conn) -> Result<(u64, u64, u64), CoreError> {
     let config = db.config();
     let params: [&(dyn ToSql + Sync); 2] = [&ms(config.heartbeat_timeout), &config.max_crashes];
     let rows = db.query(conn, sql::RESCUE, &params).await?;
-    let (retried, failed) = (counted(&rows, "retried")?, counted(&rows, "failed")?);
-    db.shared().stats.add(Stat::Rescued, retried + failed);
-    if retried > 0 {
+    let retried = counted(&rows, "retried")?;
+    let failed = counted(&rows, "failed")?;
+    let unstarted = counted(&rows, "unstarted")?;
+    db.shared()
+        .stats
+        .add(Stat::Rescued, retried + failed + unstarted);
+    if retried + unstarted > 0 {
         notify(db, conn).await;
     }
-    Ok((retried, failed))
+    Ok((retried, failed, unstarted))
 }
 
 /// forge_claims rows that hold nothing any more.
@@ -275,8 +288,9 @@ mod tests {
     fn a_round_is_full_when_any_statement_filled_its_batch() {
         assert!(!Round::default().full());
         let rescue_split = Round {
-            rescued_retry: 600,
-            rescued_failed: 400,
+            rescued_retry: 500,
+            rescued_failed: 300,
+            rescued_unstarted: 200,
             ..Round::default()
         };
         assert!(rescue_split.full());
@@ -294,11 +308,18 @@ mod tests {
         let r = Round {
             rescued_retry: 2,
             rescued_failed: 1,
+            rescued_unstarted: 4,
             ..Round::default()
         };
         assert_eq!(
             rescue_message(&r).unwrap(),
-            "rescued 3 jobs from lost nodes (2 back in retry, 1 failed)"
+            "rescued 7 jobs from lost nodes (2 back in retry, 1 failed, \
+             4 never started: back uncharged)"
         );
+        let unstarted = Round {
+            rescued_unstarted: 1,
+            ..Round::default()
+        };
+        assert!(rescue_message(&unstarted).is_some());
     }
 }

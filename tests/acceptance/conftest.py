@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 import pytest
@@ -43,11 +43,14 @@ def app_db(database_url: str) -> str:
 
 @pytest.fixture
 def supervisor(app_db: str, tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
-    """Factory: supervisor(workers=1, ...) starts one; every one is stopped at the end."""
+    """Factory: supervisor(workers=1, ...) starts one; every one is stopped at the end.
+
+    modules: the app modules it imports; url: where it reaches PostgreSQL (e.g. a proxy), if not directly.
+    """
     started: list[Supervisor] = []
 
-    def start(**node: Any) -> Supervisor:
-        sup = Supervisor(tmp_path / f"node{len(started)}", app_db, modules=["testapp.jobs"],
+    def start(*, modules: Sequence[str] = ("testapp.jobs",), url: str | None = None, **node: Any) -> Supervisor:
+        sup = Supervisor(tmp_path / f"node{len(started)}", url or app_db, modules=modules, direct_url=app_db,
                          node={**DEFAULT_NODE, **node}, app_path=APPS, start_timeout=15.0)
         started.append(sup)
         return sup.start()

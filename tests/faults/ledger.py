@@ -5,8 +5,11 @@ Tables, created in each scenario's database after the migrations:
 ledger_transitions   one row per status change of forge_jobs, written by an
                      AFTER INSERT OR UPDATE OF status trigger in the same
                      transaction as the change: old/new status, attempts,
-                     claimed_by and crashes, the new last_error type, the
-                     database clock (clock_timestamp()) and the txid.
+                     max_attempts, claimed_by and crashes, the new last_error
+                     type, the database clock (clock_timestamp()), the txid
+                     and the writer: the session's application_name, which
+                     for the core's connections is "forge <owner> <role>"
+                     (role: claim, main, heartbeat, maintenance).
 ledger_executions    'start'/'end' rows the fault jobs write in their own
                      autocommit statements (tests/faults/app/faultjobs.py).
 ledger_faults        what the test did and saw: kills (with the pid and the
@@ -55,6 +58,7 @@ CREATE TABLE ledger_transitions (
     new_status     text NOT NULL,
     old_attempts   int,
     new_attempts   int NOT NULL,
+    old_max_attempts int,
     max_attempts   int NOT NULL,
     old_claimed_by uuid,
     new_claimed_by uuid,
@@ -63,7 +67,8 @@ CREATE TABLE ledger_transitions (
     error_type     text,
     at             timestamptz NOT NULL DEFAULT clock_timestamp(),
     txid           bigint NOT NULL DEFAULT txid_current(),
-    backend_pid    int NOT NULL DEFAULT pg_backend_pid()
+    backend_pid    int NOT NULL DEFAULT pg_backend_pid(),
+    writer         text NOT NULL DEFAULT current_setting('application_name')
 );
 CREATE INDEX ledger_transitions_job ON ledger_transitions (job_id, seq);
 
@@ -76,9 +81,9 @@ BEGIN
             NEW.claimed_by, NULL, NEW.crashes, NEW.last_error->>'type');
     ELSE
         INSERT INTO ledger_transitions (job_id, job_type, old_status, new_status, old_attempts, new_attempts,
-            max_attempts, old_claimed_by, new_claimed_by, old_crashes, new_crashes, error_type)
-        VALUES (NEW.id, NEW.job_type, OLD.status, NEW.status, OLD.attempts, NEW.attempts, NEW.max_attempts,
-            OLD.claimed_by, NEW.claimed_by, OLD.crashes, NEW.crashes, NEW.last_error->>'type');
+            old_max_attempts, max_attempts, old_claimed_by, new_claimed_by, old_crashes, new_crashes, error_type)
+        VALUES (NEW.id, NEW.job_type, OLD.status, NEW.status, OLD.attempts, NEW.attempts, OLD.max_attempts,
+            NEW.max_attempts, OLD.claimed_by, NEW.claimed_by, OLD.crashes, NEW.crashes, NEW.last_error->>'type');
     END IF;
     RETURN NULL;
 END $$;
@@ -153,14 +158,22 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "attempts accounting",
-        """SELECT seq, job_id, old_status, new_status, old_attempts, new_attempts FROM ledger_transitions
-           WHERE old_status IS NOT NULL AND NOT CASE
+        """SELECT seq, job_id, old_status, new_status, old_attempts, new_attempts, old_max_attempts, max_attempts,
+                  old_crashes, new_crashes, writer FROM ledger_transitions
+           WHERE old_status IS NOT NULL AND NOT (CASE
                WHEN new_status = 'claimed' THEN new_attempts = old_attempts + 1
                WHEN new_status = 'pending' AND old_status IN ('claimed', 'running')
                    THEN new_attempts = old_attempts - 1
                ELSE new_attempts = old_attempts END
+             AND CASE
+               WHEN writer LIKE 'forge %% maintenance' AND old_status = 'claimed'
+                    AND new_status NOT IN ('claimed', 'running')
+                   THEN max_attempts = old_max_attempts + 1 AND new_crashes = old_crashes
+               ELSE max_attempts = old_max_attempts END)
            ORDER BY seq LIMIT 20""",
-        "a claim charges one attempt, a hand-back refunds it, nothing else changes it",
+        "a claim charges one attempt, a hand-back refunds it, nothing else changes it; a rescue (a maintenance"
+        " connection's write) of a claim that never started charges nothing: no crash, and its run given back"
+        " (max_attempts + 1)",
     ),
     (
         "attempts within bounds",

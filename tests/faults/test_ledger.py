@@ -119,3 +119,31 @@ def test_a_kill_recorded_just_before_the_start_row_bounds_the_execution(fault_db
         _exec(conn, job, 2, 601, "-5 s", "-4 s")
     report = ledger.check(fault_db)
     assert _failing(report) == {"no overlapping executions"}, report.text
+
+
+RESCUER = "forge 00000000-0000-0000-0000-00000000000c maintenance"  # a core's maintenance connection
+
+
+def _rescued_claim(conn: psycopg.Connection, rescuer: psycopg.Connection, change: str) -> int:
+    """A job A claimed but never started, rescued with `change`, then run and completed by B."""
+    job = _job(conn, ("claimed", 1, NODE_A))
+    rescuer.execute(f"UPDATE forge_jobs SET status = 'retry', claimed_by = NULL, {change} WHERE id = %s", (job,))
+    conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
+                 (NODE_B, job))
+    conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
+    conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+    return job
+
+
+def test_a_rescue_charges_a_claim_that_never_started_nothing(fault_db: str) -> None:
+    with psycopg.connect(fault_db, autocommit=True) as conn, \
+            psycopg.connect(fault_db, autocommit=True, application_name=RESCUER) as rescuer:
+        _rescued_claim(conn, rescuer, "max_attempts = max_attempts + 1")
+    report = ledger.check(fault_db)
+    assert report.ok, report.text
+
+    with psycopg.connect(fault_db, autocommit=True) as conn, \
+            psycopg.connect(fault_db, autocommit=True, application_name=RESCUER) as rescuer:
+        _rescued_claim(conn, rescuer, "crashes = crashes + 1")  # what the rescue did before: a crash charged
+    report = ledger.check(fault_db)
+    assert _failing(report) == {"attempts accounting"}, report.text

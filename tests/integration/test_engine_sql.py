@@ -105,8 +105,7 @@ def test_rescue_finds_expired_leases_through_claim_rows_then_the_rows_are_pruned
     )
     assert db.execute(SQL["reap_nodes"], (HOUR_MS,)).fetchall() == []
 
-    retried, failed = db.execute(SQL["rescue"], (60_000.0, 3)).fetchone()
-    assert (retried, failed) == (2, 0)
+    assert rescue(db) == (0, 0, 2)  # claimed, never started
     statuses = dict(db.execute("SELECT id, status FROM forge_jobs").fetchall())
     assert [statuses[j[0]] for j in lost] == ["completed", "retry", "retry"]
     assert statuses[kept[0][0]] == "claimed"
@@ -127,7 +126,7 @@ def test_a_job_claimed_again_is_listed_in_both_claim_rows_and_rescued_once(db):
     assert second[0] == first[0] and second[2] != first[2]
     assert close(db, owner, [first[2]]) == []  # the job is held again
     age_claims(db, 120)
-    assert db.execute(SQL["rescue"], (60_000.0, 3)).fetchone() == (1, 0)
+    assert rescue(db) == (0, 0, 1)
 
 
 def test_completing_a_job_is_a_hot_update(db):
@@ -180,4 +179,64 @@ def test_migration_0003_gives_jobs_held_before_it_their_claim_rows(empty_databas
     assert 3 in migrate(empty_database_url)
     with psycopg.connect(empty_database_url, autocommit=True, options=SESSION, cursor_factory=psycopg.RawCursor) as db:
         assert [(r[1], r[2]) for r in claim_rows(db)] == [(owner, [held])]
-        assert db.execute(SQL["rescue"], (60_000.0, 3)).fetchone() == (1, 0)
+        assert rescue(db) == (1, 0, 0)
+
+
+def start(db, owner: uuid.UUID, jobs: list[tuple]) -> int:
+    ids, attempts = [j[0] for j in jobs], [j[1] for j in jobs]
+    return len(db.execute(SQL["start"], (ids, attempts, owner)).fetchall())
+
+
+def rescue(db, max_crashes: int = 3) -> tuple:
+    """(retried, failed, given back unstarted)."""
+    return db.execute(SQL["rescue"], (60_000.0, max_crashes)).fetchone()
+
+
+def job_state(db, job_id: int) -> tuple:
+    return db.execute(
+        "SELECT status, attempts, max_attempts, crashes, claimed_by IS NULL, failed_at IS NOT NULL,"
+        " last_error->>'type', last_error->>'reason' FROM forge_jobs WHERE id = $1", (job_id,)).fetchone()
+
+
+def test_rescue_charges_only_attempts_that_started(db):
+    """A claimed job its node never started goes back with no crash and its run intact; the next claim
+    still takes a new attempt number, so the lost owner's late reports can never match it."""
+    dispatch(db, 2)
+    dead = uuid.uuid4()
+    ran, waited = claim(db, dead)
+    assert start(db, dead, [ran]) == 1
+    age_claims(db, 120)
+    assert rescue(db) == (1, 0, 1)
+    assert job_state(db, ran[0]) == ("retry", 1, 3, 1, True, False, "forge.errors.NodeLost", None)
+    assert job_state(db, waited[0]) == ("retry", 1, 4, 0, True, False, None, None)
+    [again] = [j for j in claim(db, uuid.uuid4()) if j[0] == waited[0]]
+    assert again[1] == 2  # a new lease number
+    late = db.execute(SQL["release"], ([waited[0]], [1], dead)).fetchall()
+    assert late == []  # the dead owner's late hand-back is fenced
+
+
+def test_rescue_fails_a_started_job_with_no_attempts_left_as_node_lost(db):
+    [job] = dispatch(db, 1)
+    db.execute("UPDATE forge_jobs SET max_attempts = 1 WHERE id = $1", (job,))
+    dead = uuid.uuid4()
+    jobs = claim(db, dead)
+    start(db, dead, jobs)
+    age_claims(db, 120)
+    assert rescue(db) == (0, 1, 0)
+    status, attempts, _, crashes, unowned, failed, error, reason = job_state(db, job)
+    assert (status, attempts, crashes, unowned, failed, error, reason) == (
+        "failed", 1, 1, False, True, "forge.errors.NodeLost", None)
+    message = db.execute("SELECT last_error->>'message' FROM forge_jobs WHERE id = $1", (job,)).fetchone()[0]
+    assert str(dead) in message and f"job {job}" in message
+
+
+def test_rescue_fails_a_job_at_the_crash_cap_with_the_reason(db):
+    [job] = dispatch(db, 1)
+    db.execute("UPDATE forge_jobs SET crashes = 2 WHERE id = $1", (job,))  # two crashes before this one
+    dead = uuid.uuid4()
+    jobs = claim(db, dead)
+    start(db, dead, jobs)
+    age_claims(db, 120)
+    assert rescue(db, max_crashes=3) == (0, 1, 0)
+    assert job_state(db, job) == ("failed", 1, 3, 3, False, True, "forge.errors.NodeLost",
+                                  "crashed 3 times (max_crashes 3)")

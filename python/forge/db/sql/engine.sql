@@ -177,18 +177,29 @@ SELECT pg_notify('forge_jobs', '0');
 -- name: rescue
 -- Jobs whose node stopped renewing their lease (heartbeat_at older than the
 -- heartbeat timeout $1 ms: the node died, froze or lost the database; a
--- live node renews every heartbeat interval). A lost lease is crash-class:
--- crashes + 1. Back to retry, claimable at once, while attempts remain and
--- crashes stay below max_crashes $2; otherwise failed (with a "reason" when
--- the crash cap is what stops it). The old owner's heartbeat and reports no
--- longer match (claimed_by/status changed), so it finds the lease lost and
--- fences itself. Held jobs are found through their owners' forge_claims
--- rows, and only rows older than the timeout: a job's heartbeat_at starts
--- at its claim (the claim row's claimed_at) and only moves forward. A job
--- listed twice (released, then claimed again by the same node) is updated
--- once.
+-- live node renews every heartbeat interval). Only an attempt that started
+-- (status running) is charged: a lost lease of a running job is
+-- crash-class (crashes + 1, last_error NodeLost), back to retry, claimable
+-- at once, while attempts remain and crashes stay below max_crashes $2,
+-- otherwise failed (with a "reason" when the crash cap is what stops it).
+-- A job its node claimed but never started (prefetched) goes back to retry
+-- with nothing charged: no crash, last_error kept, and max_attempts + 1, so
+-- it keeps every run it had. Its attempts stay as they are because the
+-- attempt number is the lease's identity: were it handed out again, the
+-- next claim could give this very (id, attempt, owner) back to the lost
+-- owner, whose late reports (it may only have been cut off) would then
+-- land on the new lease. A start the lost node reported but never wrote
+-- counts as not started: the database is all a rescuer can go by.
+-- The old owner's heartbeat and reports no longer match (claimed_by/status
+-- changed), so it finds the lease lost and fences itself. Held jobs are
+-- found through their owners' forge_claims rows, and only rows older than
+-- the timeout: a job's heartbeat_at starts at its claim (the claim row's
+-- claimed_at) and only moves forward. A job listed twice (released, then
+-- claimed again by the same node) is updated once.
 WITH expired AS (
-    SELECT j.id FROM forge_claims AS c
+    SELECT j.id, j.status = 'running' AS started,
+           j.status = 'claimed' OR (j.attempts < j.max_attempts AND j.crashes + 1 < $2) AS retried
+    FROM forge_claims AS c
     CROSS JOIN LATERAL unnest(c.job_ids) AS listed(id)
     JOIN forge_jobs AS j ON j.id = listed.id
     WHERE c.claimed_at < now() - $1::float8 * interval '1 millisecond'
@@ -199,32 +210,32 @@ WITH expired AS (
     FOR UPDATE OF j SKIP LOCKED
 ), rescued AS (
     UPDATE forge_jobs AS j
-    SET status = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                      THEN 'retry' ELSE 'failed' END,
-        scheduled_at = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                            THEN now() ELSE j.scheduled_at END,
-        failed_at = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                         THEN NULL ELSE now() END,
-        claimed_by = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                          THEN NULL ELSE j.claimed_by END,
-        crashes = j.crashes + 1,
-        last_error = jsonb_build_object(
-            'type', 'forge.errors.NodeLost',
-            'message', format('node %s stopped renewing the lease of job %s (last heartbeat %s)',
-                              j.claimed_by, j.id, j.heartbeat_at),
-            'attempt', j.attempts)
-          || CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 >= $2
-                  THEN jsonb_build_object('reason', format('crashed %s times (max_crashes %s)',
-                                                           j.crashes + 1, $2::integer))
-                  ELSE '{}'::jsonb END
-    FROM expired
-    WHERE j.id = expired.id
+    SET status = CASE WHEN e.retried THEN 'retry' ELSE 'failed' END,
+        scheduled_at = CASE WHEN e.retried THEN now() ELSE j.scheduled_at END,
+        failed_at = CASE WHEN e.retried THEN NULL ELSE now() END,
+        claimed_by = CASE WHEN e.retried THEN NULL ELSE j.claimed_by END,
+        max_attempts = j.max_attempts + (NOT e.started)::integer,
+        crashes = j.crashes + e.started::integer,
+        last_error = CASE WHEN NOT e.started THEN j.last_error ELSE
+            jsonb_build_object(
+                'type', 'forge.errors.NodeLost',
+                'message', format('node %s stopped renewing the lease of job %s (last heartbeat %s)',
+                                  j.claimed_by, j.id, j.heartbeat_at),
+                'attempt', j.attempts)
+            || CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 >= $2
+                    THEN jsonb_build_object('reason', format('crashed %s times (max_crashes %s)',
+                                                             j.crashes + 1, $2::integer))
+                    ELSE '{}'::jsonb END
+        END
+    FROM expired AS e
+    WHERE j.id = e.id
       AND j.status IN ('claimed', 'running')
       AND j.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
-    RETURNING j.status
+    RETURNING e.started, j.status
 )
-SELECT count(*) FILTER (WHERE status = 'retry') AS retried,
-       count(*) FILTER (WHERE status = 'failed') AS failed
+SELECT count(*) FILTER (WHERE started AND status = 'retry') AS retried,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE NOT started) AS unstarted
 FROM rescued;
 
 -- name: prune_claims
