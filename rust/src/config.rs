@@ -26,6 +26,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A lease not renewed this long is rescued by the maintenance sweep.
     pub heartbeat_timeout: Duration,
+    /// A lease not renewed this long is given up by this node (its job's
+    /// worker killed) before any other can rescue it: the supervisor's
+    /// self-fencing limit, a fraction of heartbeat_timeout (supervisor/lease.py).
+    pub fence_after: Duration,
     /// Crash-class endings after which a job is failed whatever its attempts.
     pub max_crashes: i32,
     pub maintenance_interval: Duration,

@@ -240,3 +240,30 @@ def test_rescue_fails_a_job_at_the_crash_cap_with_the_reason(db):
     assert rescue(db, max_crashes=3) == (0, 1, 0)
     assert job_state(db, job) == ("failed", 1, 3, 3, False, True, "forge.errors.NodeLost",
                                   "crashed 3 times (max_crashes 3)")
+
+
+def heartbeat(db, owner: uuid.UUID, leases: list[tuple]) -> dict[int, bool]:
+    """id -> renewed (False: its row was locked by another session) for each lease still held."""
+    ids, attempts = [j[0] for j in leases], [j[1] for j in leases]
+    rows = db.execute(SQL["heartbeat"], (ids, attempts, owner)).fetchall()
+    for job_id, renewed, age_ms in rows:  # a locked lease says how long ago it was last renewed
+        assert (age_ms == 0) if renewed else (1000 <= age_ms < 60_000), (job_id, renewed, age_ms)
+    return {job_id: renewed for job_id, renewed, _ in rows}
+
+
+def test_the_heartbeat_skips_a_row_another_session_locked_and_keeps_it_held(db, database_url):
+    dispatch(db, 3)
+    owner = uuid.uuid4()
+    jobs = claim(db, owner)
+    start(db, owner, jobs)
+    db.execute("UPDATE forge_jobs SET heartbeat_at = heartbeat_at - interval '1 second'")
+    stale = (jobs[2][0], jobs[2][1] + 1)  # an attempt this owner no longer holds
+    db.execute("SET statement_timeout = '2s'")  # waiting for the lock would fail the test
+    with psycopg.connect(database_url) as other:
+        other.execute("SELECT 1 FROM forge_jobs WHERE id = %s FOR UPDATE", (jobs[1][0],))
+        assert heartbeat(db, owner, [jobs[0], jobs[1], stale]) == {jobs[0][0]: True, jobs[1][0]: False}
+        # a rescuer that holds the row and then takes the job: held until it commits, then lost
+        other.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL WHERE id = %s", (jobs[1][0],))
+        assert heartbeat(db, owner, jobs[:2]) == {jobs[0][0]: True, jobs[1][0]: False}
+        other.commit()
+    assert heartbeat(db, owner, jobs[:2]) == {jobs[0][0]: True}

@@ -132,6 +132,7 @@ def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str
         poll_interval=node.poll_interval,
         heartbeat_interval=node.heartbeat_interval,
         heartbeat_timeout=node.heartbeat_timeout,
+        fence_after=fence_after(node.heartbeat_timeout),
         max_crashes=node.max_crashes,
         maintenance_interval=node.maintenance_interval,
         dead_letter_after=node.dead_letter_after,

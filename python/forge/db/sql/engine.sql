@@ -134,13 +134,38 @@ WHERE j.id = p.id AND j.attempts = p.attempt AND j.claimed_by = $5
 RETURNING j.id;
 
 -- name: heartbeat
--- Renew the leases of every job this node runs, in one statement.
-UPDATE forge_jobs AS j
-SET heartbeat_at = now()
-FROM unnest($1::bigint[], $2::integer[]) AS h(id, attempt)
-WHERE j.id = h.id AND j.attempts = h.attempt AND j.claimed_by = $3
-  AND j.status IN ('claimed', 'running')
-RETURNING j.id;
+-- Renew the leases of every job this node holds, in one statement, without
+-- ever waiting for a row lock: the rows to renew are locked SKIP LOCKED, so
+-- a job row another session holds (an operator's SELECT ... FOR UPDATE, a
+-- rescuer's sweep) cannot stall the renewal of all the others. One row per
+-- lease still held: renewed = true when renewed; false when its row was
+-- locked by someone else, with age_ms, how long ago (database clock) the
+-- lease was last renewed: by the last committed version of the row the
+-- lease is still this node's, and the core gives it up itself before that
+-- age could let another node rescue it (heartbeat.rs). A lease with no row
+-- is lost. A lock by a rescuer that then takes the job shows as lost at the
+-- next renewal.
+WITH sent AS MATERIALIZED (
+    SELECT * FROM unnest($1::bigint[], $2::integer[]) AS h(id, attempt)
+), locked AS MATERIALIZED (
+    SELECT j.id FROM sent JOIN forge_jobs AS j ON j.id = sent.id
+    WHERE j.attempts = sent.attempt AND j.claimed_by = $3
+      AND j.status IN ('claimed', 'running')
+    FOR UPDATE OF j SKIP LOCKED
+), renewed AS (
+    UPDATE forge_jobs AS j
+    SET heartbeat_at = now()
+    FROM locked
+    WHERE j.id = locked.id
+    RETURNING j.id
+)
+SELECT id, true AS renewed, 0::float8 AS age_ms FROM renewed
+UNION ALL
+SELECT j.id, false, extract(epoch FROM now() - j.heartbeat_at)::float8 * 1000
+FROM sent JOIN forge_jobs AS j ON j.id = sent.id
+WHERE sent.id NOT IN (SELECT id FROM locked)
+  AND j.attempts = sent.attempt AND j.claimed_by = $3
+  AND j.status IN ('claimed', 'running');
 
 -- name: close_claims
 -- Claim rows $1 of owner $2 whose jobs have all ended, written after the
@@ -167,8 +192,11 @@ VALUES ($1, $2, $3, $4, $5, $6, $7);
 UPDATE forge_nodes SET stopped_at = now(), heartbeat_at = now() WHERE id = $1;
 
 -- name: node_heartbeat
--- Keep this node's registration fresh.
-UPDATE forge_nodes SET heartbeat_at = now() WHERE id = $1;
+-- Keep this node's registration fresh, beside its leases on the heartbeat
+-- connection: a row some other session has locked is skipped (renewed at
+-- the next beat) rather than waited for.
+UPDATE forge_nodes SET heartbeat_at = now()
+WHERE id IN (SELECT id FROM forge_nodes WHERE id = $1 FOR UPDATE SKIP LOCKED);
 
 -- name: notify
 -- Wake other nodes after jobs were handed back or rescued.
