@@ -67,15 +67,16 @@ class CoreSettings:
     last_error. maintenance_interval: how often this node sweeps (rescue of
     lost nodes' jobs, failed -> dead_letter after dead_letter_after, dead
     letters deleted after dead_letter_retain unless the row sets its own,
-    due jobs of types no live node runs failed, registrations of nodes silent
-    for max(10 x heartbeat timeout, 1 h) deleted). Each connection's
-    application_name is "forge <owner> <role>" (role: claim, main,
-    heartbeat, maintenance, LISTEN).
+    due jobs of types no node has run for unknown_type_grace failed,
+    registrations of nodes silent for max(10 x heartbeat timeout, 1 h)
+    deleted). Each connection's application_name is "forge <owner> <role>"
+    (role: claim, main, heartbeat, maintenance, LISTEN).
 
     Raises ValueError naming the setting when a value is out of range:
-    intervals (fence_after included) must be at least 1 ms, dead_letter_after
-    and dead_letter_retain at least 0, counts at least 1, heartbeat_timeout
-    greater than heartbeat_interval and fence_after, owner a UUID.
+    intervals (fence_after included) must be at least 1 ms, dead_letter_after,
+    dead_letter_retain and unknown_type_grace at least 0, counts at least 1,
+    heartbeat_timeout greater than heartbeat_interval and fence_after, owner
+    a UUID.
     """
 
     def __new__(
@@ -98,6 +99,7 @@ class CoreSettings:
         maintenance_interval: float,
         dead_letter_after: float,
         dead_letter_retain: float,
+        unknown_type_grace: float,
     ) -> CoreSettings: ...
 
 @final

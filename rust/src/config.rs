@@ -37,6 +37,8 @@ pub struct Config {
     pub dead_letter_after: Duration,
     /// How long a dead letter is kept when its row sets no retention.
     pub dead_letter_retain: Duration,
+    /// How long no node may have run a job type before its due jobs fail.
+    pub unknown_type_grace: Duration,
 }
 
 /// The registration of this supervisor run (its id is Config::owner).

@@ -130,7 +130,7 @@ impl CoreSettings {
     #[pyo3(signature = (
         *, dsn, owner, hostname, roles, workers, capabilities, policies, default_policy,
         claim_batch, poll_interval, heartbeat_interval, heartbeat_timeout, fence_after, max_crashes,
-        maintenance_interval, dead_letter_after, dead_letter_retain
+        maintenance_interval, dead_letter_after, dead_letter_retain, unknown_type_grace
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -151,6 +151,7 @@ impl CoreSettings {
         maintenance_interval: f64,
         dead_letter_after: f64,
         dead_letter_retain: f64,
+        unknown_type_grace: f64,
     ) -> PyResult<Self> {
         let heartbeat_interval = interval(heartbeat_interval, "heartbeat_interval")?;
         let heartbeat_timeout = interval(heartbeat_timeout, "heartbeat_timeout")?;
@@ -188,6 +189,7 @@ impl CoreSettings {
             maintenance_interval: interval(maintenance_interval, "maintenance_interval")?,
             dead_letter_after: span(dead_letter_after, "dead_letter_after")?,
             dead_letter_retain: span(dead_letter_retain, "dead_letter_retain")?,
+            unknown_type_grace: span(unknown_type_grace, "unknown_type_grace")?,
         };
         let policies = Policies {
             by_type: policies

@@ -1,8 +1,9 @@
 //! The maintenance sweeps every node runs each maintenance interval, on its
 //! own connection, one function each: rescue jobs of lost nodes, delete the
 //! forge_claims rows that hold nothing any more, move failed jobs to the
-//! dead letter queue, prune old dead letters, fail due jobs no live node can
-//! run, and delete registrations of long-gone nodes. Each statement is one
+//! dead letter queue, prune old dead letters, fail due jobs of types no node
+//! has run for unknown_type_grace, and delete registrations of long-gone
+//! nodes (remembering when their job types last ran). Each statement is one
 //! bounded `FOR UPDATE SKIP LOCKED` batch (engine.sql), so nodes sweeping at
 //! once split the work instead of waiting on each other; a batch that came
 //! back full makes the next round start at once.
@@ -211,10 +212,15 @@ async fn prune_dead_letters(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
     Ok(n)
 }
 
-/// Due jobs of types no live node runs, failed with the reason.
+/// Due jobs of types no node has run for unknown_type_grace, failed with
+/// the reason.
 async fn fail_unknown_types(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
     let config = db.config();
-    let params: [&(dyn ToSql + Sync); 2] = [&ms(config.heartbeat_timeout), &config.owner];
+    let params: [&(dyn ToSql + Sync); 3] = [
+        &ms(config.unknown_type_grace),
+        &ms(config.heartbeat_timeout),
+        &config.owner,
+    ];
     let n = db
         .query(conn, sql::FAIL_UNKNOWN_TYPES, &params)
         .await?
@@ -224,7 +230,10 @@ async fn fail_unknown_types(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
     if n > 0 {
         shared.log(
             "warning",
-            format!("failed {n} due jobs of types no live node runs"),
+            format!(
+                "failed {n} due jobs of types no node has run for {:.0} s",
+                config.unknown_type_grace.as_secs_f64()
+            ),
         );
     }
     Ok(n)

@@ -43,7 +43,7 @@ pub const RESCUE: Query = query("rescue", 2);
 pub const PRUNE_CLAIMS: Query = query("prune_claims", 1);
 pub const DEAD_LETTER: Query = query("dead_letter", 1);
 pub const PRUNE_DEAD_LETTERS: Query = query("prune_dead_letters", 1);
-pub const FAIL_UNKNOWN_TYPES: Query = query("fail_unknown_types", 2);
+pub const FAIL_UNKNOWN_TYPES: Query = query("fail_unknown_types", 3);
 pub const REAP_NODES: Query = query("reap_nodes", 1);
 
 pub const MIGRATE_LOCK: Query = query("lock", 0);

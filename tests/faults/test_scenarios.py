@@ -424,7 +424,8 @@ def test_segfaulting_job_reaches_dead_letter(fault_db: str, make_node: MakeNode,
 
 @pytest.mark.timeout(180)
 def test_hung_unknown_and_undecodable_jobs(fault_db: str, make_node: MakeNode, results: Results) -> None:
-    nodes = [make_node(f"n{i}", workers=2).start() for i in range(2)]
+    # the unknown type fails once no node has run it for the grace (an hour unless set)
+    nodes = [make_node(f"n{i}", workers=2, unknown_type_grace="1s").start() for i in range(2)]
     began = time.monotonic()
     baseline = enqueue(fault_db, 400, ms=(0, 5))
     wait_finished(fault_db, nodes, 60, baseline, "the baseline jobs")

@@ -267,3 +267,80 @@ def test_the_heartbeat_skips_a_row_another_session_locked_and_keeps_it_held(db, 
         assert heartbeat(db, owner, jobs[:2]) == {jobs[0][0]: True, jobs[1][0]: False}
         other.commit()
     assert heartbeat(db, owner, jobs[:2]) == {jobs[0][0]: True}
+
+
+def node(db, job_types: list[str], seconds_ago: float = 0.0, stopped: bool = False) -> uuid.UUID:
+    """A forge_nodes row running `job_types`, last heard of `seconds_ago` (and stopped then, if `stopped`)."""
+    node_id = uuid.uuid4()
+    db.execute(
+        "INSERT INTO forge_nodes (id, hostname, pid, roles, capabilities, workers, job_types, heartbeat_at,"
+        " stopped_at) VALUES ($1, 'h', 1, '{worker}', '{general}', 1, $2, now() - $3 * interval '1 second',"
+        " CASE WHEN $4 THEN now() - $3 * interval '1 second' END)",
+        (node_id, job_types, seconds_ago, stopped),
+    )
+    return node_id
+
+
+def due_for(db, seconds: float, job_type: str = "noop", count: int = 1, priority: int = 2) -> list[int]:
+    rows = db.execute(
+        "INSERT INTO forge_jobs (job_type, input, priority, scheduled_at)"
+        " SELECT $1, '{}', $2, now() - $3 * interval '1 second' FROM generate_series(1, $4) RETURNING id",
+        (job_type, priority, seconds, count),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def fail_unknown(db, sweeper: uuid.UUID, grace_s: float, timeout_s: float = 30.0) -> set[int]:
+    rows = db.execute(SQL["fail_unknown_types"], (grace_s * 1000, timeout_s * 1000, sweeper)).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_a_type_fails_only_once_no_node_has_run_it_for_the_grace(db):
+    sweeper = node(db, ["other"])
+    jobs = due_for(db, 3600, count=2)
+    node(db, ["noop"], seconds_ago=10, stopped=True)
+    assert fail_unknown(db, sweeper, grace_s=60) == set()  # its last node stopped 10 s ago
+    assert fail_unknown(db, sweeper, grace_s=5) == set(jobs)
+    error = db.execute("SELECT last_error FROM forge_jobs WHERE id = $1", (jobs[0],)).fetchone()[0]
+    assert error["type"] == "forge.errors.UnknownJobType" and "'noop'" in error["message"]
+
+
+def test_a_silent_node_runs_its_types_for_the_heartbeat_timeout_at_least(db):
+    sweeper = node(db, ["other"])
+    due_for(db, 3600)
+    node(db, ["noop"], seconds_ago=40)  # not stopped: maybe only slow
+    assert fail_unknown(db, sweeper, grace_s=5, timeout_s=60) == set()
+    assert len(fail_unknown(db, sweeper, grace_s=5, timeout_s=30)) == 1
+
+
+def test_a_job_waits_the_grace_too_and_a_stale_sweeper_judges_nothing(db):
+    sweeper = node(db, ["other"])
+    recent = due_for(db, 10, job_type="never_registered")
+    old = due_for(db, 120, job_type="never_registered")
+    stale = node(db, ["other"], seconds_ago=120)
+    assert fail_unknown(db, stale, grace_s=60) == set()
+    assert fail_unknown(db, sweeper, grace_s=60) == set(old)
+    assert recent[0] not in fail_unknown(db, sweeper, grace_s=60)
+
+
+def test_reaped_registrations_are_remembered_for_the_grace(db):
+    sweeper = node(db, ["other"])
+    jobs = due_for(db, 6 * 3600)
+    gone = node(db, ["noop", "other"], seconds_ago=2 * 3600, stopped=True)
+    assert [r[0] for r in db.execute(SQL["reap_nodes"], (HOUR_MS,)).fetchall()] == [gone]
+    seen = dict(db.execute("SELECT job_type, extract(epoch FROM now() - seen_at) FROM forge_job_types").fetchall())
+    assert set(seen) == {"noop", "other"} and 7190 < seen["noop"] < 7210
+    assert fail_unknown(db, sweeper, grace_s=3 * 3600) == set()
+    assert fail_unknown(db, sweeper, grace_s=3600) == set(jobs)
+    # a later reap keeps the latest time a type was run
+    node(db, ["noop"], seconds_ago=3 * 3600, stopped=True)
+    db.execute(SQL["reap_nodes"], (HOUR_MS,))
+    assert 7190 < db.execute("SELECT extract(epoch FROM now() - seen_at) FROM forge_job_types"
+                             " WHERE job_type = 'noop'").fetchone()[0] < 7210
+
+
+def test_a_backlog_of_a_running_type_does_not_hide_an_orphan_of_another_priority(db):
+    sweeper = node(db, ["noop", "other"])
+    due_for(db, 3600, count=3000, priority=0)  # more than the window of a priority
+    orphan = due_for(db, 3600, job_type="never_registered", priority=3)
+    assert fail_unknown(db, sweeper, grace_s=60) == set(orphan)

@@ -40,8 +40,8 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert config.app.modules == ["myapp.jobs"]
     assert config.database.url is None
     # Every [node] key, so that a new one fails here until its default is written down. The README documents
-    # roles, worker_capabilities, workers, shutdown_grace, heartbeat_interval, heartbeat_timeout, max_crashes
-    # and that max_jobs_per_worker and max_worker_memory are optional; config.py the others.
+    # roles, worker_capabilities, workers, shutdown_grace, heartbeat_interval, heartbeat_timeout, max_crashes,
+    # unknown_type_grace and that max_jobs_per_worker and max_worker_memory are optional; config.py the others.
     assert msgspec.structs.asdict(config.node) == {
         "roles": ["worker"],
         "worker_capabilities": ["general"],
@@ -60,6 +60,7 @@ def test_minimal_config_gets_every_default(tmp_path):
         "maintenance_interval": 1.0,
         "dead_letter_after": 0.0,
         "dead_letter_retain": 7 * 86400.0,
+        "unknown_type_grace": 3600.0,
     }
     assert config.log.level == "info"
     assert config.alerts == []
@@ -248,3 +249,10 @@ def test_app_module_not_found_is_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.path", list(sys.path))
     with pytest.raises(ConfigError, match="app.modules: module 'no_such_forge_module.jobs' not found"):
         import_app_modules(config)
+
+
+def test_unknown_type_grace_is_a_duration(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + '[node]\nunknown_type_grace = "90s"\n'), environ={})
+    assert config.node.unknown_type_grace == 90.0
+    message = error_of(tmp_path, MINIMAL + '[node]\nunknown_type_grace = "later"\n')
+    assert "node.unknown_type_grace" in message and "forge.toml:4" in message

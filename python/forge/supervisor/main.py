@@ -137,6 +137,7 @@ def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str
         maintenance_interval=node.maintenance_interval,
         dead_letter_after=node.dead_letter_after,
         dead_letter_retain=node.dead_letter_retain,
+        unknown_type_grace=node.unknown_type_grace,
     )
 
 

@@ -183,12 +183,14 @@ RETURNING c.id;
 -- name: register_node
 -- This supervisor run announces itself (the id is new at every start and is
 -- the lease owner of every job the run claims): $1 id, $2 hostname, $3 pid,
--- $4 roles, $5 capabilities, $6 worker count, $7 job types.
+-- $4 roles, $5 capabilities, $6 worker count, $7 job types. Other nodes
+-- judge job types by these rows (fail_unknown_types).
 INSERT INTO forge_nodes (id, hostname, pid, roles, capabilities, workers, job_types)
 VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: stop_node
--- A clean stop: the row stays, for operators to see, until reaped.
+-- A clean stop: the row stays, for operators to see, until reaped; its
+-- heartbeat_at is when its job types were last run here.
 UPDATE forge_nodes SET stopped_at = now(), heartbeat_at = now() WHERE id = $1;
 
 -- name: node_heartbeat
@@ -337,32 +339,51 @@ WITH old_default AS (
 SELECT count(*) AS pruned FROM gone;
 
 -- name: fail_unknown_types
--- Due jobs of a type that no live node runs (a live node: not stopped and a
--- node heartbeat within the heartbeat timeout $1 ms) would wait forever,
--- since nodes only claim their own types: fail them with the reason. Only
--- jobs due for longer than the timeout, so a starting node has time to
--- register; and only when the sweeping node $2 is itself live, so a node
--- whose own registration is stale never judges the others. The cost is
--- bounded on a huge backlog: only the first 10,000 due claimable rows in
--- claim order (the forge_jobs_claimable index) are looked at.
-WITH due AS MATERIALIZED (
-    SELECT id, job_type, scheduled_at FROM forge_jobs
-    WHERE claimed_by IS NULL AND failed_at IS NULL
-      AND scheduled_at <= now()
-    ORDER BY priority, scheduled_at, id
-    LIMIT 10000
-), live AS MATERIALIZED (
-    SELECT id, job_types FROM forge_nodes
-    WHERE stopped_at IS NULL
-      AND heartbeat_at > now() - $1::float8 * interval '1 millisecond'
+-- Due jobs of a type no node runs would wait forever, since nodes only
+-- claim their own types: fail them with the reason, but only once nobody
+-- has run the type for the grace $1 ms ([node] unknown_type_grace), so a
+-- restart of the only node of a type, or of every node in turn, fails
+-- nothing. A type was last run by a node at that node's heartbeat_at: its
+-- last beat, or its stop (stop_node); a node that is not stopped counts as
+-- running it for at least the heartbeat timeout $2 ms after its last beat
+-- (it may only be slow); forge_job_types remembers the types of reaped
+-- registrations (reap_nodes). The job itself must have been due for the
+-- grace too, so a type deployed to the dispatchers before the workers has
+-- as long. Only when the sweeping node $3 is itself live, so a node whose
+-- own registration is stale never judges the others.
+-- The cost is bounded on a huge backlog: per priority (0-3, the CHECK of
+-- 0001), only the 2,500 claimable rows due longest, a range of the
+-- forge_jobs_claimable index that is empty unless jobs have waited past
+-- the grace; the types among them are judged once each.
+WITH judge AS MATERIALIZED (
+    SELECT 1 FROM forge_nodes
+    WHERE id = $3 AND stopped_at IS NULL
+      AND heartbeat_at > now() - $2::float8 * interval '1 millisecond'
+), due AS MATERIALIZED (
+    SELECT waiting.id, waiting.job_type FROM generate_series(0, 3) AS p(priority)
+    CROSS JOIN LATERAL (
+        SELECT id, job_type FROM forge_jobs
+        WHERE claimed_by IS NULL AND failed_at IS NULL
+          AND priority = p.priority
+          AND scheduled_at <= now() - $1::float8 * interval '1 millisecond'
+        ORDER BY scheduled_at, id
+        LIMIT 2500) AS waiting
+    WHERE EXISTS (SELECT 1 FROM judge)
+), unrun AS MATERIALIZED (
+    SELECT t.job_type FROM (SELECT DISTINCT job_type FROM due) AS t
+    WHERE NOT EXISTS (
+        SELECT 1 FROM forge_nodes AS n
+        WHERE t.job_type = ANY(n.job_types)
+          AND n.heartbeat_at > now() - interval '1 millisecond' * CASE
+              WHEN n.stopped_at IS NULL THEN greatest($1::float8, $2::float8) ELSE $1::float8 END)
+      AND NOT EXISTS (
+        SELECT 1 FROM forge_job_types AS k
+        WHERE k.job_type = t.job_type
+          AND k.seen_at > now() - $1::float8 * interval '1 millisecond')
 ), orphaned AS (
     SELECT j.id FROM forge_jobs AS j
-    WHERE j.id IN (
-        SELECT due.id FROM due
-        WHERE due.scheduled_at <= now() - $1::float8 * interval '1 millisecond'
-          AND NOT EXISTS (SELECT 1 FROM live WHERE due.job_type = ANY(live.job_types)))
+    WHERE j.id IN (SELECT due.id FROM due JOIN unrun ON unrun.job_type = due.job_type)
       AND j.claimed_by IS NULL AND j.failed_at IS NULL
-      AND EXISTS (SELECT 1 FROM live WHERE live.id = $2)
     LIMIT 1000
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -370,8 +391,9 @@ UPDATE forge_jobs AS j
 SET status = 'failed', failed_at = now(),
     last_error = jsonb_build_object(
         'type', 'forge.errors.UnknownJobType',
-        'message', format('no live node runs job type %L (job %s): register it with '
-                          '@forge.job in a module listed in [app] modules', j.job_type, j.id),
+        'message', format('no node has run job type %L for %s (job %s): register it with '
+                          '@forge.job in a module listed in [app] modules',
+                          j.job_type, $1::float8 * interval '1 millisecond', j.id),
         'attempt', j.attempts)
 FROM orphaned
 WHERE j.id = orphaned.id AND j.claimed_by IS NULL AND j.failed_at IS NULL
@@ -381,12 +403,23 @@ RETURNING j.id;
 -- Registrations of nodes gone for $1 ms (the core passes max(10 x heartbeat
 -- timeout, 1 hour), so stopped nodes stay visible in forge_nodes for an
 -- hour and a paused node is long rescued first). Never a node that still
--- has forge_claims rows: every job it holds is listed in one of them.
-DELETE FROM forge_nodes
-WHERE id IN (
-    SELECT n.id FROM forge_nodes AS n
-    WHERE n.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
-      AND NOT EXISTS (SELECT 1 FROM forge_claims AS c WHERE c.owner = n.id)
-    LIMIT 1000
-    FOR UPDATE OF n SKIP LOCKED)
-RETURNING id;
+-- has forge_claims rows: every job it holds is listed in one of them. What
+-- a deleted row says about its job types (when they were last run there)
+-- is kept in forge_job_types, for fail_unknown_types' grace.
+WITH gone AS (
+    DELETE FROM forge_nodes
+    WHERE id IN (
+        SELECT n.id FROM forge_nodes AS n
+        WHERE n.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
+          AND NOT EXISTS (SELECT 1 FROM forge_claims AS c WHERE c.owner = n.id)
+        LIMIT 1000
+        FOR UPDATE OF n SKIP LOCKED)
+    RETURNING id, job_types, heartbeat_at
+), remembered AS (
+    INSERT INTO forge_job_types (job_type, seen_at)
+    SELECT t.job_type, max(gone.heartbeat_at)
+    FROM gone CROSS JOIN LATERAL unnest(gone.job_types) AS t(job_type)
+    GROUP BY t.job_type
+    ON CONFLICT (job_type) DO UPDATE SET seen_at = greatest(forge_job_types.seen_at, excluded.seen_at)
+)
+SELECT id FROM gone;
