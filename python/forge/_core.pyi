@@ -167,6 +167,10 @@ class Core:
         report of them is fenced unless the row is still this node's lease."""
     def in_flight(self) -> int:
         """How many jobs this core holds leases for."""
+    def unwritten_outcomes(self) -> int:
+        """How many job outcomes (complete, fail, release) were reported but
+        are not written yet: after a failed final flush, the jobs a stop
+        leaves held, to be rescued by another node."""
     def flush(self, timeout_ms: int) -> bool:
         """Block (without the GIL) until every report made so far is written; False on timeout."""
     def stats(self) -> dict[str, int]:

@@ -145,7 +145,8 @@ impl Core {
         Ok(logs)
     }
 
-    fn send(&self, report: Report) -> Result<(), CoreError> {
+    /// Queues `report`; its sequence number.
+    fn send(&self, report: Report) -> Result<u64, CoreError> {
         self.check()?;
         let mut reporter = lock(&self.reporter);
         let seq = reporter.seq + 1;
@@ -154,11 +155,11 @@ impl Core {
             .send((seq, report))
             .map_err(|_| CoreError::Closed)?;
         reporter.seq = seq;
-        Ok(())
+        Ok(seq)
     }
 
     pub fn start(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
-        self.send(Report::Start { id, attempt })
+        self.send(Report::Start { id, attempt }).map(drop)
     }
 
     /// Ends the lease of (id, attempt) with the report `make` builds from
@@ -173,9 +174,10 @@ impl Core {
     ) -> Result<(), CoreError> {
         self.check()?;
         let ended = lock(&self.shared.inflight).remove(id, attempt);
-        self.send(make(ended.as_ref().map(|e| e.job_type.as_str())))?;
+        let seq = self.send(make(ended.as_ref().map(|e| e.job_type.as_str())))?;
+        self.shared.sent_outcome(seq);
         match ended.and_then(|e| e.closes) {
-            Some(claim) => self.send(Report::CloseClaim { claim }),
+            Some(claim) => self.send(Report::CloseClaim { claim }).map(drop),
             None => Ok(()),
         }
     }
@@ -226,6 +228,7 @@ impl Core {
             percent,
             message,
         })
+        .map(drop)
     }
 
     /// Milliseconds since the last heartbeat round that succeeded was sent.
@@ -244,6 +247,12 @@ impl Core {
     pub fn in_flight(&self) -> Result<usize, CoreError> {
         self.check()?;
         Ok(lock(&self.shared.inflight).len())
+    }
+
+    /// Job outcomes (complete, fail, release) reported but not yet written.
+    pub fn unwritten_outcomes(&self) -> Result<usize, CoreError> {
+        self.check()?;
+        Ok(self.shared.unwritten_outcomes())
     }
 
     /// Blocks (the caller releases the GIL) until every report sent before

@@ -297,6 +297,10 @@ impl Core {
         Ok(self.0.in_flight()?)
     }
 
+    fn unwritten_outcomes(&self) -> PyResult<usize> {
+        Ok(self.0.unwritten_outcomes()?)
+    }
+
     fn flush(&self, py: Python<'_>, timeout_ms: i64) -> PyResult<bool> {
         let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
         Ok(py.detach(|| self.0.flush(timeout))?)
