@@ -12,6 +12,15 @@ ledger_transitions   one row per status change of forge_jobs, written by an
                      (role: claim, main, heartbeat, maintenance).
 ledger_executions    'start'/'end' rows the fault jobs write in their own
                      autocommit statements (tests/faults/app/faultjobs.py).
+ledger_acked         the ids dispatch acknowledged to the test's producer
+                     (scenarios.enqueue): "no job lost" is checked against
+                     them, so a row that vanished is a lost job.
+ledger_writes        every update of a job row that changes its status,
+                     lease, heartbeat, progress or result, with the writer's
+                     application_name ("forge <node id> <connection>", set by
+                     the core) and the lease (attempts, claimed_by) the row
+                     had before: "no stale write" checks that a node wrote
+                     only rows it held the lease of.
 ledger_faults        what the test did and saw: kills (with the pid and the
                      supervisor it belonged to), observed process deaths,
                      pauses, partitions, PostgreSQL restarts; `at` is the
@@ -88,10 +97,44 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE TABLE ledger_acked (
+    job_id   bigint PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TABLE ledger_writes (
+    seq            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id         bigint NOT NULL,
+    old_status     text NOT NULL,
+    new_status     text NOT NULL,
+    old_attempts   int NOT NULL,
+    new_attempts   int NOT NULL,
+    old_claimed_by uuid,
+    new_claimed_by uuid,
+    writer         text NOT NULL DEFAULT current_setting('application_name'),
+    at             timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE FUNCTION ledger_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_writes (job_id, old_status, new_status, old_attempts, new_attempts,
+                               old_claimed_by, new_claimed_by)
+    VALUES (NEW.id, OLD.status, NEW.status, OLD.attempts, NEW.attempts, OLD.claimed_by, NEW.claimed_by);
+    RETURN NULL;
+END $$;
+
 CREATE TRIGGER ledger_insert AFTER INSERT ON forge_jobs
     FOR EACH ROW EXECUTE FUNCTION ledger_record();
 CREATE TRIGGER ledger_update AFTER UPDATE OF status ON forge_jobs
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION ledger_record();
+CREATE TRIGGER ledger_write AFTER UPDATE ON forge_jobs
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.claimed_by IS DISTINCT FROM NEW.claimed_by
+                       OR OLD.attempts IS DISTINCT FROM NEW.attempts
+                       OR OLD.heartbeat_at IS DISTINCT FROM NEW.heartbeat_at
+                       OR OLD.progress IS DISTINCT FROM NEW.progress
+                       OR OLD.progress_message IS DISTINCT FROM NEW.progress_message
+                       OR OLD.result IS DISTINCT FROM NEW.result)
+    EXECUTE FUNCTION ledger_write();
 
 CREATE TABLE ledger_executions (
     seq      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -137,11 +180,15 @@ _LEGAL_VALUES = ", ".join(
 CHECKS: list[tuple[str, str, str]] = [
     (
         "no job lost",
-        """SELECT id, job_type, status, attempts, crashes, last_error->>'type' AS error FROM forge_jobs
-           WHERE status <> 'completed'
-             AND NOT (id = ANY(%(expected_failed)s) AND status IN ('failed', 'dead_letter'))
-           ORDER BY id LIMIT 20""",
-        "every job ends completed, or failed/dead_letter only where the scenario expects it",
+        """SELECT a.job_id, j.job_type, coalesce(j.status, 'no row'), j.attempts, j.crashes,
+                  j.last_error->>'type' AS error
+           FROM ledger_acked a FULL JOIN forge_jobs j ON j.id = a.job_id
+           WHERE j.id IS NULL
+              OR (j.status <> 'completed'
+                  AND NOT (j.id = ANY(%(expected_failed)s) AND j.status IN ('failed', 'dead_letter')))
+           ORDER BY 1 LIMIT 20""",
+        "every job dispatch acknowledged still exists and ends completed (failed/dead_letter only where the"
+        " scenario expects it), and so does every other row",
     ),
     (
         "at most one completion",
@@ -196,6 +243,23 @@ CHECKS: list[tuple[str, str, str]] = [
            ORDER BY seq LIMIT 20""",
         "a completion is written by the lease owner of that attempt",
     ),
+    (
+        "no stale write",
+        """SELECT seq, job_id, old_status, new_status, old_attempts, old_claimed_by, writer
+           FROM (SELECT w.*, substring(w.writer FROM '^forge ([0-9a-f-]{36}) ')::uuid AS node,
+                        substring(w.writer FROM '^forge [0-9a-f-]{36} (\\w+)$') AS connection
+                 FROM ledger_writes w) w
+           WHERE CASE
+               WHEN node IS NULL THEN old_claimed_by IS NOT NULL OR new_claimed_by IS NOT NULL
+               WHEN connection = 'maintenance' THEN false
+               WHEN old_claimed_by IS NULL THEN NOT (new_status = 'claimed' AND new_claimed_by = node)
+               ELSE NOT (old_claimed_by = node AND old_status IN ('claimed', 'running'))
+           END
+           ORDER BY seq LIMIT 20""",
+        "a node writes a job row only as its claim, or while it holds the row's lease (its own id in claimed_by,"
+        " claimed or running), except its maintenance sweeps; and no write to a held row comes from an"
+        " unidentified session",
+    ),
 ]
 
 # Executions with their bounded end (see the module docstring).
@@ -241,12 +305,15 @@ EXEC_CHECKS: list[tuple[str, str, str]] = [
              AND x.ended IS NOT NULL
              AND NOT EXISTS (SELECT 1 FROM ledger_faults f
                   WHERE (f.pid = x.pid OR f.sup_pid = x.sup_pid OR f.kind LIKE 'pg_%%')
-                    AND f.at >= x.started - interval '50 ms')
+                    AND f.at >= x.started - interval '50 ms'
+                    AND f.at <= (SELECT min(later.started) FROM fault_execs later
+                                 WHERE later.job_id = x.job_id AND later.started > x.started))
              AND NOT EXISTS (SELECT 1 FROM ledger_transitions t
                   WHERE t.job_id = x.job_id AND t.old_attempts = x.attempt AND t.at >= x.started
                     AND t.new_status IN ('retry', 'failed'))
            ORDER BY x.job_id LIMIT 20""",
-        "an execution that ran to its end is repeated only if a fault hit its worker or node, or it failed",
+        "an execution that ran to its end is repeated only if a fault hit its worker or node (or PostgreSQL)"
+        " between its start and the next execution's, or it failed",
     ),
 ]
 
@@ -260,6 +327,11 @@ class Report:
 
 def install(conn: psycopg.Connection[Any]) -> None:
     conn.execute(LEDGER_SQL)
+
+
+def record_acked(conn: psycopg.Connection[Any], job_ids: list[int]) -> None:
+    """The ids dispatch acknowledged (returned) to the test's producer."""
+    conn.execute("INSERT INTO ledger_acked (job_id) SELECT unnest(%s::bigint[])", (job_ids,))
 
 
 def record_fault(conn: psycopg.Connection[Any], kind: str, *, pid: int | None = None,

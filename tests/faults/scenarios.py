@@ -16,7 +16,8 @@ TERMINAL = ("completed", "failed", "dead_letter")
 
 def enqueue(url: str, n: int, *, job_type: str = "fault_work", ms: int | tuple[int, int] = 0,
             max_attempts: int = 25, input: Any = None) -> list[int]:
-    """Insert n jobs with SQL (as forge.dispatch_many would: one statement); their ids."""
+    """Insert n jobs with SQL (as forge.dispatch_many would: one statement); their ids, recorded in the ledger as
+    acknowledged, so a job that later vanishes is found lost."""
     if isinstance(ms, tuple):
         ms_sql = f"({ms[0]} + floor(random() * {ms[1] - ms[0] + 1}))::int"
     else:
@@ -32,7 +33,9 @@ def enqueue(url: str, n: int, *, job_type: str = "fault_work", ms: int | tuple[i
                 f"INSERT INTO forge_jobs (job_type, input, max_attempts)"
                 f" SELECT %s, jsonb_build_object('ms', {ms_sql}), %s FROM generate_series(1, %s) RETURNING id",
                 (job_type, max_attempts, n)).fetchall()
-    return [r[0] for r in rows]
+        ids = [r[0] for r in rows]
+        ledger.record_acked(conn, ids)
+    return ids
 
 
 def counts(url: str) -> dict[str, int]:
