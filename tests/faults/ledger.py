@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -335,10 +336,13 @@ def record_acked(conn: psycopg.Connection[Any], job_ids: list[int]) -> None:
 
 
 def record_fault(conn: psycopg.Connection[Any], kind: str, *, pid: int | None = None,
-                 sup_pid: int | None = None, detail: str | None = None) -> None:
+                 sup_pid: int | None = None, detail: str | None = None, at: datetime | None = None) -> None:
+    """A fault the test caused or saw; `at` when it was seen, if not now (the database runs on this machine's
+    clock, so a time taken here compares with its clock_timestamp())."""
     conn.execute(
-        "INSERT INTO ledger_faults (kind, pid, sup_pid, detail) VALUES (%s, %s, %s, %s)",
-        (kind, pid, sup_pid, detail),
+        "INSERT INTO ledger_faults (kind, pid, sup_pid, detail, at)"
+        " VALUES (%s, %s, %s, %s, coalesce(%s, clock_timestamp()))",
+        (kind, pid, sup_pid, detail, at),
     )
 
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from .conftest import Results
-from .harness import FaultCluster, Node, alive, record, stopped, wait_for, watch_deaths
+from .harness import DeathWatcher, FaultCluster, Node, alive, record, stopped, wait_for, watch_deaths
 from .nemesis import Nemesis, seed_from_env
 from .proxy import Proxy
 from .scenarios import Producer, db_now, diagnose, enqueue, final_check, unfinished, wait_finished
@@ -213,6 +213,39 @@ def test_postgres_restarts(fault_cluster: FaultCluster, fault_db: str, make_node
         ("restart_immediate", lambda: fault_cluster.restart("immediate")),
         ("down_10s", lambda: fault_cluster.stop_for(10.0)),
     ])
+
+
+@pytest.mark.timeout(180)
+def test_outage_longer_than_the_lease(fault_cluster: FaultCluster, fault_db: str, make_node: MakeNode,
+                                      results: Results) -> None:
+    """PostgreSQL down for 6 s, twice the 3 s lease, while 4-second jobs run: every node fences itself (kills its
+    workers) before the lease runs out, lives on, and once PostgreSQL is back the jobs run again; none is lost,
+    none runs twice at once."""
+    nodes = [make_node(f"n{i}", workers=2).start() for i in range(2)]
+    pids = [n.pid for n in nodes]
+    watcher = DeathWatcher(fault_db, nodes).start()
+    long_ids = enqueue(fault_db, 4, ms=4000)
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT count(*) FROM forge_jobs WHERE status = 'running'").fetchone()[0] >= 4,
+                 30, "the long jobs to run", every=0.05)
+    short_ids = enqueue(fault_db, 300, ms=(0, 5))
+    downtime = fault_cluster.stop_for(6.0)
+    record(fault_db, "pg_down_6s", detail=f"{downtime:.2f}s")
+    back = time.monotonic()
+    wait_finished(fault_db, nodes, 90, long_ids + short_ids)
+    recovery = time.monotonic() - back
+    deaths = watcher.stop()
+    survived = {n.name: n.running() and n.pid == pid for n, pid in zip(nodes, pids)}
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, "outage-past-lease")
+    results.write("outage-past-lease", {"downtime_seconds": round(downtime, 2),
+                                        "all_finished_after_seconds": round(recovery, 2),
+                                        "worker_deaths": len(deaths), "survived": survived, **stop,
+                                        **report.figures})
+    assert all(survived.values()), f"supervisors did not survive: {survived}\n{diagnose(fault_db, nodes)}"
+    assert len(deaths) >= 4, f"the workers running the long jobs were not fenced: deaths {deaths}"
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
 
 
 @pytest.mark.slow
