@@ -32,13 +32,12 @@ from typing import Any, NamedTuple
 
 from .._core import ClaimedJob, Core
 from ..config import NodeConfig
-from ..errors import UnknownJobType
 from ..job import Job
 from .arbiter_log import Throughput, dump_state, log_failure
 from .demand import Demand, credits
 from .lease import LeaseClock, fence_after
 from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, RunJob, Spawned, WorkerSettings, encode
-from .settle import CRASH_CLASS, HAND_BACK, error_json, killed_job_error
+from .settle import fail_unknown, settle_head
 from .slot import JobDurations, Slot
 from .zygote import Zygote
 
@@ -305,21 +304,12 @@ class Arbiter:
         """The worker process ended: settle its jobs, then replace it unless stopping."""
         self._close(slot)
         if slot.jobs:
-            self._settle_head(slot.jobs.popleft(), slot.kill_reason, status)
+            head = slot.jobs.popleft()
+            settle_head(self.core, head, slot.kill_reason, status, self.jobs.get(head.job_type), self._fence_after)
             self._hand_back_held(slot)
         slot.reset()
         if self.state is State.RUNNING:
             self._spawn(slot)
-
-    def _settle_head(self, job: ClaimedJob, reason: str | None, status: int | None) -> None:
-        if reason in HAND_BACK:
-            self.core.release(job.id, job.attempt)
-            return
-        definition = self.jobs.get(job.job_type)
-        error = killed_job_error(job, reason, status, definition, self._fence_after)
-        retryable = definition.retry.retries(error) if definition else True
-        _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
-        self.core.fail(job.id, job.attempt, retryable, error_json(error, job.attempt), crashed=reason in CRASH_CLASS)
 
     def _hand_back_held(self, slot: Slot) -> None:
         """Hand back every job a worker still holds: none of them started."""
@@ -418,18 +408,10 @@ class Arbiter:
                 self.core.release(job.id, job.attempt)
                 continue
             if job.job_type not in self.jobs:
-                self._unknown(job)
+                fail_unknown(self.core, job)
                 continue
             self._seq += 1
             heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
-
-    def _unknown(self, job: ClaimedJob) -> None:
-        """Claims are filtered by job type, so this only happens if the registry changed under us."""
-        error = UnknownJobType(
-            f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as"
-        )
-        _log.error("%s", error)
-        self.core.fail(job.id, job.attempt, True, error_json(error, job.attempt))
 
     def _assign(self, now: float) -> None:
         """Hand queued jobs to workers that accept them, best first; one write per worker."""
