@@ -13,6 +13,8 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
      batch of frames in one write when the jobs are known to be short;
   5. grants the core claim credits for the room the workers have, plus a
      prefetch (how many: demand.py).
+The loop wakes at least every lease.refresh_period, so the lease page the
+zygote watches is never older than the renewals allow.
 Per job the arbiter does O(1) work: decode one frame, one call into the core,
 encode one frame. A worker that dies fails only the job it was running; the
 jobs waiting behind it go back unrun.
@@ -35,7 +37,8 @@ from ..config import NodeConfig
 from ..job import Job
 from .arbiter_log import Throughput, dump_state, log_failure
 from .demand import Demand, credits
-from .lease import LeaseClock, fence_after
+from .lease import LeaseClock, RenewalDates, fence_after, refresh_period
+from .lease import now as lease_now
 from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, RunJob, Spawned, WorkerSettings, encode
 from .settle import fail_unknown, settle_head
 from .slot import JobDurations, Slot
@@ -43,8 +46,6 @@ from .zygote import Zygote
 
 _log = logging.getLogger("forge.arbiter")
 
-#: How often the loop wakes with nothing to do, for housekeeping, in seconds.
-_IDLE_WAKE = 1.0
 #: How long to wait for the zygote to report killed workers during shutdown.
 _EXIT_WAIT = 5.0
 
@@ -87,6 +88,8 @@ class Arbiter:
         assert node.prefetch is not None  # NodeConfig.__post_init__ defaults it to workers
         self._spares: int = node.prefetch
         self._fence_after = fence_after(node.heartbeat_timeout)
+        self._refresh = refresh_period(self._fence_after)  # the longest the loop sleeps
+        self._renewals = RenewalDates(time.monotonic(), lease_now())
         self._fenced = False
         self._by_pid: dict[int, Slot] = {}
         self._queue: list[_Queued] = []
@@ -108,14 +111,14 @@ class Arbiter:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._selector.register(self.zygote.fileno(), selectors.EVENT_READ, self._on_zygote)
         self._selector.register(self.core.fileno(), selectors.EVENT_READ, self._on_core)
-        self._watch_lease(time.monotonic())
+        self._watch_lease()
         for slot in self.slots:
             self._spawn(slot)
         while not self._finished():
             self._wait(self._timeout())
             self._handle_signals()
             now = time.monotonic()
-            self._watch_lease(now)
+            self._watch_lease()
             self._enforce_deadlines(now)
             self._assign(now)
             self._grant_credits()
@@ -129,7 +132,7 @@ class Arbiter:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        moments = [now + _IDLE_WAKE]
+        moments = [now + self._refresh]
         for slot in self.slots:
             moments.extend(t for t in (slot.deadline, slot.beat_deadline, slot.sigkill_at) if t is not None)
         if self._queue:
@@ -330,10 +333,13 @@ class Arbiter:
 
     # -- the lease ------------------------------------------------------------
 
-    def _watch_lease(self, now: float) -> None:
-        """Share the lease age with the zygote; fence this node while it is stale."""
-        age = self.core.lease_age_ms() / 1000.0
-        self.lease.renewed(now - age)
+    def _watch_lease(self) -> None:
+        """Share the last renewal with the zygote; fence this node while it is stale."""
+        age_ms = self.core.lease_age_ms()
+        now = lease_now()
+        renewed = self._renewals.date(age_ms / 1000.0, time.monotonic(), now)
+        self.lease.renewed(renewed)
+        age = now - renewed
         stale = age > self._fence_after
         if stale and not self._fenced:
             _log.error(

@@ -30,15 +30,13 @@ import traceback
 import msgspec
 
 from . import worker
-from .lease import LeaseClock
+from .lease import LeaseClock, watch_period
+from .lease import now as lease_now
 from .protocol import Exited, Fenced, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
 
 _PR_SET_PDEATHSIG = 1
 #: A worker that could not even start its loop exits with this code.
 EXIT_WORKER_BOOT_FAILED = 70
-#: How often the zygote looks at the lease clock, in seconds.
-_WATCH_EVERY = 0.1
-
 
 class Zygote:
     """The supervisor's handle on its fork server."""
@@ -115,6 +113,7 @@ class _Server:
         self.sock = sock
         self.lease = lease
         self.fence_after = fence_after
+        self.watch_every = watch_period(fence_after)
         self.workers: set[int] = set()
         self.fenced = False
         self.warmed = False
@@ -131,7 +130,7 @@ class _Server:
         selector.register(wake_r, selectors.EVENT_READ)
         reader = FrameReader(Spawn)
         while True:
-            events = selector.select(_WATCH_EVERY)
+            events = selector.select(self.watch_every)
             if not events and self.workers and not self.warmed:
                 self._warm()
             for key, _ in events:
@@ -156,7 +155,7 @@ class _Server:
 
     def _watch_lease(self) -> None:
         """Kill every worker once when the lease clock goes stale; re-arm when it is renewed."""
-        stale = self.lease.age(time.monotonic()) > self.fence_after
+        stale = self.lease.age(lease_now()) > self.fence_after
         if stale and not self.fenced and self.workers:
             pids = sorted(self.workers)
             self.sock.send(encode(Fenced(pids)))
