@@ -103,9 +103,15 @@ class Slot:
         self.jobs.append(job)
 
     def kill(self, reason: str, kill_grace: float, *, at_once: bool = False) -> None:
-        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once."""
+        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once.
+
+        The worker's socket is half-closed first: that is how the worker tells
+        this SIGTERM from one sent to a whole process group or cgroup (signals.py).
+        """
         self.kill_reason = reason
         self.deadline = self.beat_deadline = None
+        if self.sock is not None:
+            self.sock.shutdown(socket.SHUT_WR)
         if at_once:
             self.sigkill_at = None
             self.signal_group(signal.SIGKILL)

@@ -6,8 +6,11 @@ the zygote first, while it is still single-threaded and has only imported the
 app, and from then on every worker is forked by the zygote, never by the
 supervisor. The zygote runs no job code and opens no connection; it only:
   - forks a worker for each Spawn frame, on the socket passed with it,
-  - reaps its workers and reports each exit status (Exited),
+  - reaps its workers, kills what each left behind (descendants.py) and
+    reports each exit status (Exited),
   - dies with the supervisor (PR_SET_PDEATHSIG), and its workers die with it;
+    it ignores the supervisor's signals (signals.py), and when the supervisor
+    closes the channel it kills what is left of its workers, then exits;
   - once its first workers are up and it is idle, imports psycopg (which forge
     itself does not load at import), so workers forked later have ctx.db's
     driver loaded; the first ones load it on their first ctx.db.
@@ -30,13 +33,18 @@ import traceback
 import msgspec
 
 from . import worker
+from .descendants import become_subreaper, kill_leftovers
 from .lease import LeaseClock, watch_period
 from .lease import now as lease_now
 from .protocol import Exited, Fenced, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
+from .signals import worker_signals, zygote_signals
 
 _PR_SET_PDEATHSIG = 1
 #: A worker that could not even start its loop exits with this code.
 EXIT_WORKER_BOOT_FAILED = 70
+#: How long the zygote, told to stop, waits for what is left of its workers to die, in seconds.
+_STOP_WAIT = 1.0
+
 
 class Zygote:
     """The supervisor's handle on its fork server."""
@@ -120,8 +128,8 @@ class _Server:
 
     def serve(self, parent: int) -> int:
         die_with_parent(parent)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        become_subreaper()
+        zygote_signals()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -137,6 +145,7 @@ class _Server:
                 if key.fileobj is self.sock:
                     data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
                     if not data:
+                        self._stop()
                         return 0
                     for spawn in reader.feed(data):
                         pid = _fork_worker(spawn, fds[0], self.sock, (wake_r, wake_w))
@@ -167,15 +176,38 @@ class _Server:
         self.fenced = stale
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self.workers.discard(pid)
-            self.sock.send(encode(Exited(pid, status)))
+        """Reap every child that ended; kill what ended workers left, then report their exits."""
+        exits, reaped = [], False
+        for pid, status in _ended_children():
+            reaped = True
+            if pid in self.workers:
+                self.workers.discard(pid)
+                exits.append(Exited(pid, status))
+        if reaped:  # a leftover that ended may have left children of its own
+            kill_leftovers(self.workers)
+        for exited in exits:
+            self.sock.send(encode(exited))
+
+    def _stop(self) -> None:
+        """The supervisor is done: kill the workers still here and all they left, and reap them, briefly."""
+        deadline = time.monotonic() + _STOP_WAIT
+        while kill_leftovers(()) and time.monotonic() < deadline:
+            for _ in _ended_children():
+                pass
+            time.sleep(0.01)
+
+
+def _ended_children() -> list[tuple[int, int]]:
+    """(pid, wait status) of every child that has ended, reaped."""
+    ended: list[tuple[int, int]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        ended.append((pid, status))
 
 
 def _fork_worker(spawn: Spawn, fd: int, control: socket.socket, wake: tuple[int, int]) -> int:
@@ -208,11 +240,13 @@ def _fork_worker(spawn: Spawn, fd: int, control: socket.socket, wake: tuple[int,
 def _worker_main(zygote: int, fd: int, settings: WorkerSettings) -> int:
     os.setpgid(0, 0)
     die_with_parent(zygote)
-    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+    become_subreaper()
+    sock = socket.socket(fileno=fd)
+    worker_signals(sock)
+    for signum in (signal.SIGCHLD, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger().setLevel(settings.log_level.upper())
-    return worker.serve(socket.socket(fileno=fd), settings)
+    return worker.serve(sock, settings)
 
 
 def _drain(fd: int) -> None:
