@@ -129,6 +129,18 @@ class FrameReader(Generic[M]):
             return None
         return self.feed(self._scratch[:size])
 
+    def receive_one(self, sock: socket.socket) -> M | None:
+        """Read exactly one message from a blocking `sock`, not a byte past it; None at the end of the stream.
+
+        What follows stays in the socket, where its writer can still take it back
+        unread (supervisor/outbox.py). Not to be mixed with receive() or feed().
+        """
+        header = _read_exactly(sock, _LENGTH.size)
+        if header is None:
+            return None
+        body = _read_exactly(sock, _LENGTH.unpack(header)[0])
+        return None if body is None else self._decoder.decode(body)
+
     def feed(self, data: bytes | memoryview) -> list[M]:
         """Add received bytes; return every message now complete."""
         self._buffer += data
@@ -144,6 +156,19 @@ class FrameReader(Generic[M]):
                 offset = end
         del self._buffer[:offset]
         return messages
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytearray | None:
+    """`size` bytes from `sock`, or None if the stream ends first."""
+    data = bytearray(size)
+    with memoryview(data) as view:
+        got = 0
+        while got < size:
+            count = sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)
+            if not count:
+                return None
+            got += count
+    return data
 
 
 def error_payload(error_type: str, message: str, attempt: int, traceback: str | None = None) -> bytes:

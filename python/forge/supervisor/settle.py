@@ -21,11 +21,14 @@ HAND_BACK = frozenset({"shutdown"})
 CRASH_CLASS = frozenset({None, "fenced", "lost"})
 
 
-def settle_head(core: Core, job: ClaimedJob, reason: str | None, status: int | None,
+def settle_head(core: Core, job: ClaimedJob, started: bool, reason: str | None, status: int | None,
                 definition: Job[Any] | None, fence_after: float) -> None:
-    """Record the head job of a worker that ended for `reason` (None: on its own) with wait `status`:
-    handed back uncharged if the kill hands it back, else failed, a crash if it is one."""
-    if reason in HAND_BACK:
+    """Record the head job of a worker that ended for `reason` (None: on its own) with wait `status`.
+
+    Handed back uncharged if the worker never read its frame whole (it cannot
+    have run it) or the kill hands it back; else failed, a crash if it is one.
+    """
+    if not started or reason in HAND_BACK:
         core.release(job.id, job.attempt)
         return
     error = killed_job_error(job, reason, status, definition, fence_after)

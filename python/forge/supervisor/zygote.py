@@ -76,13 +76,17 @@ class Zygote:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, slot: int, settings: WorkerSettings) -> socket.socket:
-        """Ask for a worker for `slot`; returns the supervisor's end of its socket."""
+    def spawn(self, slot: int, settings: WorkerSettings) -> tuple[socket.socket, socket.socket]:
+        """Ask for a worker for `slot`; returns both ends of its socket: the supervisor's, and the worker's.
+
+        The supervisor keeps the worker's end too, to take back frames the worker
+        has not read yet (outbox.py); so it never reads an end of stream on its own
+        end, and learns of the worker's end from the zygote (Exited).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         frame = encode(Spawn(slot, msgspec.msgpack.encode(settings)))
         socket.send_fds(self.sock, [frame], [theirs.fileno()])
-        theirs.close()
-        return ours
+        return ours, theirs
 
     def receive(self) -> list[FromZygote] | None:
         """Spawned/Exited reports now readable; None when the zygote is gone."""
