@@ -231,7 +231,7 @@ def measure(ctx: forge.JobContext, input: str) -> int:
     return len(input)
 
 
-@forge.job
+@forge.job(retry=forge.Retry(max_attempts=1))
 def keeps_a_daemon(ctx: forge.JobContext, input: Sleep) -> bool:
     """Starts a daemon (double fork), waits input.seconds, then stops it: whether it still ran by then."""
     read_end, write_end = os.pipe()
@@ -243,7 +243,10 @@ def keeps_a_daemon(ctx: forge.JobContext, input: Sleep) -> bool:
     with os.fdopen(read_end) as pids:
         pid = int(pids.readline())
     time.sleep(input.seconds)
-    with open(f"/proc/{pid}/stat") as stat:
-        running = stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            running = stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:  # killed and reaped
+        return False
     os.kill(pid, 9)
     return running
