@@ -135,11 +135,11 @@ class FrameReader(Generic[M]):
         What follows stays in the socket, where its writer can still take it back
         unread (supervisor/outbox.py). Not to be mixed with receive() or feed().
         """
-        header = _read_exactly(sock, _LENGTH.size)
-        if header is None:
+        if not _fill(sock, self._scratch[: _LENGTH.size]):
             return None
-        body = _read_exactly(sock, _LENGTH.unpack(header)[0])
-        return None if body is None else self._decoder.decode(body)
+        (size,) = _LENGTH.unpack_from(self._scratch)
+        body = self._scratch[:size] if size <= _READ_SIZE else memoryview(bytearray(size))
+        return self._decoder.decode(body) if _fill(sock, body) else None
 
     def feed(self, data: bytes | memoryview) -> list[M]:
         """Add received bytes; return every message now complete."""
@@ -158,17 +158,15 @@ class FrameReader(Generic[M]):
         return messages
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytearray | None:
-    """`size` bytes from `sock`, or None if the stream ends first."""
-    data = bytearray(size)
-    with memoryview(data) as view:
-        got = 0
-        while got < size:
-            count = sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)
-            if not count:
-                return None
-            got += count
-    return data
+def _fill(sock: socket.socket, view: memoryview) -> bool:
+    """Fill `view` from `sock`; False if the stream ends first."""
+    got = 0
+    while got < len(view):
+        count = sock.recv_into(view[got:], len(view) - got, socket.MSG_WAITALL)
+        if not count:
+            return False
+        got += count
+    return True
 
 
 def error_payload(error_type: str, message: str, attempt: int, traceback: str | None = None) -> bytes:
