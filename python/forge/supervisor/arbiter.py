@@ -8,9 +8,9 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
      SIGKILL after kill_grace), prefetched jobs held too long, the shutdown grace,
      and the lease: when the core has not renewed this node's leases for
      fence_after, or finds a lease lost, the workers concerned are SIGKILLed
-     so that no job runs here while another node runs it;
-     Jobs queued behind a head that turns out long are taken back, unstarted,
-     for other workers (slot.take_back_waiting);
+     so that no job runs here while another node runs it; and the jobs queued
+     behind a head that turns out long are taken back, unstarted, for other
+     workers (slot.Slot.take_back_waiting);
   4. hands claimed jobs to workers, best priority first: one at a time, or a
      batch of frames in one write when the jobs are known to be short; writes
      never block: what a worker's socket does not take waits in its outbox;

@@ -153,7 +153,7 @@ class Slot:
         return self.outbox.first_read()
 
     def drop_held(self) -> list[ClaimedJob]:
-        """Forget every job held (they never started: the worker exits without reading further); them."""
+        """Forget every job held, and its frame; return them, the head first."""
         held = list(self.jobs)
         self.jobs.clear()
         self.outbox = Outbox()

@@ -181,13 +181,10 @@ class _Server:
 
     def _reap(self) -> None:
         """Reap every child that ended; kill what ended workers left, then report their exits."""
-        exits, reaped = [], False
-        for pid, status in _ended_children():
-            reaped = True
-            if pid in self.workers:
-                self.workers.discard(pid)
-                exits.append(Exited(pid, status))
-        if reaped:  # a leftover that ended may have left children of its own
+        ended = _ended_children()
+        exits = [Exited(pid, status) for pid, status in ended if pid in self.workers]
+        self.workers.difference_update(exited.pid for exited in exits)
+        if ended:  # a leftover that ended may have left children of its own
             kill_leftovers(self.workers)
         for exited in exits:
             self.sock.send(encode(exited))
@@ -196,8 +193,7 @@ class _Server:
         """The supervisor is done: kill the workers still here and all they left, and reap them, briefly."""
         deadline = time.monotonic() + _STOP_WAIT
         while kill_leftovers(()) and time.monotonic() < deadline:
-            for _ in _ended_children():
-                pass
+            _ended_children()
             time.sleep(0.01)
 
 
