@@ -38,7 +38,7 @@ from typing import Any
 from .._core import ClaimedJob, Core
 from ..config import NodeConfig
 from ..job import Job
-from .arbiter_log import Throughput, dump_state, log_failure
+from .arbiter_log import Throughput, dump_state, log_failure, log_take_back
 from .demand import Demand, credits
 from .lease import LeaseClock, RenewalDates, fence_after, refresh_period
 from .lease import now as lease_now
@@ -411,8 +411,10 @@ class Arbiter:
             elif slot.sigkill_at is not None and now >= slot.sigkill_at:
                 slot.sigkill_at = None
                 slot.signal_group(signal.SIGKILL)
-            elif take_back_at is not None and now >= take_back_at:
-                for job in slot.take_back_waiting():  # the head turned out long: they go to other workers
+            elif take_back_at is not None and now >= take_back_at:  # the head turned out long
+                taken = slot.take_back_waiting()
+                log_take_back(slot.jobs[0], now - slot.head_since, taken)
+                for job in taken:
                     self._queue.push(job, now)
                 self._write(slot)  # the rest of a frame the worker had begun, if any
         if self.state is State.DRAINING and now >= self._grace_ends:
