@@ -14,12 +14,12 @@ from ..supervisors import alive
 from .conftest import job_row, wait_for
 
 
-def test_no_descendant_survives_its_workers_timeout_kill(supervisor, db):
+def test_no_descendant_survives_its_workers_timeout_kill(supervisor, db, tmp_path):
     supervisor(workers=1)
-    job_id = forge.dispatch(db, jobs.leave_descendants, jobs.N(n=0))
-    wait_for(lambda: db.execute("SELECT count(*) FROM test_events WHERE job_id = %s", (job_id,)).fetchone()[0] == 2,
-             what="the job's descendants to start")
-    pids = [pid for (pid,) in db.execute("SELECT pid FROM test_events WHERE job_id = %s", (job_id,)).fetchall()]
+    pid_file = tmp_path / "descendants"
+    job_id = forge.dispatch(db, jobs.leave_descendants, jobs.Payload(log=str(pid_file)))
+    wait_for(lambda: pid_file.exists() and len(pid_file.read_text().split()) == 2, what="the job's descendants")
+    pids = [int(pid) for pid in pid_file.read_text().split()]
     try:
         wait_for(lambda: job_row(db, job_id)["status"] == "failed", what="the timeout kill")
         assert job_row(db, job_id)["last_error"]["type"] == "forge.errors.JobTimeout"
