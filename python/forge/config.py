@@ -199,7 +199,7 @@ def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[st
 #: What the Rust core accepts (rust/src/lib.rs, CoreSettings): its loops wait at least 1 ms, each duration it
 #: holds fits in 2^64 s, and its counts in an i32 (claim_batch: a u32). Refused here, with the key, not at boot.
 _CORE_INTERVALS = ("poll_interval", "heartbeat_interval", "heartbeat_timeout", "maintenance_interval")
-_CORE_DURATIONS = (*_CORE_INTERVALS, "dead_letter_after", "dead_letter_retain")
+_CORE_DURATIONS = (*_CORE_INTERVALS, "dead_letter_after", "dead_letter_retain", "unknown_type_grace")
 _CORE_MIN_INTERVAL = 0.001
 _CORE_MAX_SECONDS = 2.0**64
 _CORE_MAX_COUNTS = {"workers": 2**31 - 1, "max_crashes": 2**31 - 1, "claim_batch": 2**32 - 1}
