@@ -55,12 +55,7 @@ def test_a_job_that_ignores_sigterm_is_sigkilled_after_kill_grace(supervisor, db
 
 @pytest.mark.parametrize(
     "ignores_sigterm",
-    [
-        False,
-        pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-            "a child that ignores SIGTERM survives a timeout kill: the worker dies of the SIGTERM, the arbiter "
-            "forgets the slot with it, and the group's SIGKILL after kill_grace is never sent"))),
-    ],
+    [False, True],
     ids=["child", "child-ignoring-sigterm"],
 )
 def test_a_timeout_kill_reaches_the_jobs_children(supervisor, db, ignores_sigterm):
