@@ -49,18 +49,23 @@ def _failing(report: ledger.Report) -> set[str]:
     return {line.split("FAIL", 1)[1].split(":", 1)[0].strip() for line in report.text.splitlines() if "FAIL" in line}
 
 
-def _rescued_and_completed_elsewhere(conn: psycopg.Connection) -> int:
-    """A job A ran (attempt 1) until rescued as NodeLost, then B ran and completed attempt 2."""
-    job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
-    _as(conn, NODE_B, "maintenance")
-    conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
-                 " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
+def _run_attempt_2_on_b(conn: psycopg.Connection, job: int) -> None:
+    """B claims the job (attempt 2), runs and completes it, writing as B."""
     _as(conn, NODE_B)
     conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
                  (NODE_B, job))
     conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
     conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
     _as(conn, None)
+
+
+def _rescued_and_completed_elsewhere(conn: psycopg.Connection) -> int:
+    """A job A ran (attempt 1) until rescued as NodeLost, then B ran and completed attempt 2."""
+    job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+    _as(conn, NODE_B, "maintenance")
+    conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
+                 " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
+    _run_attempt_2_on_b(conn, job)
     return job
 
 
@@ -146,12 +151,7 @@ def _rescued_claim(conn: psycopg.Connection, rescuer: psycopg.Connection, change
     """A job A claimed but never started, rescued with `change`, then run and completed by B."""
     job = _job(conn, ("claimed", 1, NODE_A))
     rescuer.execute(f"UPDATE forge_jobs SET status = 'retry', claimed_by = NULL, {change} WHERE id = %s", (job,))
-    _as(conn, NODE_B)
-    conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
-                 (NODE_B, job))
-    conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
-    conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
-    _as(conn, None)
+    _run_attempt_2_on_b(conn, job)
     return job
 
 
