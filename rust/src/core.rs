@@ -7,16 +7,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::Report;
+use crate::batch::{Complete, Fail, Progress, Release, Report, Start};
 use crate::claim::{ClaimState, Claimed};
 use crate::config::{Config, Policies};
 use crate::db::Db;
 use crate::errors::CoreError;
 use crate::shared::{lock, Sequenced, Shared};
+use crate::storable::{error_text, not_storable, result_text};
 use crate::wake::Wake;
 use crate::{heartbeat, listener, maintenance, node, producer, reporter};
 
@@ -158,13 +159,13 @@ impl Core {
     }
 
     pub fn start(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
-        self.send(Report::Start { id, attempt })
+        let at = Instant::now();
+        self.send(Report::Start(Start { id, attempt, at }))
     }
 
-    /// Ends the lease of (id, attempt) with the report `make` builds from
-    /// the job's type (None when this attempt is not held), then, if it was
-    /// the last held job of its claim, queues the claim row's close after
-    /// that report, so the close is written after it.
+    /// Queues the report that ends (id, attempt), built by `make` from the
+    /// job's type (None when this attempt is not held). The lease is kept,
+    /// and renewed, until the reporter has written that report.
     fn end(
         &self,
         id: i64,
@@ -172,45 +173,79 @@ impl Core {
         make: impl FnOnce(Option<&str>) -> Report,
     ) -> Result<(), CoreError> {
         self.check()?;
-        let ended = lock(&self.shared.inflight).remove(id, attempt);
-        self.send(make(ended.as_ref().map(|e| e.job_type.as_str())))?;
-        match ended.and_then(|e| e.closes) {
-            Some(claim) => self.send(Report::CloseClaim { claim }),
-            None => Ok(()),
-        }
+        let report = make(lock(&self.shared.inflight).end(id, attempt));
+        self.send(report)
     }
 
-    pub fn complete(&self, id: i64, attempt: i32, result: Option<String>) -> Result<(), CoreError> {
-        self.end(id, attempt, |_| Report::Complete {
+    /// `result` is the JSON of the return value. One that cannot be stored
+    /// (storable.rs) fails the job instead, for good: the same code would
+    /// return the same value again.
+    pub fn complete(
+        &self,
+        id: i64,
+        attempt: i32,
+        result: Option<Vec<u8>>,
+    ) -> Result<(), CoreError> {
+        let at = Instant::now();
+        let report = match result.map(result_text).transpose() {
+            Ok(result) => Report::Complete(Complete {
+                id,
+                attempt,
+                result,
+                started: None,
+                at,
+            }),
+            Err(why) => self.not_storable(id, attempt, &why, at),
+        };
+        self.end(id, attempt, |_| report)
+    }
+
+    /// The failure, logged, of a job whose result cannot be stored.
+    fn not_storable(&self, id: i64, attempt: i32, why: &str, at: Instant) -> Report {
+        let message = format!("the result of job {id} (attempt {attempt}) cannot be stored: {why}");
+        self.shared.log("warning", message.clone());
+        Report::Fail(Fail {
             id,
             attempt,
-            result,
+            retryable: false,
+            delay_ms: 0.0,
+            error: not_storable(&message, attempt),
+            crashed: false,
+            started: None,
+            at,
         })
     }
 
     /// The retry delay comes from the policy of the job's type, known from
     /// its claim; a job this core does not hold gets the default policy (the
-    /// statement's lease guard fences it anyway).
+    /// statement's lease guard fences it anyway). Never refuses `error`: an
+    /// error the database refuses is replaced when written (reporter.rs).
     pub fn fail(
         &self,
         id: i64,
         attempt: i32,
         retryable: bool,
-        error: String,
+        error: Vec<u8>,
         crashed: bool,
     ) -> Result<(), CoreError> {
-        self.end(id, attempt, |job_type| Report::Fail {
-            id,
-            attempt,
-            retryable,
-            delay_ms: self.policies.delay_ms(job_type, attempt),
-            error,
-            crashed,
+        let at = Instant::now();
+        let error = error_text(error);
+        self.end(id, attempt, |job_type| {
+            Report::Fail(Fail {
+                id,
+                attempt,
+                retryable,
+                delay_ms: self.policies.delay_ms(job_type, attempt),
+                error,
+                crashed,
+                started: None,
+                at,
+            })
         })
     }
 
     pub fn release(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
-        self.end(id, attempt, |_| Report::Release { id, attempt })
+        self.end(id, attempt, |_| Report::Release(Release { id, attempt }))
     }
 
     pub fn progress(
@@ -220,12 +255,12 @@ impl Core {
         percent: i16,
         message: Option<String>,
     ) -> Result<(), CoreError> {
-        self.send(Report::Progress {
+        self.send(Report::Progress(Progress {
             id,
             attempt,
             percent,
             message,
-        })
+        }))
     }
 
     /// Milliseconds since the last heartbeat round that succeeded was sent.
