@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -30,6 +31,11 @@ use crate::streak::Streak;
 /// Reports written per flush at most, to bound statement size.
 const MAX_REPORTS_PER_FLUSH: usize = 10_000;
 
+/// How often reports are moved into the backlog while a batch is written
+/// or waits for its retry. Not at each report: waking the runtime thread
+/// for each would cost the Python thread that sends it a system call.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 /// The report loop: one batch per wake-up with what the backlog holds,
 /// written until it is (what the database refuses is replaced, never
 /// retried), then flush() waiters are released up to its last report.
@@ -37,7 +43,6 @@ pub async fn report(db: Arc<Db>, queue: mpsc::UnboundedReceiver<Sequenced>) {
     let shared = db.shared();
     let mut inbox = Inbox {
         queue,
-        open: true,
         backlog: Backlog::default(),
     };
     let mut streak = Streak::new("writing reports");
@@ -70,8 +75,6 @@ pub async fn report(db: Arc<Db>, queue: mpsc::UnboundedReceiver<Sequenced>) {
 /// The queue from Python and the backlog it is moved into.
 struct Inbox {
     queue: mpsc::UnboundedReceiver<Sequenced>,
-    /// Until the Core drops its sending end.
-    open: bool,
     backlog: Backlog,
 }
 
@@ -85,27 +88,30 @@ impl Inbox {
                 None => return false,
             }
         }
+        self.drain();
+        true
+    }
+
+    /// Moves what is queued into the backlog (at most a flush's worth of
+    /// reports per call, so a sender faster than this never holds it).
+    fn drain(&mut self) {
         for _ in 0..MAX_REPORTS_PER_FLUSH {
             match self.queue.try_recv() {
                 Ok((seq, report)) => self.backlog.push(seq, report),
                 Err(_) => break,
             }
         }
-        true
     }
 
-    /// Runs `work` to its end, moving reports into the backlog meanwhile,
-    /// so that they never pile up uncoalesced in the queue.
+    /// Runs `work` to its end, moving reports into the backlog every
+    /// DRAIN_EVERY meanwhile, so they never pile up uncoalesced in the queue.
     async fn while_receiving<T>(&mut self, work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         loop {
             tokio::select! {
                 biased;
                 out = &mut work => return out,
-                got = self.queue.recv(), if self.open => match got {
-                    Some((seq, report)) => self.backlog.push(seq, report),
-                    None => self.open = false,
-                },
+                _ = tokio::time::sleep(DRAIN_EVERY) => self.drain(),
             }
         }
     }
