@@ -75,10 +75,11 @@ def toml_key(key: str) -> str:
     return key if _BARE_KEY.fullmatch(key) else toml_string(key)
 
 
-def forge_toml(database_url: str, modules: Sequence[str], node: Mapping[str, TomlValue]) -> str:
-    """The text of a forge.toml: [database] url, [app] modules and the [node] table's settings."""
+def forge_toml(database_url: str | None, modules: Sequence[str], node: Mapping[str, TomlValue]) -> str:
+    """The text of a forge.toml: [database] url (none without one: the embedded default), [app] modules and
+    the [node] table's settings."""
     tables: dict[str, Mapping[str, TomlValue]] = {
-        "database": {"url": database_url},
+        **({} if database_url is None else {"database": {"url": database_url}}),
         "app": {"modules": list(modules)},
         "node": node,
     }
@@ -132,10 +133,12 @@ class Supervisor:
 
     `url` is what the supervisor connects to (written in its forge.toml); `direct_url` is PostgreSQL as the
     test reaches it, where it looks for the supervisor's forge_nodes row: the same unless the supervisor
-    goes through a proxy. `app_path` is put first on the supervisor's PYTHONPATH, for `modules`.
+    goes through a proxy. With url None the supervisor starts its embedded PostgreSQL: set direct_url once
+    its URL is known, before waiting for the registration. `app_path` is put first on the supervisor's
+    PYTHONPATH, for `modules`.
     """
 
-    def __init__(self, folder: Path, url: str, *, modules: Sequence[str], node: Mapping[str, TomlValue],
+    def __init__(self, folder: Path, url: str | None, *, modules: Sequence[str], node: Mapping[str, TomlValue],
                  app_path: Path, direct_url: str | None = None, name: str | None = None,
                  start_timeout: float = START_TIMEOUT) -> None:
         self.folder = folder
@@ -181,9 +184,11 @@ class Supervisor:
         """Wait until this run registered in forge_nodes (and, with `workers`, forked as many workers as its
         row says); record it in `runs` and return its node id. AssertionError if it exits or times out."""
         proc = self._proc()
+        direct_url = self.direct_url
+        assert direct_url is not None, f"{self.name}: no URL to look for its registration at"
 
         def registered() -> tuple[str, int] | None:
-            with psycopg.connect(self.direct_url, autocommit=True) as conn:
+            with psycopg.connect(direct_url, autocommit=True) as conn:
                 row = conn.execute(
                     "SELECT id::text, workers FROM forge_nodes WHERE pid = %s ORDER BY started_at DESC LIMIT 1",
                     (proc.pid,),

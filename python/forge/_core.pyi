@@ -54,20 +54,29 @@ class CoreSettings:
 
     heartbeat_timeout: a lease not renewed this long is rescued by any node's
     maintenance sweep; it also sets the client-side timeout of every statement
-    round and connection attempt (a third of it, within 1-10 s), so a
+    round and connection attempt (a third of it, within 1-10 s; the server's
+    statement_timeout is the same and its lock_timeout half of it), so a
     connection that hangs is replaced well before the leases expire.
+    fence_after: the supervisor's self-fencing limit
+    (forge.supervisor.lease.fence_after); a held lease whose job's row
+    another session keeps locked, so that the heartbeat cannot renew it, is
+    given up (reported by lost()) at the last round before it would be
+    older than that.
     max_crashes: crash-class endings (fail(crashed=True), a lost lease) after
     which a job is failed whatever max_attempts says, with a "reason" in
     last_error. maintenance_interval: how often this node sweeps (rescue of
     lost nodes' jobs, failed -> dead_letter after dead_letter_after, dead
     letters deleted after dead_letter_retain unless the row sets its own,
-    due jobs of types no live node runs failed, registrations of nodes silent
-    for max(10 x heartbeat timeout, 1 h) deleted).
+    due jobs of types no node has run for unknown_type_grace failed,
+    registrations of nodes silent for max(10 x heartbeat timeout, 1 h)
+    deleted). Each connection's application_name is "forge <owner> <role>"
+    (role: claim, main, heartbeat, maintenance, LISTEN).
 
     Raises ValueError naming the setting when a value is out of range:
-    intervals must be at least 1 ms, dead_letter_after and dead_letter_retain
-    at least 0, counts at least 1, heartbeat_timeout greater than
-    heartbeat_interval, owner a UUID.
+    intervals (fence_after included) must be at least 1 ms, dead_letter_after,
+    dead_letter_retain and unknown_type_grace at least 0, counts at least 1,
+    heartbeat_timeout greater than heartbeat_interval and fence_after, owner
+    a UUID.
     """
 
     def __new__(
@@ -85,10 +94,12 @@ class CoreSettings:
         poll_interval: float,
         heartbeat_interval: float,
         heartbeat_timeout: float,
+        fence_after: float,
         max_crashes: int,
         maintenance_interval: float,
         dead_letter_after: float,
         dead_letter_retain: float,
+        unknown_type_grace: float,
     ) -> CoreSettings: ...
 
 @final
@@ -153,15 +164,17 @@ class Core:
         """Record a running job's progress (only the latest per flush is written).
         Raises ValueError unless 0 <= percent <= 100."""
     def lease_age_ms(self) -> int:
-        """Milliseconds since the last heartbeat round that succeeded (this
-        node's registration and every held lease written) was sent; counted
-        from the Core's start before the first round. Grows while the
-        database is unreachable: the caller fences itself on it."""
+        """Milliseconds since the last heartbeat round whose lease renewal was
+        written was sent (on its own connection; a lease whose row another
+        session has locked is skipped, not waited for); counted from the
+        Core's start before the first round. Grows while the database is
+        unreachable: the caller fences itself on it."""
     def lost(self) -> list[tuple[int, int]]:
         """The (id, attempt) leases the heartbeat found lost (rescued or taken
-        by another node) since the last call. They are no longer held: not
-        renewed again, not counted by in_flight(); a later report of them is
-        fenced."""
+        by another node), or gave up because another session kept their rows
+        locked until they neared fence_after, since the last call. They are
+        no longer held: not renewed again, not counted by in_flight(); a later
+        report of them is fenced unless the row is still this node's lease."""
     def in_flight(self) -> int:
         """How many jobs this core holds leases for (an ended job's until its end is written)."""
     def flush(self, timeout_ms: int) -> bool:
@@ -173,7 +186,8 @@ class Core:
         sweeps, connects, claims_closed, claims_pruned, refused.
 
         poisoned counts this node's failures that the crash cap stopped from
-        being retried (also counted in failed). rescued, dead_lettered,
+        being retried (also counted in failed). rescued (started or only
+        claimed, those uncharged), dead_lettered,
         pruned, unknown_failed and nodes_reaped count rows this node's
         maintenance sweeps changed; sweeps counts completed sweep rounds;
         connects counts connection attempts (all connections, the first ones
@@ -209,5 +223,5 @@ def parse_sql(text: str, source: str) -> dict[str, str]:
     (and the line) on a duplicate name, a block without a name or one without a statement."""
 
 def planner_options(connection: str) -> str:
-    """The planner settings ("-c name=value ...") of the core's "claim", "main" or "maintenance" connection, so a
-    session running engine.sql by hand plans it as the core does; ValueError for another name."""
+    """The planner settings ("-c name=value ...") of the core's "claim", "main", "heartbeat" or "maintenance"
+    connection, so a session running engine.sql by hand plans it as the core does; ValueError for another name."""

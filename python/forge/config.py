@@ -109,6 +109,10 @@ class NodeConfig(_Section):
     maintenance_interval: PositiveDuration = PositiveDuration(1.0)  # rescue and dead-letter sweeps
     dead_letter_after: Duration = Duration(0.0)  # a failed job moves to dead_letter this long after failing
     dead_letter_retain: PositiveDuration = PositiveDuration(7 * 86400.0)  # unless the job sets its own retention
+    # Due jobs of a type no node has run for this long (counted from when the
+    # last node that ran it stopped or went silent) fail as UnknownJobType;
+    # a restart, or a rolling deploy, must take less.
+    unknown_type_grace: Duration = Duration(3600.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -145,7 +145,7 @@ def convert_input(definition: Job[Any], value: Any) -> Any:
         return value
     try:
         return msgspec.convert(value, declared, from_attributes=True)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, RecursionError) as exc:  # RecursionError: nested deeper than msgspec goes
         raise DispatchError(
             f"input for job {definition.name!r} does not match {_type_name(declared)}: {exc}"
         ) from None

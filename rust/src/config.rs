@@ -26,6 +26,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A lease not renewed this long is rescued by the maintenance sweep.
     pub heartbeat_timeout: Duration,
+    /// A lease not renewed this long is given up by this node (its job's
+    /// worker killed) before any other can rescue it: the supervisor's
+    /// self-fencing limit, a fraction of heartbeat_timeout (supervisor/lease.py).
+    pub fence_after: Duration,
     /// Crash-class endings after which a job is failed whatever its attempts.
     pub max_crashes: i32,
     pub maintenance_interval: Duration,
@@ -33,6 +37,8 @@ pub struct Config {
     pub dead_letter_after: Duration,
     /// How long a dead letter is kept when its row sets no retention.
     pub dead_letter_retain: Duration,
+    /// How long no node may have run a job type before its due jobs fail.
+    pub unknown_type_grace: Duration,
 }
 
 /// The registration of this supervisor run (its id is Config::owner).

@@ -1,8 +1,10 @@
-//! The four database connections, every statement prepared once per
+//! The five database connections, every statement prepared once per
 //! connection: the claim one (so claiming the next batch runs in its own
 //! backend while another writes the reports of the last one: one backend
 //! doing both was the busiest process of a no-op run), the main one
-//! (reports and heartbeats, pipelined by tokio-postgres), the maintenance
+//! (reports, pipelined by tokio-postgres), the heartbeat one (lease renewal
+//! and the node's registration, so a report waiting for a row lock another
+//! session holds never holds up the renewal of the leases), the maintenance
 //! one (the sweeps, so a slow one never delays the hot path) and the LISTEN
 //! one, whose notifications feed the producer.
 //!
@@ -118,17 +120,21 @@ pub struct Db {
     sql: &'static Statements,
     claim: Slot,
     main: Slot,
+    heartbeat: Slot,
     maintenance: Slot,
+    /// The LISTEN connection's DSN with its session settings.
+    listen: tokio_postgres::Config,
     pacer: Mutex<Pacer>,
     outage: Mutex<Outage>,
 }
 
 impl Db {
     pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Result<Db, CoreError> {
+        let pg = |kind| pg_config(&config.dsn, config.io_timeout(), &config.owner, kind);
         let slot = |kind, queries| -> Result<Slot, CoreError> {
             Ok(Slot {
                 kind,
-                pg: pg_config(&config.dsn, config.io_timeout(), kind)?,
+                pg: pg(kind)?,
                 queries,
                 conn: tokio::sync::Mutex::new(None),
             })
@@ -136,7 +142,9 @@ impl Db {
         Ok(Db {
             claim: slot(ConnKind::Claim, sql::CLAIM_CONNECTION)?,
             main: slot(ConnKind::Main, sql::MAIN_CONNECTION)?,
+            heartbeat: slot(ConnKind::Heartbeat, sql::HEARTBEAT_CONNECTION)?,
             maintenance: slot(ConnKind::Maintenance, sql::MAINTENANCE_CONNECTION)?,
+            listen: pg(ConnKind::Listen)?,
             sql: sql::engine()?,
             pacer: Mutex::new(Pacer::new(Instant::now())),
             outage: Mutex::new(Outage::default()),
@@ -161,6 +169,11 @@ impl Db {
     /// The claim connection, likewise.
     pub async fn claim_client(&self) -> Result<Arc<Conn>, CoreError> {
         self.slot(&self.claim).await
+    }
+
+    /// The heartbeat connection, likewise.
+    pub async fn heartbeat_client(&self) -> Result<Arc<Conn>, CoreError> {
+        self.slot(&self.heartbeat).await
     }
 
     /// The maintenance connection, likewise.
@@ -206,9 +219,9 @@ impl Db {
         }
     }
 
-    /// `conn` is up; logs the end of the outage if this ends it. After any
-    /// hot-path or LISTEN connection was down NOTIFYs may have been missed:
-    /// claim once.
+    /// `conn` is up; logs the end of the outage if this ends it. After the
+    /// claim, main or LISTEN connection was down NOTIFYs may have been
+    /// missed: claim once.
     pub fn restored(&self, conn: ConnKind) {
         let mut outage = lock(&self.outage);
         let was_down = outage.is_down(conn);
@@ -223,7 +236,7 @@ impl Db {
                 ),
             );
         }
-        if was_down && conn != ConnKind::Maintenance {
+        if was_down && !matches!(conn, ConnKind::Maintenance | ConnKind::Heartbeat) {
             self.shared.claim_event(|c| c.resync(Instant::now()));
         }
     }
@@ -268,7 +281,7 @@ impl Db {
     pub async fn listen(&self) -> Result<Listener, CoreError> {
         self.paced().await;
         let timeout = self.config.io_timeout();
-        let (client, mut connection) = tokio::time::timeout(timeout, connect(&self.main.pg))
+        let (client, mut connection) = tokio::time::timeout(timeout, connect(&self.listen))
             .await
             .map_err(|_| timed_out("connecting", timeout))??;
         let shared = self.shared.clone();

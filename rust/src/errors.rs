@@ -117,13 +117,33 @@ impl From<CoreError> for PyErr {
 mod tests {
     use super::*;
 
+    /// An error that says only what failed, its cause in source(), like
+    /// tokio-postgres's "db error".
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<dyn std::error::Error + 'static>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref()
+        }
+    }
+
     #[test]
     fn describe_includes_causes() {
-        let io = std::io::Error::other("refused");
-        let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, io);
-        assert_eq!(describe(&e), "refused");
-        let wrapped: Box<dyn std::error::Error> = Box::new(CoreError::Closed);
-        assert_eq!(describe(wrapped.as_ref()), "the Core is closed");
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let cause = Layer("error connecting to server", Some(Box::new(io)));
+        let e = Layer("db error", Some(Box::new(cause)));
+        assert_eq!(
+            describe(&e),
+            "db error: error connecting to server: refused"
+        );
+        assert_eq!(describe(&CoreError::Closed), "the Core is closed");
     }
 
     #[test]

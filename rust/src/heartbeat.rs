@@ -1,16 +1,19 @@
-//! The heartbeat: renews this node's registration and every lease it holds
-//! in one pipelined round per heartbeat interval, moves the lease clock the
-//! supervisor fences itself on, and reports the leases found lost.
+//! The heartbeat: renews every lease this node holds and its registration in
+//! one pipelined round per heartbeat interval, on its own connection, moves
+//! the lease clock the supervisor fences itself on, and reports the leases
+//! found lost, or given up because another session kept their rows locked.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use crate::db::Db;
 use crate::errors::CoreError;
-use crate::shared::lock;
+use crate::shared::{lock, Shared};
 use crate::sql;
 use crate::stats::Stat;
 use crate::streak::Streak;
@@ -35,55 +38,120 @@ pub async fn heartbeat(db: Arc<Db>) {
     }
 }
 
-/// One round: the node's registration and every held lease, pipelined.
-/// Only a round where both were written moves the lease clock, to the
-/// instant the round was sent (the database's now() is at or after it).
-/// Leases not renewed leave the in-flight set for Python's lost(), and the
-/// wake fd is signalled so the supervisor acts on them at once.
+/// One round: every held lease, then the node's registration, pipelined.
+/// A round whose lease renewal was written moves the lease clock, to the
+/// instant the round was sent (the database's now() is at or after it),
+/// whatever became of the registration's (other nodes judge leases by the
+/// jobs' rows only). Leases not renewed leave the in-flight set for
+/// Python's lost(), and the wake fd is signalled so the supervisor acts on
+/// them at once.
 async fn beat(db: &Db) -> Result<(), CoreError> {
-    let conn = db.client().await?;
+    let conn = db.heartbeat_client().await?;
     let shared = db.shared();
-    let owner = &db.config().owner;
+    let config = db.config();
+    let owner = &config.owner;
     let sent_at = Instant::now();
     let sent = lock(&shared.inflight).snapshot();
-    let leases = async {
-        if sent.is_empty() {
-            return Ok(Vec::new());
-        }
-        db.query(&conn, sql::HEARTBEAT, &[&sent.ids, &sent.attempts, owner])
-            .await
-    };
-    let node_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [owner];
-    let (rows, node) = tokio::join!(leases, db.query(&conn, sql::NODE_HEARTBEAT, &node_params));
-    node?;
-    let renewed = rows?
-        .iter()
-        .map(|r| r.try_get::<_, i64>(0))
-        .collect::<Result<HashSet<i64>, _>>()
-        .map_err(|e| CoreError::Database(format!("heartbeat row: {e}")))?;
+    let leases: [&(dyn ToSql + Sync); 3] = [&sent.ids, &sent.attempts, owner];
+    let node: [&(dyn ToSql + Sync); 1] = [owner];
+    let (rows, node) = tokio::join!(
+        db.query(&conn, sql::HEARTBEAT, &leases),
+        db.query(&conn, sql::NODE_HEARTBEAT, &node)
+    );
+    let held = held(&rows?)?;
     shared.stats.add(Stat::Heartbeats, 1);
     {
         let mut at = lock(&shared.renewed_at);
         *at = (*at).max(sent_at);
     }
-    let lost = lock(&shared.inflight).take_lost(&sent, &renewed);
-    if !lost.is_empty() {
-        shared.stats.add(Stat::Lost, lost.len() as u64);
-        let ids: Vec<String> = lost
-            .iter()
-            .take(MAX_IDS_LOGGED)
-            .map(|(id, a)| format!("{id}/{a}"))
-            .collect();
-        lock(&shared.lost).extend(lost.iter().copied());
-        // log() signals the wake fd too
-        shared.log(
-            "warning",
-            format!(
-                "{} lease(s) lost (not renewed by the heartbeat): {}",
-                lost.len(),
-                ids.join(", ")
-            ),
-        );
+    let given_up: HashSet<i64> = held
+        .iter()
+        .filter(|(_, age)| {
+            matches!(age, Some(age) if give_up(*age, config.heartbeat_interval, config.fence_after))
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    let kept: HashSet<i64> = held
+        .keys()
+        .filter(|id| !given_up.contains(id))
+        .copied()
+        .collect();
+    let lost = lock(&shared.inflight).take_lost(&sent, &kept);
+    let (fenced, taken): (Vec<_>, Vec<_>) =
+        lost.into_iter().partition(|(id, _)| given_up.contains(id));
+    report_lost(
+        shared,
+        &taken,
+        "lease(s) lost (not renewed by the heartbeat)",
+    );
+    report_lost(
+        shared,
+        &fenced,
+        &format!(
+            "lease(s) given up: another session kept their rows locked, so they could not be \
+             renewed before the fence limit ({:.1} s)",
+            config.fence_after.as_secs_f64()
+        ),
+    );
+    node.map(drop)
+}
+
+/// Whether a held lease whose row another session has locked, last renewed
+/// `age` ago by the database's clock, must be given up now: by the next
+/// round, an interval away, it could be past the fence limit, when the
+/// supervisor fences itself and, soon after, another node may rescue it.
+fn give_up(age: Duration, interval: Duration, fence_after: Duration) -> bool {
+    age + interval >= fence_after
+}
+
+/// The renewal's rows, one per lease still held: id -> None when renewed,
+/// Some(time since its last renewal) when its row was locked by someone else.
+fn held(rows: &[Row]) -> Result<HashMap<i64, Option<Duration>>, CoreError> {
+    let bad = |e: tokio_postgres::Error| CoreError::Database(format!("heartbeat row: {e}"));
+    let mut held = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get("id").map_err(bad)?;
+        let age = if row.try_get::<_, bool>("renewed").map_err(bad)? {
+            None
+        } else {
+            let ms: f64 = row.try_get("age_ms").map_err(bad)?;
+            Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+        };
+        held.insert(id, age);
     }
-    Ok(())
+    Ok(held)
+}
+
+/// Hands leases no longer held to Python's lost(), with one log line saying why.
+fn report_lost(shared: &Shared, lost: &[(i64, i32)], why: &str) {
+    if lost.is_empty() {
+        return;
+    }
+    shared.stats.add(Stat::Lost, lost.len() as u64);
+    let ids: Vec<String> = lost
+        .iter()
+        .take(MAX_IDS_LOGGED)
+        .map(|(id, a)| format!("{id}/{a}"))
+        .collect();
+    lock(&shared.lost).extend(lost.iter().copied());
+    // log() signals the wake fd too
+    shared.log(
+        "warning",
+        format!("{} {why}: {}", lost.len(), ids.join(", ")),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_lease_is_given_up_while_the_next_round_could_still_come_in_time() {
+        let ms = Duration::from_millis;
+        let (interval, fence) = (ms(1000), ms(4500));
+        assert!(!give_up(ms(0), interval, fence));
+        assert!(!give_up(ms(3499), interval, fence));
+        assert!(give_up(ms(3500), interval, fence)); // the next round would come at 4.5 s
+        assert!(give_up(ms(60_000), interval, fence));
+    }
 }

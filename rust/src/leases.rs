@@ -32,9 +32,6 @@ impl Pairs {
     fn len(&self) -> usize {
         self.ids.len()
     }
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 #[derive(Debug)]

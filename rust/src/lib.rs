@@ -132,8 +132,8 @@ impl CoreSettings {
     #[new]
     #[pyo3(signature = (
         *, dsn, owner, hostname, roles, workers, capabilities, policies, default_policy,
-        claim_batch, poll_interval, heartbeat_interval, heartbeat_timeout, max_crashes,
-        maintenance_interval, dead_letter_after, dead_letter_retain
+        claim_batch, poll_interval, heartbeat_interval, heartbeat_timeout, fence_after, max_crashes,
+        maintenance_interval, dead_letter_after, dead_letter_retain, unknown_type_grace
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -149,20 +149,28 @@ impl CoreSettings {
         poll_interval: f64,
         heartbeat_interval: f64,
         heartbeat_timeout: f64,
+        fence_after: f64,
         max_crashes: i64,
         maintenance_interval: f64,
         dead_letter_after: f64,
         dead_letter_retain: f64,
+        unknown_type_grace: f64,
     ) -> PyResult<Self> {
         let heartbeat_interval = interval(heartbeat_interval, "heartbeat_interval")?;
         let heartbeat_timeout = interval(heartbeat_timeout, "heartbeat_timeout")?;
-        if heartbeat_timeout <= heartbeat_interval {
-            return Err(CoreError::Invalid(format!(
-                "heartbeat_timeout ({:?}) must be greater than heartbeat_interval ({:?})",
-                heartbeat_timeout, heartbeat_interval
-            ))
-            .into());
-        }
+        let fence_after = interval(fence_after, "fence_after")?;
+        shorter(
+            heartbeat_interval,
+            heartbeat_timeout,
+            "heartbeat_interval",
+            "heartbeat_timeout",
+        )?;
+        shorter(
+            fence_after,
+            heartbeat_timeout,
+            "fence_after",
+            "heartbeat_timeout",
+        )?;
         let config = Config {
             dsn,
             owner: owner
@@ -179,10 +187,12 @@ impl CoreSettings {
             poll_interval: interval(poll_interval, "poll_interval")?,
             heartbeat_interval,
             heartbeat_timeout,
+            fence_after,
             max_crashes: positive_i32(max_crashes, "max_crashes")?,
             maintenance_interval: interval(maintenance_interval, "maintenance_interval")?,
             dead_letter_after: span(dead_letter_after, "dead_letter_after")?,
             dead_letter_retain: span(dead_letter_retain, "dead_letter_retain")?,
+            unknown_type_grace: span(unknown_type_grace, "unknown_type_grace")?,
         };
         let policies = Policies {
             by_type: policies
@@ -341,21 +351,17 @@ fn parse_sql(text: &str, source: &str) -> PyResult<HashMap<String, String>> {
     Ok(sql::parse_blocks(text, source)?)
 }
 
-/// The planner settings of the core's `connection` ("claim", "main" or
-/// "maintenance"), as a libpq options string.
+/// The planner settings of the core's `connection` ("claim", "main",
+/// "heartbeat" or "maintenance"), as a libpq options string.
 #[pyfunction]
 fn planner_options(connection: &str) -> PyResult<String> {
-    let kind = match connection {
-        "claim" => ConnKind::Claim,
-        "main" => ConnKind::Main,
-        "maintenance" => ConnKind::Maintenance,
-        other => {
-            return Err(CoreError::Invalid(format!(
-                "connection must be claim, main or maintenance, not {other:?}"
+    let kind = ConnKind::named(connection)
+        .filter(|k| *k != ConnKind::Listen)
+        .ok_or_else(|| {
+            CoreError::Invalid(format!(
+                "connection must be claim, main, heartbeat or maintenance, not {connection:?}"
             ))
-            .into())
-        }
-    };
+        })?;
     Ok(session::planner_options(kind))
 }
 
@@ -384,6 +390,21 @@ fn interval(seconds: f64, what: &str) -> Result<Duration, CoreError> {
         )));
     }
     Ok(d)
+}
+
+/// `short` must be less than `long` (both settings named for the error).
+fn shorter(
+    short: Duration,
+    long: Duration,
+    short_name: &str,
+    long_name: &str,
+) -> Result<(), CoreError> {
+    if short >= long {
+        return Err(CoreError::Invalid(format!(
+            "{long_name} ({long:?}) must be greater than {short_name} ({short:?})"
+        )));
+    }
+    Ok(())
 }
 
 /// A duration that may be zero (dead_letter_after: at the next sweep).

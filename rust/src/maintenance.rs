@@ -1,8 +1,9 @@
 //! The maintenance sweeps every node runs each maintenance interval, on its
 //! own connection, one function each: rescue jobs of lost nodes, delete the
 //! forge_claims rows that hold nothing any more, move failed jobs to the
-//! dead letter queue, prune old dead letters, fail due jobs no live node can
-//! run, and delete registrations of long-gone nodes. Each statement is one
+//! dead letter queue, prune old dead letters, fail due jobs of types no node
+//! has run for unknown_type_grace, and delete registrations of long-gone
+//! nodes (remembering when their job types last ran). Each statement is one
 //! bounded `FOR UPDATE SKIP LOCKED` batch (engine.sql), so nodes sweeping at
 //! once split the work instead of waiting on each other; a batch that came
 //! back full makes the next round start at once.
@@ -32,6 +33,8 @@ pub struct Round {
     pub rescued_retry: u64,
     /// Rescued jobs failed for good (attempts or crash cap exhausted).
     pub rescued_failed: u64,
+    /// Rescued jobs their node had claimed but not started: back, uncharged.
+    pub rescued_unstarted: u64,
     pub claims_pruned: u64,
     pub dead_lettered: u64,
     pub pruned: u64,
@@ -43,7 +46,7 @@ impl Round {
     /// Whether some statement filled its batch, so more rows are waiting.
     pub fn full(&self) -> bool {
         [
-            self.rescued_retry + self.rescued_failed,
+            self.rescued(),
             self.claims_pruned,
             self.dead_lettered,
             self.pruned,
@@ -55,7 +58,7 @@ impl Round {
     }
 
     pub fn rescued(&self) -> u64 {
-        self.rescued_retry + self.rescued_failed
+        self.rescued_retry + self.rescued_failed + self.rescued_unstarted
     }
 }
 
@@ -96,10 +99,12 @@ impl Schedule {
 pub fn rescue_message(round: &Round) -> Option<String> {
     (round.rescued() > 0).then(|| {
         format!(
-            "rescued {} jobs from lost nodes ({} back in retry, {} failed)",
+            "rescued {} jobs from lost nodes ({} back in retry, {} failed, \
+             {} never started: back uncharged)",
             round.rescued(),
             round.rescued_retry,
-            round.rescued_failed
+            round.rescued_failed,
+            round.rescued_unstarted
         )
     })
 }
@@ -135,7 +140,11 @@ pub async fn maintain(db: Arc<Db>) {
 async fn sweep(db: &Db) -> Result<Round, CoreError> {
     let conn = db.maintenance_client().await?;
     let mut round = Round::default();
-    (round.rescued_retry, round.rescued_failed) = rescue(db, &conn).await?;
+    (
+        round.rescued_retry,
+        round.rescued_failed,
+        round.rescued_unstarted,
+    ) = rescue(db, &conn).await?;
     round.claims_pruned = prune_claims(db, &conn).await?;
     round.dead_lettered = dead_letter(db, &conn).await?;
     round.pruned = prune_dead_letters(db, &conn).await?;
@@ -160,17 +169,22 @@ fn counted(rows: &[Row], name: &str) -> Result<u64, CoreError> {
 }
 
 /// Jobs of nodes that stopped renewing their leases: (back in retry,
-/// failed for good). Those back in retry wake the idle nodes.
-async fn rescue(db: &Db, conn: &Conn) -> Result<(u64, u64), CoreError> {
+/// failed for good, never started and back uncharged). Those back wake the
+/// idle nodes.
+async fn rescue(db: &Db, conn: &Conn) -> Result<(u64, u64, u64), CoreError> {
     let config = db.config();
     let params: [&(dyn ToSql + Sync); 2] = [&ms(config.heartbeat_timeout), &config.max_crashes];
     let rows = db.query(conn, sql::RESCUE, &params).await?;
-    let (retried, failed) = (counted(&rows, "retried")?, counted(&rows, "failed")?);
-    db.shared().stats.add(Stat::Rescued, retried + failed);
-    if retried > 0 {
+    let retried = counted(&rows, "retried")?;
+    let failed = counted(&rows, "failed")?;
+    let unstarted = counted(&rows, "unstarted")?;
+    db.shared()
+        .stats
+        .add(Stat::Rescued, retried + failed + unstarted);
+    if retried + unstarted > 0 {
         notify(db, conn).await;
     }
-    Ok((retried, failed))
+    Ok((retried, failed, unstarted))
 }
 
 /// forge_claims rows that hold nothing any more.
@@ -198,10 +212,15 @@ async fn prune_dead_letters(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
     Ok(n)
 }
 
-/// Due jobs of types no live node runs, failed with the reason.
+/// Due jobs of types no node has run for unknown_type_grace, failed with
+/// the reason.
 async fn fail_unknown_types(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
     let config = db.config();
-    let params: [&(dyn ToSql + Sync); 2] = [&ms(config.heartbeat_timeout), &config.owner];
+    let params: [&(dyn ToSql + Sync); 3] = [
+        &ms(config.unknown_type_grace),
+        &ms(config.heartbeat_timeout),
+        &config.owner,
+    ];
     let n = db
         .query(conn, sql::FAIL_UNKNOWN_TYPES, &params)
         .await?
@@ -211,7 +230,10 @@ async fn fail_unknown_types(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
     if n > 0 {
         shared.log(
             "warning",
-            format!("failed {n} due jobs of types no live node runs"),
+            format!(
+                "failed {n} due jobs of types no node has run for {:.0} s",
+                config.unknown_type_grace.as_secs_f64()
+            ),
         );
     }
     Ok(n)
@@ -275,8 +297,9 @@ mod tests {
     fn a_round_is_full_when_any_statement_filled_its_batch() {
         assert!(!Round::default().full());
         let rescue_split = Round {
-            rescued_retry: 600,
-            rescued_failed: 400,
+            rescued_retry: 500,
+            rescued_failed: 300,
+            rescued_unstarted: 200,
             ..Round::default()
         };
         assert!(rescue_split.full());
@@ -294,11 +317,18 @@ mod tests {
         let r = Round {
             rescued_retry: 2,
             rescued_failed: 1,
+            rescued_unstarted: 4,
             ..Round::default()
         };
         assert_eq!(
             rescue_message(&r).unwrap(),
-            "rescued 3 jobs from lost nodes (2 back in retry, 1 failed)"
+            "rescued 7 jobs from lost nodes (2 back in retry, 1 failed, \
+             4 never started: back uncharged)"
         );
+        let unstarted = Round {
+            rescued_unstarted: 1,
+            ..Round::default()
+        };
+        assert!(rescue_message(&unstarted).is_some());
     }
 }

@@ -1,5 +1,6 @@
 //! This supervisor run's registration in forge_nodes: inserted before the
-//! first claim, its stop recorded at the end (the heartbeat keeps it fresh).
+//! first claim, its stop recorded at the end (the heartbeat keeps it fresh),
+//! both on the heartbeat connection, which no report ever waits on.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ const RECORD_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Inserts this run's forge_nodes row (before the first claim: other nodes
 /// judge job types and leases by the registrations they see).
 pub async fn register_node(db: &Db) -> Result<(), CoreError> {
-    let conn = db.client().await?;
+    let conn = db.heartbeat_client().await?;
     let config = db.config();
     let node = &config.node;
     let pid = std::process::id() as i32;
@@ -34,7 +35,7 @@ pub async fn register_node(db: &Db) -> Result<(), CoreError> {
 /// unreachable (the row then ages out like a lost node's).
 pub async fn record_stop(db: &Db) -> Result<(), CoreError> {
     let write = async {
-        let conn = db.client().await?;
+        let conn = db.heartbeat_client().await?;
         db.query(&conn, sql::STOP_NODE, &[&db.config().owner]).await
     };
     match tokio::time::timeout(RECORD_STOP_TIMEOUT, write).await {

@@ -1,7 +1,7 @@
 //! Connection pacing and outage bookkeeping, free of I/O.
 //!
-//! Every connection attempt of the core (main, LISTEN and maintenance
-//! connections alike) takes a token from one bucket: a burst of
+//! Every connection attempt of the core (claim, main, heartbeat, LISTEN and
+//! maintenance connections alike) takes a token from one bucket: a burst of
 //! `CONNECT_BURST` (the connections opened together at start, or after one
 //! outage), then `CONNECTS_PER_SEC` at most. While the database is down the
 //! core therefore tries about twice a second in all, and reconnects within
@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Sustained connection attempts per second, all connections together.
 pub const CONNECTS_PER_SEC: f64 = 2.0;
-/// Attempts allowed back to back after a quiet period.
-pub const CONNECT_BURST: f64 = 3.0;
+/// Attempts allowed back to back after a quiet period: the connections a
+/// core opens at start (claim, main, LISTEN, heartbeat; the maintenance one
+/// comes at its first sweep).
+pub const CONNECT_BURST: f64 = 4.0;
 
 /// A token bucket whose reservations may overdraw it: each caller gets the
 /// instant its attempt may start, later callers later slots.
@@ -63,16 +65,31 @@ pub enum ConnKind {
     Listen = 2,
     Maintenance = 4,
     Claim = 8,
+    Heartbeat = 16,
 }
 
 impl ConnKind {
+    const ALL: [ConnKind; 5] = [
+        ConnKind::Main,
+        ConnKind::Listen,
+        ConnKind::Maintenance,
+        ConnKind::Claim,
+        ConnKind::Heartbeat,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ConnKind::Main => "main",
             ConnKind::Listen => "LISTEN",
             ConnKind::Maintenance => "maintenance",
             ConnKind::Claim => "claim",
+            ConnKind::Heartbeat => "heartbeat",
         }
+    }
+
+    /// The connection called `name` (as name() spells it).
+    pub fn named(name: &str) -> Option<ConnKind> {
+        ConnKind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -123,9 +140,9 @@ mod tests {
     fn a_burst_then_two_attempts_per_second() {
         let t = Instant::now();
         let mut p = Pacer::new(t);
-        let waits: Vec<Duration> = (0..7).map(|_| p.reserve(t)).collect();
-        assert_eq!(waits[..3], [Duration::ZERO; 3]);
-        assert_eq!(waits[3..], [ms(500), ms(1000), ms(1500), ms(2000)]);
+        let waits: Vec<Duration> = (0..8).map(|_| p.reserve(t)).collect();
+        assert_eq!(waits[..4], [Duration::ZERO; 4]);
+        assert_eq!(waits[4..], [ms(500), ms(1000), ms(1500), ms(2000)]);
     }
 
     #[test]
@@ -140,8 +157,8 @@ mod tests {
             attempts.push(now);
         }
         let in_ten_s = attempts.iter().filter(|a| **a < t + ms(10_000)).count();
-        assert!(in_ten_s <= 3 + 20, "{in_ten_s}");
-        for w in attempts[3..].windows(2) {
+        assert!(in_ten_s <= 4 + 20, "{in_ten_s}");
+        for w in attempts[4..].windows(2) {
             assert!(w[1] - w[0] >= ms(499), "{:?}", w[1] - w[0]);
         }
     }
@@ -150,15 +167,21 @@ mod tests {
     fn tokens_refill_while_quiet_up_to_the_burst() {
         let t = Instant::now();
         let mut p = Pacer::new(t);
-        for _ in 0..3 {
+        for _ in 0..4 {
             p.reserve(t);
         }
         assert_eq!(p.reserve(t + ms(500)), Duration::ZERO);
         let later = t + ms(60_000);
-        let waits: Vec<Duration> = (0..4).map(|_| p.reserve(later)).collect();
+        let waits: Vec<Duration> = (0..5).map(|_| p.reserve(later)).collect();
         assert_eq!(
             waits,
-            [Duration::ZERO, Duration::ZERO, Duration::ZERO, ms(500)]
+            [
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO,
+                ms(500)
+            ]
         );
     }
 
@@ -179,5 +202,15 @@ mod tests {
             o.restored(ConnKind::Maintenance, t + ms(2500)),
             Some(ms(500))
         );
+        assert!(o.lost(ConnKind::Heartbeat, t + ms(3000)));
+        assert!(o.is_down(ConnKind::Heartbeat) && !o.is_down(ConnKind::Claim));
+    }
+
+    #[test]
+    fn connections_are_found_by_name() {
+        for kind in ConnKind::ALL {
+            assert_eq!(ConnKind::named(kind.name()), Some(kind));
+        }
+        assert_eq!(ConnKind::named("nope"), None);
     }
 }

@@ -1,17 +1,26 @@
-//! The session settings of the core's database connections: timeouts,
-//! TCP keepalives and the planner settings that keep every statement on its
-//! index plan.
+//! The session settings of the core's database connections: who the
+//! connection is, timeouts, TCP keepalives and the planner settings that
+//! keep every statement on its index plan.
 
 use std::time::Duration;
+
+use uuid::Uuid;
 
 use crate::errors::{describe, CoreError};
 use crate::pacing::ConnKind;
 
 /// The DSN with the core's connection settings: the connect timeout, TCP
 /// keepalives (a dead peer is noticed by the kernel even on an idle
-/// connection) and a server-side statement_timeout equal to the client-side
+/// connection), a server-side statement_timeout equal to the client-side
 /// one, so a statement the core gave up on does not keep running (and
-/// holding row locks) on the server.
+/// holding row locks) on the server, and a lock_timeout of half of it, so a
+/// statement that waits for a lock another session holds fails with an
+/// error its caller retries, on a connection that stays usable, instead of
+/// hanging until the connection is dropped as unresponsive.
+///
+/// application_name says which node and which of its connections this is,
+/// "forge <owner> <connection>", so pg_stat_activity, the server's logs and
+/// a trigger (current_setting('application_name')) can tell who wrote a row.
 ///
 /// Every statement of the core is meant to walk an index (the claim in
 /// claim order along forge_jobs_claimable, the reports and sweeps by primary
@@ -49,9 +58,15 @@ pub fn planner_options(kind: ConnKind) -> String {
     format!("{INDEX_ONLY_PLANS} {}", plan_options(kind))
 }
 
+/// The application_name of `owner`'s connection `kind`.
+pub fn application_name(owner: &Uuid, kind: ConnKind) -> String {
+    format!("forge {owner} {}", kind.name())
+}
+
 pub fn pg_config(
     dsn: &str,
     io_timeout: Duration,
+    owner: &Uuid,
     kind: ConnKind,
 ) -> Result<tokio_postgres::Config, CoreError> {
     let mut pg: tokio_postgres::Config = dsn
@@ -62,10 +77,12 @@ pub fn pg_config(
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
-        .tcp_user_timeout(io_timeout);
+        .tcp_user_timeout(io_timeout)
+        .application_name(application_name(owner, kind));
     let timeout = format!(
-        "-c statement_timeout={} {}",
+        "-c statement_timeout={} -c lock_timeout={} {}",
         io_timeout.as_millis(),
+        (io_timeout / 2).as_millis(),
         planner_options(kind)
     );
     let options = match pg.get_options() {
@@ -82,9 +99,11 @@ mod tests {
 
     #[test]
     fn the_dsn_gets_timeouts_keepalives_and_statement_timeout() {
+        let owner = Uuid::nil();
         let pg = pg_config(
             "host=127.0.0.1 port=5432 user=u dbname=d options='-c search_path=x'",
             Duration::from_secs(10),
+            &owner,
             ConnKind::Main,
         )
         .unwrap();
@@ -94,8 +113,8 @@ mod tests {
             pg.get_options(),
             Some(
                 format!(
-                    "-c search_path=x -c statement_timeout=10000 {INDEX_ONLY_PLANS} \
-                     -c plan_cache_mode=force_generic_plan"
+                    "-c search_path=x -c statement_timeout=10000 -c lock_timeout=5000 \
+                     {INDEX_ONLY_PLANS} -c plan_cache_mode=force_generic_plan"
                 )
                 .as_str()
             )
@@ -103,20 +122,36 @@ mod tests {
         let url = pg_config(
             "postgresql://u@127.0.0.1:5432/d",
             Duration::from_secs(3),
+            &owner,
             ConnKind::Maintenance,
         )
         .unwrap();
         let options = url.get_options().unwrap();
         assert!(
-            options.starts_with(&format!("-c statement_timeout=3000 {INDEX_ONLY_PLANS} ")),
+            options.starts_with(&format!(
+                "-c statement_timeout=3000 -c lock_timeout=1500 {INDEX_ONLY_PLANS} "
+            )),
             "{options}"
         );
         assert!(options.contains("force_custom_plan"), "{options}");
         assert!(pg_config(
             "postgresql://u@[bad",
             Duration::from_secs(3),
+            &owner,
             ConnKind::Main
         )
         .is_err());
+    }
+
+    #[test]
+    fn each_connection_names_its_node_and_its_role() {
+        let owner: Uuid = "6f1c1e4a-0f4e-4b1e-9c55-2b8f3f9d7a10".parse().unwrap();
+        let dsn = "postgresql://u@127.0.0.1/d?application_name=mine";
+        let pg = pg_config(dsn, Duration::from_secs(3), &owner, ConnKind::Heartbeat).unwrap();
+        let name = "forge 6f1c1e4a-0f4e-4b1e-9c55-2b8f3f9d7a10 heartbeat";
+        assert_eq!(pg.get_application_name(), Some(name));
+        assert!(name.len() < 64, "PostgreSQL keeps 63 bytes of it");
+        let longest = application_name(&owner, ConnKind::Maintenance);
+        assert!(longest.len() < 64, "{longest}");
     }
 }

@@ -43,7 +43,7 @@ pub const RESCUE: Query = query("rescue", 2);
 pub const PRUNE_CLAIMS: Query = query("prune_claims", 1);
 pub const DEAD_LETTER: Query = query("dead_letter", 1);
 pub const PRUNE_DEAD_LETTERS: Query = query("prune_dead_letters", 1);
-pub const FAIL_UNKNOWN_TYPES: Query = query("fail_unknown_types", 2);
+pub const FAIL_UNKNOWN_TYPES: Query = query("fail_unknown_types", 3);
 pub const REAP_NODES: Query = query("reap_nodes", 1);
 
 pub const MIGRATE_LOCK: Query = query("lock", 0);
@@ -55,7 +55,7 @@ pub const MIGRATE_RECORD: Query = query("record", 2);
 /// jobs already claimed instead of queueing behind them in one backend.
 pub const CLAIM_CONNECTION: &[Query] = &[CLAIM];
 
-/// Prepared on the main connection (reports, heartbeats, the node's row).
+/// Prepared on the main connection (the reports).
 pub const MAIN_CONNECTION: &[Query] = &[
     START,
     COMPLETE,
@@ -63,12 +63,12 @@ pub const MAIN_CONNECTION: &[Query] = &[
     RELEASE,
     PROGRESS,
     CLOSE_CLAIMS,
-    HEARTBEAT,
-    NODE_HEARTBEAT,
-    REGISTER_NODE,
-    STOP_NODE,
     NOTIFY,
 ];
+
+/// Prepared on the heartbeat connection (lease renewal and the node's
+/// row), so a renewal never queues behind a report that waits for a lock.
+pub const HEARTBEAT_CONNECTION: &[Query] = &[HEARTBEAT, NODE_HEARTBEAT, REGISTER_NODE, STOP_NODE];
 
 /// Prepared on the maintenance connection, so a slow sweep never delays a
 /// claim, report or heartbeat pipelined on the main one.
@@ -108,6 +108,7 @@ pub fn engine() -> Result<&'static Statements, CoreError> {
     let all: Vec<Query> = CLAIM_CONNECTION
         .iter()
         .chain(MAIN_CONNECTION)
+        .chain(HEARTBEAT_CONNECTION)
         .chain(MAINTENANCE_CONNECTION)
         .copied()
         .collect();
@@ -339,6 +340,10 @@ mod tests {
         for q in MAINTENANCE_CONNECTION.iter().filter(|q| **q != NOTIFY) {
             assert!(engine.get(*q).contains("SKIP LOCKED"), "{}", q.name);
             assert!(engine.get(*q).contains("LIMIT 1000"), "{}", q.name);
+        }
+        // the heartbeat connection never waits for a row another session holds
+        for q in [HEARTBEAT, NODE_HEARTBEAT] {
+            assert!(engine.get(q).contains("SKIP LOCKED"), "{}", q.name);
         }
         let migrate = migrations().unwrap();
         assert!(migrate.get(MIGRATE_LOCK).contains("pg_advisory_xact_lock"));

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 import pytest
@@ -43,11 +43,14 @@ def app_db(database_url: str) -> str:
 
 @pytest.fixture
 def supervisor(app_db: str, tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
-    """Factory: supervisor(workers=1, ...) starts one; every one is stopped at the end."""
+    """Factory: supervisor(workers=1, ...) starts one; every one is stopped at the end.
+
+    modules: the app modules it imports; url: where it reaches PostgreSQL (e.g. a proxy), if not directly.
+    """
     started: list[Supervisor] = []
 
-    def start(**node: Any) -> Supervisor:
-        sup = Supervisor(tmp_path / f"node{len(started)}", app_db, modules=["testapp.jobs"],
+    def start(*, modules: Sequence[str] = ("testapp.jobs",), url: str | None = None, **node: Any) -> Supervisor:
+        sup = Supervisor(tmp_path / f"node{len(started)}", url or app_db, modules=modules, direct_url=app_db,
                          node={**DEFAULT_NODE, **node}, app_path=APPS, start_timeout=15.0)
         started.append(sup)
         return sup.start()
@@ -73,8 +76,26 @@ def job_row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
 
 
 def finished(conn: psycopg.Connection[Any], *job_ids: int) -> bool:
+    """Whether every job ended, one way or another: for tests that expect failures, and check them."""
     row = conn.execute(
         "SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status IN ('completed', 'failed', 'dead_letter')",
         (list(job_ids),),
     ).fetchone()
     return bool(row and row[0] == len(job_ids))
+
+
+def completed(conn: psycopg.Connection[Any], *job_ids: int) -> bool:
+    """Whether every job completed. AssertionError at once, naming one, if any ended otherwise: a run whose
+    jobs fail must not pass by merely finishing."""
+    row = conn.execute(
+        """SELECT count(*) FILTER (WHERE status = 'completed'),
+                  count(*) FILTER (WHERE status IN ('failed', 'dead_letter')),
+                  (array_agg(jsonb_build_object('id', id, 'status', status, 'error', last_error))
+                       FILTER (WHERE status IN ('failed', 'dead_letter')))[1]
+           FROM forge_jobs WHERE id = ANY(%s)""",
+        (list(job_ids),),
+    ).fetchone()
+    assert row is not None
+    done, ended_otherwise, example = row
+    assert not ended_otherwise, f"{ended_otherwise} of {len(job_ids)} jobs did not complete, e.g. {example}"
+    return bool(done == len(job_ids))

@@ -11,6 +11,7 @@ from testapp import jobs
 
 import forge
 
+from ..supervisors import STOP_TIMEOUT
 from .conftest import job_row, wait_for
 
 
@@ -22,17 +23,33 @@ def _claim_rows(db) -> int:
     return db.execute("SELECT count(*) FROM forge_claims").fetchone()[0]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_clean_stop_lets_short_jobs_finish_and_leaves_nothing_leased(supervisor, db, signum):
-    sup = supervisor(workers=2, shutdown_grace="10s")
-    short = forge.dispatch(db, jobs.nap, jobs.Sleep(seconds=0.5))
-    waiting = forge.dispatch_many(db, jobs.double, [jobs.N(n=i) for i in range(3)], delay="1h")
+def _states(db, job_ids: list[int]) -> list[tuple[str, int, object]]:
+    """(status, attempts, claimed_by) of each job, in the order of `job_ids`."""
+    rows = db.execute("SELECT id, status, attempts, claimed_by FROM forge_jobs WHERE id = ANY(%s)", (job_ids,))
+    by_id = {row[0]: row[1:] for row in rows.fetchall()}
+    return [by_id[i] for i in job_ids]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_clean_stop_lets_short_jobs_finish_hands_back_unstarted_claims_and_leaves_nothing_leased(
+    supervisor, db, signum
+):
+    # One worker, busy with the short job: the others are claimed for it (prefetch), held past the signal.
+    sup = supervisor(workers=1, prefetch=3, prefetch_timeout="1m", shutdown_grace="10s")
+    short = forge.dispatch(db, jobs.nap, jobs.Sleep(seconds=3))
     wait_for(lambda: job_row(db, short)["status"] == "running", what="the short job to start")
-    assert sup.stop(signum) == 0
+    waiting = forge.dispatch_many(db, jobs.double, [jobs.N(n=i) for i in range(3)])
+    wait_for(lambda: {job_row(db, i)["status"] for i in waiting} == {"claimed"}, what="the claims behind it")
+    sup.proc.send_signal(signum)
+    # at once: while the short job still runs, not when the node exits
+    wait_for(lambda: _states(db, waiting) == [("pending", 0, None)] * 3, timeout=2, what="the claims to go back")
+    assert job_row(db, short)["status"] == "running"
+    assert sup.wait(STOP_TIMEOUT) == 0
     assert job_row(db, short)["status"] == "completed"
+    assert _states(db, waiting) == [("pending", 0, None)] * 3  # the claims were not charged
+    assert db.execute("SELECT count(*) FROM test_events WHERE job_id = ANY(%s)", (waiting,)).fetchone()[0] == 0
     assert _leased(db) == 0
     assert _claim_rows(db) == 0
-    assert {job_row(db, i)["status"] for i in waiting} == {"pending"}
     assert db.execute("SELECT stopped_at IS NOT NULL FROM forge_nodes").fetchone()[0]
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Self
 
@@ -178,3 +180,52 @@ def watch_deaths(url: str, pids: list[int], sup_pid: int | None, timeout: float 
                     ledger.record_fault(conn, kind, pid=pid, sup_pid=sup_pid)
             time.sleep(0.005)
     return seen
+
+
+class DeathWatcher:
+    """Records in the ledger the death of every worker of `nodes` as it is seen, in a thread, until stop(): for
+    scenarios where workers die of the engine's own doing (self-fencing), which nobody else watches."""
+
+    def __init__(self, url: str, nodes: list[Node], every: float = 0.01) -> None:
+        self.url = url
+        self.nodes = nodes
+        self.every = every
+        self.deaths: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="death-watcher", daemon=True)
+
+    def start(self) -> DeathWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[int]:
+        """Stop watching; the pids seen to die."""
+        self._stop.set()
+        self._thread.join(30)
+        return self.deaths
+
+    def _run(self) -> None:
+        known: dict[int, int] = {}  # worker pid -> its supervisor's pid
+        unrecorded: list[tuple[int, int, datetime]] = []  # deaths seen while PostgreSQL was down
+        while not self._stop.wait(self.every):
+            for node in self.nodes:
+                if node.running():
+                    known.update((pid, node.pid) for pid in node.workers() if pid not in known)
+            for pid, sup in list(known.items()):
+                if not alive(pid):
+                    del known[pid]
+                    self.deaths.append(pid)
+                    unrecorded.append((pid, sup, datetime.now(timezone.utc)))
+            if unrecorded:
+                unrecorded = self._record(unrecorded)
+        self._record(unrecorded)
+
+    def _record(self, deaths: list[tuple[int, int, datetime]]) -> list[tuple[int, int, datetime]]:
+        """Write the deaths with the time each was seen; those not written (PostgreSQL is down) are returned."""
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=2) as conn:
+                for pid, sup, at in deaths:
+                    ledger.record_fault(conn, "died", pid=pid, sup_pid=sup, at=at)
+        except psycopg.OperationalError:
+            return deaths
+        return []

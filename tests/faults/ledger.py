@@ -5,10 +5,22 @@ Tables, created in each scenario's database after the migrations:
 ledger_transitions   one row per status change of forge_jobs, written by an
                      AFTER INSERT OR UPDATE OF status trigger in the same
                      transaction as the change: old/new status, attempts,
-                     claimed_by and crashes, the new last_error type, the
-                     database clock (clock_timestamp()) and the txid.
+                     max_attempts, claimed_by and crashes, the new last_error
+                     type, the database clock (clock_timestamp()), the txid
+                     and the writer: the session's application_name, which
+                     for the core's connections is "forge <owner> <role>"
+                     (role: claim, main, heartbeat, maintenance).
 ledger_executions    'start'/'end' rows the fault jobs write in their own
                      autocommit statements (tests/faults/app/faultjobs.py).
+ledger_acked         the ids dispatch acknowledged to the test's producer
+                     (scenarios.enqueue): "no job lost" is checked against
+                     them, so a row that vanished is a lost job.
+ledger_writes        every update of a job row that changes its status,
+                     lease, heartbeat, progress or result, with the writer's
+                     application_name ("forge <node id> <connection>", set by
+                     the core) and the lease (attempts, claimed_by) the row
+                     had before: "no stale write" checks that a node wrote
+                     only rows it held the lease of.
 ledger_faults        what the test did and saw: kills (with the pid and the
                      supervisor it belonged to), observed process deaths,
                      pauses, partitions, PostgreSQL restarts; `at` is the
@@ -42,6 +54,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -55,6 +68,7 @@ CREATE TABLE ledger_transitions (
     new_status     text NOT NULL,
     old_attempts   int,
     new_attempts   int NOT NULL,
+    old_max_attempts int,
     max_attempts   int NOT NULL,
     old_claimed_by uuid,
     new_claimed_by uuid,
@@ -63,7 +77,8 @@ CREATE TABLE ledger_transitions (
     error_type     text,
     at             timestamptz NOT NULL DEFAULT clock_timestamp(),
     txid           bigint NOT NULL DEFAULT txid_current(),
-    backend_pid    int NOT NULL DEFAULT pg_backend_pid()
+    backend_pid    int NOT NULL DEFAULT pg_backend_pid(),
+    writer         text NOT NULL DEFAULT current_setting('application_name')
 );
 CREATE INDEX ledger_transitions_job ON ledger_transitions (job_id, seq);
 
@@ -76,10 +91,36 @@ BEGIN
             NEW.claimed_by, NULL, NEW.crashes, NEW.last_error->>'type');
     ELSE
         INSERT INTO ledger_transitions (job_id, job_type, old_status, new_status, old_attempts, new_attempts,
-            max_attempts, old_claimed_by, new_claimed_by, old_crashes, new_crashes, error_type)
-        VALUES (NEW.id, NEW.job_type, OLD.status, NEW.status, OLD.attempts, NEW.attempts, NEW.max_attempts,
-            OLD.claimed_by, NEW.claimed_by, OLD.crashes, NEW.crashes, NEW.last_error->>'type');
+            old_max_attempts, max_attempts, old_claimed_by, new_claimed_by, old_crashes, new_crashes, error_type)
+        VALUES (NEW.id, NEW.job_type, OLD.status, NEW.status, OLD.attempts, NEW.attempts, OLD.max_attempts,
+            NEW.max_attempts, OLD.claimed_by, NEW.claimed_by, OLD.crashes, NEW.crashes, NEW.last_error->>'type');
     END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TABLE ledger_acked (
+    job_id   bigint PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TABLE ledger_writes (
+    seq            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id         bigint NOT NULL,
+    old_status     text NOT NULL,
+    new_status     text NOT NULL,
+    old_attempts   int NOT NULL,
+    new_attempts   int NOT NULL,
+    old_claimed_by uuid,
+    new_claimed_by uuid,
+    writer         text NOT NULL DEFAULT current_setting('application_name'),
+    at             timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE FUNCTION ledger_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_writes (job_id, old_status, new_status, old_attempts, new_attempts,
+                               old_claimed_by, new_claimed_by)
+    VALUES (NEW.id, OLD.status, NEW.status, OLD.attempts, NEW.attempts, OLD.claimed_by, NEW.claimed_by);
     RETURN NULL;
 END $$;
 
@@ -87,6 +128,14 @@ CREATE TRIGGER ledger_insert AFTER INSERT ON forge_jobs
     FOR EACH ROW EXECUTE FUNCTION ledger_record();
 CREATE TRIGGER ledger_update AFTER UPDATE OF status ON forge_jobs
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION ledger_record();
+CREATE TRIGGER ledger_write AFTER UPDATE ON forge_jobs
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.claimed_by IS DISTINCT FROM NEW.claimed_by
+                       OR OLD.attempts IS DISTINCT FROM NEW.attempts
+                       OR OLD.heartbeat_at IS DISTINCT FROM NEW.heartbeat_at
+                       OR OLD.progress IS DISTINCT FROM NEW.progress
+                       OR OLD.progress_message IS DISTINCT FROM NEW.progress_message
+                       OR OLD.result IS DISTINCT FROM NEW.result)
+    EXECUTE FUNCTION ledger_write();
 
 CREATE TABLE ledger_executions (
     seq      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -132,11 +181,15 @@ _LEGAL_VALUES = ", ".join(
 CHECKS: list[tuple[str, str, str]] = [
     (
         "no job lost",
-        """SELECT id, job_type, status, attempts, crashes, last_error->>'type' AS error FROM forge_jobs
-           WHERE status <> 'completed'
-             AND NOT (id = ANY(%(expected_failed)s) AND status IN ('failed', 'dead_letter'))
-           ORDER BY id LIMIT 20""",
-        "every job ends completed, or failed/dead_letter only where the scenario expects it",
+        """SELECT a.job_id, j.job_type, coalesce(j.status, 'no row'), j.attempts, j.crashes,
+                  j.last_error->>'type' AS error
+           FROM ledger_acked a FULL JOIN forge_jobs j ON j.id = a.job_id
+           WHERE j.id IS NULL
+              OR (j.status <> 'completed'
+                  AND NOT (j.id = ANY(%(expected_failed)s) AND j.status IN ('failed', 'dead_letter')))
+           ORDER BY 1 LIMIT 20""",
+        "every job dispatch acknowledged still exists and ends completed (failed/dead_letter only where the"
+        " scenario expects it), and so does every other row",
     ),
     (
         "at most one completion",
@@ -153,14 +206,22 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "attempts accounting",
-        """SELECT seq, job_id, old_status, new_status, old_attempts, new_attempts FROM ledger_transitions
-           WHERE old_status IS NOT NULL AND NOT CASE
+        """SELECT seq, job_id, old_status, new_status, old_attempts, new_attempts, old_max_attempts, max_attempts,
+                  old_crashes, new_crashes, writer FROM ledger_transitions
+           WHERE old_status IS NOT NULL AND NOT (CASE
                WHEN new_status = 'claimed' THEN new_attempts = old_attempts + 1
                WHEN new_status = 'pending' AND old_status IN ('claimed', 'running')
                    THEN new_attempts = old_attempts - 1
                ELSE new_attempts = old_attempts END
+             AND CASE
+               WHEN writer LIKE 'forge %% maintenance' AND old_status = 'claimed'
+                    AND new_status NOT IN ('claimed', 'running')
+                   THEN max_attempts = old_max_attempts + 1 AND new_crashes = old_crashes
+               ELSE max_attempts = old_max_attempts END)
            ORDER BY seq LIMIT 20""",
-        "a claim charges one attempt, a hand-back refunds it, nothing else changes it",
+        "a claim charges one attempt, a hand-back refunds it, nothing else changes it; a rescue (a maintenance"
+        " connection's write) of a claim that never started charges nothing: no crash, and its run given back"
+        " (max_attempts + 1)",
     ),
     (
         "attempts within bounds",
@@ -182,6 +243,23 @@ CHECKS: list[tuple[str, str, str]] = [
                  OR new_claimed_by IS DISTINCT FROM old_claimed_by)
            ORDER BY seq LIMIT 20""",
         "a completion is written by the lease owner of that attempt",
+    ),
+    (
+        "no stale write",
+        """SELECT seq, job_id, old_status, new_status, old_attempts, old_claimed_by, writer
+           FROM (SELECT w.*, substring(w.writer FROM '^forge ([0-9a-f-]{36}) ')::uuid AS node,
+                        substring(w.writer FROM '^forge [0-9a-f-]{36} (\\w+)$') AS connection
+                 FROM ledger_writes w) w
+           WHERE CASE
+               WHEN node IS NULL THEN old_claimed_by IS NOT NULL OR new_claimed_by IS NOT NULL
+               WHEN connection = 'maintenance' THEN false
+               WHEN old_claimed_by IS NULL THEN NOT (new_status = 'claimed' AND new_claimed_by = node)
+               ELSE NOT (old_claimed_by = node AND old_status IN ('claimed', 'running'))
+           END
+           ORDER BY seq LIMIT 20""",
+        "a node writes a job row only as its claim, or while it holds the row's lease (its own id in claimed_by,"
+        " claimed or running), except its maintenance sweeps; and no write to a held row comes from an"
+        " unidentified session",
     ),
 ]
 
@@ -228,12 +306,15 @@ EXEC_CHECKS: list[tuple[str, str, str]] = [
              AND x.ended IS NOT NULL
              AND NOT EXISTS (SELECT 1 FROM ledger_faults f
                   WHERE (f.pid = x.pid OR f.sup_pid = x.sup_pid OR f.kind LIKE 'pg_%%')
-                    AND f.at >= x.started - interval '50 ms')
+                    AND f.at >= x.started - interval '50 ms'
+                    AND f.at <= (SELECT min(later.started) FROM fault_execs later
+                                 WHERE later.job_id = x.job_id AND later.started > x.started))
              AND NOT EXISTS (SELECT 1 FROM ledger_transitions t
                   WHERE t.job_id = x.job_id AND t.old_attempts = x.attempt AND t.at >= x.started
                     AND t.new_status IN ('retry', 'failed'))
            ORDER BY x.job_id LIMIT 20""",
-        "an execution that ran to its end is repeated only if a fault hit its worker or node, or it failed",
+        "an execution that ran to its end is repeated only if a fault hit its worker or node (or PostgreSQL)"
+        " between its start and the next execution's, or it failed",
     ),
 ]
 
@@ -249,11 +330,19 @@ def install(conn: psycopg.Connection[Any]) -> None:
     conn.execute(LEDGER_SQL)
 
 
+def record_acked(conn: psycopg.Connection[Any], job_ids: list[int]) -> None:
+    """The ids dispatch acknowledged (returned) to the test's producer."""
+    conn.execute("INSERT INTO ledger_acked (job_id) SELECT unnest(%s::bigint[])", (job_ids,))
+
+
 def record_fault(conn: psycopg.Connection[Any], kind: str, *, pid: int | None = None,
-                 sup_pid: int | None = None, detail: str | None = None) -> None:
+                 sup_pid: int | None = None, detail: str | None = None, at: datetime | None = None) -> None:
+    """A fault the test caused or saw; `at` when it was seen, if not now (the database runs on this machine's
+    clock, so a time taken here compares with its clock_timestamp())."""
     conn.execute(
-        "INSERT INTO ledger_faults (kind, pid, sup_pid, detail) VALUES (%s, %s, %s, %s)",
-        (kind, pid, sup_pid, detail),
+        "INSERT INTO ledger_faults (kind, pid, sup_pid, detail, at)"
+        " VALUES (%s, %s, %s, %s, coalesce(%s, clock_timestamp()))",
+        (kind, pid, sup_pid, detail, at),
     )
 
 

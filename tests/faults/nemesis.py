@@ -84,9 +84,14 @@ class Nemesis:
             self._restart(node)
         elif action == "pause":
             sup = node.pid
+            workers = node.workers()
             os.kill(sup, signal.SIGSTOP)
             ledger.record_fault(conn, "stop_supervisor", pid=sup, sup_pid=sup)
-            time.sleep(self.pause_seconds)
+            # the zygote fences the workers of a frozen supervisor: record each death as it is seen, so the
+            # checker knows their executions ended before another node rescued the jobs
+            began = time.monotonic()
+            watch_deaths(self.url, workers, sup, timeout=self.pause_seconds)
+            time.sleep(max(0.0, self.pause_seconds - (time.monotonic() - began)))
             os.kill(sup, signal.SIGCONT)
             ledger.record_fault(conn, "cont_supervisor", pid=sup, sup_pid=sup)
         self.counts[action] += 1

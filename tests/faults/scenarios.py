@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import random
+import sys
+import threading
 import time
 from typing import Any
 
 import psycopg
 
+import forge
+
 from . import ledger
-from .harness import Node
+from .harness import APP_DIR, Node
 
 TERMINAL = ("completed", "failed", "dead_letter")
 
 
 def enqueue(url: str, n: int, *, job_type: str = "fault_work", ms: int | tuple[int, int] = 0,
             max_attempts: int = 25, input: Any = None) -> list[int]:
-    """Insert n jobs with SQL (as forge.dispatch_many would: one statement); their ids."""
+    """Insert n jobs with SQL (as forge.dispatch_many would: one statement); their ids, recorded in the ledger as
+    acknowledged, so a job that later vanishes is found lost."""
     if isinstance(ms, tuple):
         ms_sql = f"({ms[0]} + floor(random() * {ms[1] - ms[0] + 1}))::int"
     else:
@@ -32,7 +39,56 @@ def enqueue(url: str, n: int, *, job_type: str = "fault_work", ms: int | tuple[i
                 f"INSERT INTO forge_jobs (job_type, input, max_attempts)"
                 f" SELECT %s, jsonb_build_object('ms', {ms_sql}), %s FROM generate_series(1, %s) RETURNING id",
                 (job_type, max_attempts, n)).fetchall()
-    return [r[0] for r in rows]
+        ids = [r[0] for r in rows]
+        ledger.record_acked(conn, ids)
+    return ids
+
+
+class Producer:
+    """Dispatches fault_work jobs with forge.dispatch_many while faults happen, in a thread: a batch every
+    `every` seconds, until stop(). Only what dispatch returned counts as acknowledged (recorded in the ledger);
+    a batch whose dispatch raised (the database was restarting) is not, and is tried again with new jobs."""
+
+    def __init__(self, url: str, *, batch: int = 10, every: float = 0.5, seed: int = 0) -> None:
+        self.url = url
+        self.batch = batch
+        self.every = every
+        self.acknowledged: list[int] = []
+        self.refused = 0
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def start(self) -> Producer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[int]:
+        """Stop dispatching; the acknowledged ids."""
+        self._stop.set()
+        self._thread.join(60)
+        return self.acknowledged
+
+    def _run(self) -> None:
+        job = _fault_job("fault_work")
+        while not self._stop.wait(self.every):
+            inputs = [{"ms": self._rng.randint(0, 8)} for _ in range(self.batch)]
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=3) as conn:
+                    ids = forge.dispatch_many(conn, job, inputs)
+                    ledger.record_acked(conn, ids)
+            except psycopg.Error:
+                self.refused += 1
+                continue
+            self.acknowledged += ids
+
+
+def _fault_job(name: str) -> forge.Job[Any]:
+    """A job of app/faultjobs.py, imported into the test process to dispatch it."""
+    if str(APP_DIR) not in sys.path:
+        sys.path.insert(0, str(APP_DIR))
+    job: forge.Job[Any] = getattr(importlib.import_module("faultjobs"), name)
+    return job
 
 
 def counts(url: str) -> dict[str, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 
 from . import ledger
@@ -10,14 +12,27 @@ NODE_A = "00000000-0000-0000-0000-00000000000a"
 NODE_B = "00000000-0000-0000-0000-00000000000b"
 
 
+def _as(conn: psycopg.Connection, node: str | None, connection: str = "main") -> None:
+    """Make the following statements of `conn` a node's writes, as the core names its sessions."""
+    conn.execute("SELECT set_config('application_name', %s, false)",
+                 (f"forge {node} {connection}" if node else "test",))
+
+
 def _job(conn: psycopg.Connection, *steps: tuple[str, int, str | None]) -> int:
-    """Insert a job and walk it through (status, attempts, claimed_by) updates; its id."""
+    """Insert (and acknowledge) a job and walk it through (status, attempts, claimed_by) updates, each written
+    as the node that would write it (the new owner, or the one letting go); its id."""
+    _as(conn, None)
     (job_id,) = conn.execute(
         "INSERT INTO forge_jobs (job_type, input, max_attempts) VALUES ('fault_work', '{}', 3) RETURNING id"
     ).fetchone()
+    ledger.record_acked(conn, [job_id])
+    holder: str | None = None
     for status, attempts, owner in steps:
+        _as(conn, owner or holder)
         conn.execute("UPDATE forge_jobs SET status = %s, attempts = %s, claimed_by = %s WHERE id = %s",
                      (status, attempts, owner, job_id))
+        holder = owner
+    _as(conn, None)
     return job_id
 
 
@@ -37,12 +52,15 @@ def _failing(report: ledger.Report) -> set[str]:
 def _rescued_and_completed_elsewhere(conn: psycopg.Connection) -> int:
     """A job A ran (attempt 1) until rescued as NodeLost, then B ran and completed attempt 2."""
     job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+    _as(conn, NODE_B, "maintenance")
     conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL,"
                  " last_error = '{\"type\": \"forge.errors.NodeLost\"}' WHERE id = %s", (job,))
+    _as(conn, NODE_B)
     conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
                  (NODE_B, job))
     conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
     conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+    _as(conn, None)
     return job
 
 
@@ -80,8 +98,8 @@ def test_each_violation_is_flagged(fault_db: str) -> None:
     assert not report.ok
     assert _failing(report) == {
         "no job lost", "at most one completion", "legal transitions", "attempts accounting",
-        "attempts within bounds", "nothing left leased", "completed by its owner", "no overlapping executions",
-        "extra executions only where a fault cut an attempt",
+        "attempts within bounds", "nothing left leased", "completed by its owner", "no stale write",
+        "no overlapping executions", "extra executions only where a fault cut an attempt",
     }, report.text
 
 
@@ -119,3 +137,100 @@ def test_a_kill_recorded_just_before_the_start_row_bounds_the_execution(fault_db
         _exec(conn, job, 2, 601, "-5 s", "-4 s")
     report = ledger.check(fault_db)
     assert _failing(report) == {"no overlapping executions"}, report.text
+
+
+RESCUER = "forge 00000000-0000-0000-0000-00000000000c maintenance"  # a core's maintenance connection
+
+
+def _rescued_claim(conn: psycopg.Connection, rescuer: psycopg.Connection, change: str) -> int:
+    """A job A claimed but never started, rescued with `change`, then run and completed by B."""
+    job = _job(conn, ("claimed", 1, NODE_A))
+    rescuer.execute(f"UPDATE forge_jobs SET status = 'retry', claimed_by = NULL, {change} WHERE id = %s", (job,))
+    _as(conn, NODE_B)
+    conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
+                 (NODE_B, job))
+    conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
+    conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+    _as(conn, None)
+    return job
+
+
+def test_a_rescue_charges_a_claim_that_never_started_nothing(fault_db: str) -> None:
+    with psycopg.connect(fault_db, autocommit=True) as conn, \
+            psycopg.connect(fault_db, autocommit=True, application_name=RESCUER) as rescuer:
+        _rescued_claim(conn, rescuer, "max_attempts = max_attempts + 1")
+    report = ledger.check(fault_db)
+    assert report.ok, report.text
+
+    with psycopg.connect(fault_db, autocommit=True) as conn, \
+            psycopg.connect(fault_db, autocommit=True, application_name=RESCUER) as rescuer:
+        _rescued_claim(conn, rescuer, "crashes = crashes + 1")  # what the rescue did before: a crash charged
+    report = ledger.check(fault_db)
+    assert _failing(report) == {"attempts accounting"}, report.text
+
+
+def _failing_alone(fault_db: str, history: Callable[[psycopg.Connection], None]) -> set[str]:
+    """The checks a history breaks, written after a clean job (so the run has executions)."""
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("completed", 1, NODE_A))
+        _exec(conn, job, 1, 700, "-1 s", "-0.5 s")
+        history(conn)
+    return _failing(ledger.check(fault_db))
+
+
+def test_a_row_deleted_by_hand_is_a_lost_job(fault_db: str) -> None:
+    def deleted(conn: psycopg.Connection) -> None:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("completed", 1, NODE_A))
+        conn.execute("DELETE FROM forge_jobs WHERE id = %s", (job,))
+
+    assert _failing_alone(fault_db, deleted) == {"no job lost"}
+
+
+def test_a_completion_written_without_the_lease_is_a_stale_write(fault_db: str) -> None:
+    """B holds attempt 2; A, whose attempt 1 was rescued, completes the row without the lease guard (claimed_by
+    stays B's, so "completed by its owner" alone cannot see it)."""
+    def stale(conn: psycopg.Connection) -> None:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+        _as(conn, NODE_B, "maintenance")
+        conn.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL WHERE id = %s", (job,))
+        _as(conn, NODE_B)
+        conn.execute("UPDATE forge_jobs SET status = 'claimed', attempts = 2, claimed_by = %s WHERE id = %s",
+                     (NODE_B, job))
+        conn.execute("UPDATE forge_jobs SET status = 'running' WHERE id = %s", (job,))
+        _as(conn, NODE_A)
+        conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+
+    assert _failing_alone(fault_db, stale) == {"no stale write"}
+
+
+def test_a_heartbeat_of_a_lost_lease_is_a_stale_write(fault_db: str) -> None:
+    def late_heartbeat(conn: psycopg.Connection) -> None:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("pending", 0, None),
+                   ("claimed", 1, NODE_B), ("running", 1, NODE_B), ("completed", 1, NODE_B))
+        _as(conn, NODE_A)
+        conn.execute("UPDATE forge_jobs SET heartbeat_at = now() WHERE id = %s", (job,))
+
+    assert _failing_alone(fault_db, late_heartbeat) == {"no stale write"}
+
+
+def test_a_write_to_a_held_row_by_an_unidentified_session_fails(fault_db: str) -> None:
+    """Writer identity must be known: a core that did not name its sessions would make the check vacuous."""
+    def anonymous(conn: psycopg.Connection) -> None:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A))
+        conn.execute("UPDATE forge_jobs SET status = 'completed' WHERE id = %s", (job,))
+
+    assert _failing_alone(fault_db, anonymous) == {"no stale write"}
+
+
+def test_a_fault_after_the_repeat_does_not_explain_it(fault_db: str) -> None:
+    """Attempt 1 ran to its end and was handed back; the job ran again; the only fault on its worker came after
+    the second execution had started, so nothing explains the repeat."""
+    def late_fault(conn: psycopg.Connection) -> None:
+        job = _job(conn, ("claimed", 1, NODE_A), ("running", 1, NODE_A), ("pending", 0, None),
+                   ("claimed", 1, NODE_B), ("running", 1, NODE_B), ("completed", 1, NODE_B))
+        _exec(conn, job, 1, 800, "-10 s", "-9 s")
+        _exec(conn, job, 1, 801, "-5 s", "-4 s")
+        conn.execute("INSERT INTO ledger_faults (kind, pid, sup_pid, at)"
+                     " VALUES ('kill_worker', 800, 1, now() - interval '3 s')")
+
+    assert _failing_alone(fault_db, late_fault) == {"extra executions only where a fault cut an attempt"}

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from .conftest import Results
-from .harness import FaultCluster, Node, alive, record, stopped, wait_for, watch_deaths
+from .harness import DeathWatcher, FaultCluster, Node, alive, record, stopped, wait_for, watch_deaths
 from .nemesis import Nemesis, seed_from_env
 from .proxy import Proxy
-from .scenarios import db_now, diagnose, enqueue, final_check, unfinished, wait_finished
+from .scenarios import Producer, db_now, diagnose, enqueue, final_check, unfinished, wait_finished
 
 MakeNode = Callable[..., Node]
 
@@ -45,39 +45,46 @@ def _nemesis_run(fault_db: str, make_node: MakeNode, results: Results, *, name: 
     print(f"\n[{name}] FORGE_FAULT_SEED={seed}  jobs={jobs} faults={faults}")
     began = time.monotonic()
     nodes = [make_node(f"n{i}", workers=2, claim_batch=20).start() for i in range(3)]
-    ids = enqueue(fault_db, jobs, ms=(0, 8))
+    # mostly short jobs, and one in a hundred that spans faults (0.5-3 s), plus jobs dispatched during them
+    ids = enqueue(fault_db, jobs, ms=(0, 8)) + enqueue(fault_db, max(1, jobs // 100), ms=(500, 3000))
+    producer = Producer(fault_db, seed=seed).start()
     nemesis = Nemesis(nodes, fault_db, seed, weights=weights, pause_seconds=4.0)
     nemesis.run_in_background(faults, interval)
     try:
         wait_for(nemesis.done, timeout, f"the nemesis to deliver {faults} faults", every=0.2)
     finally:
         nemesis.stop()
+        ids += producer.stop()
     fault_time = time.monotonic() - began
     wait_finished(fault_db, nodes, timeout, ids)
     wall = time.monotonic() - began
     stop = _stop_all(nodes)
     report = final_check(fault_db, name, allow_crash_capped=True)
     figures = {
-        "seed": seed, "jobs": jobs, "faults": dict(nemesis.counts), "kills": nemesis.kills,
+        "seed": seed, "jobs": len(ids), "dispatched_during_faults": len(producer.acknowledged),
+        "dispatches_refused": producer.refused, "faults": dict(nemesis.counts), "kills": nemesis.kills,
         "wall_seconds": round(wall, 1), "fault_phase_seconds": round(fault_time, 1),
-        "jobs_per_second": round(jobs / wall, 1),
+        "jobs_per_second": round(len(ids) / wall, 1),
         "node_restart_seconds_max": round(max(nemesis.restart_seconds, default=0), 2),
         "orphans": nemesis.orphans, **stop, **report.figures,
     }
     results.write(name, figures)
     assert not nemesis.orphans, f"processes outlived the kill of their supervisor/node: {nemesis.orphans}"
-    assert nemesis.kills >= faults * 0.9, f"only {nemesis.kills} kills delivered"
+    delivered = sum(nemesis.counts.values())
+    assert delivered >= faults * 0.9, f"only {delivered} faults delivered: {dict(nemesis.counts)}"
     assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
     assert report.ok, report.text
 
 
 @pytest.mark.timeout(600)
 def test_nemesis_kills_under_load(fault_db: str, make_node: MakeNode, results: Results) -> None:
-    """3 supervisors, jobs=FORGE_FAULT_JOBS (10,000), kills=FORGE_FAULT_KILLS (100) of workers, supervisors, nodes."""
+    """3 supervisors, jobs=FORGE_FAULT_JOBS (10,000, and 1% of 0.5-3 s jobs, and more dispatched meanwhile),
+    faults=FORGE_FAULT_KILLS (100): kills of workers, supervisors, nodes, and pauses past the lease."""
     jobs = int(os.environ.get("FORGE_FAULT_JOBS", 10_000))
     faults = int(os.environ.get("FORGE_FAULT_KILLS", 100))
     _nemesis_run(fault_db, make_node, results, name="nemesis-smoke", jobs=jobs, faults=faults,
-                 interval=float(os.environ.get("FORGE_FAULT_INTERVAL", 0.4)), timeout=420)
+                 interval=float(os.environ.get("FORGE_FAULT_INTERVAL", 0.4)), timeout=420,
+                 weights={"kill_worker": 0.63, "kill_supervisor": 0.14, "kill_node": 0.14, "pause": 0.09})
 
 
 @pytest.mark.slow
@@ -206,6 +213,39 @@ def test_postgres_restarts(fault_cluster: FaultCluster, fault_db: str, make_node
         ("restart_immediate", lambda: fault_cluster.restart("immediate")),
         ("down_10s", lambda: fault_cluster.stop_for(10.0)),
     ])
+
+
+@pytest.mark.timeout(180)
+def test_outage_longer_than_the_lease(fault_cluster: FaultCluster, fault_db: str, make_node: MakeNode,
+                                      results: Results) -> None:
+    """PostgreSQL down for 6 s, twice the 3 s lease, while 4-second jobs run: every node fences itself (kills its
+    workers) before the lease runs out, lives on, and once PostgreSQL is back the jobs run again; none is lost,
+    none runs twice at once."""
+    nodes = [make_node(f"n{i}", workers=2).start() for i in range(2)]
+    pids = [n.pid for n in nodes]
+    watcher = DeathWatcher(fault_db, nodes).start()
+    long_ids = enqueue(fault_db, 4, ms=4000)
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT count(*) FROM forge_jobs WHERE status = 'running'").fetchone()[0] >= 4,
+                 30, "the long jobs to run", every=0.05)
+    short_ids = enqueue(fault_db, 300, ms=(0, 5))
+    downtime = fault_cluster.stop_for(6.0)
+    record(fault_db, "pg_down_6s", detail=f"{downtime:.2f}s")
+    back = time.monotonic()
+    wait_finished(fault_db, nodes, 90, long_ids + short_ids)
+    recovery = time.monotonic() - back
+    deaths = watcher.stop()
+    survived = {n.name: n.running() and n.pid == pid for n, pid in zip(nodes, pids)}
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, "outage-past-lease")
+    results.write("outage-past-lease", {"downtime_seconds": round(downtime, 2),
+                                        "all_finished_after_seconds": round(recovery, 2),
+                                        "worker_deaths": len(deaths), "survived": survived, **stop,
+                                        **report.figures})
+    assert all(survived.values()), f"supervisors did not survive: {survived}\n{diagnose(fault_db, nodes)}"
+    assert len(deaths) >= 4, f"the workers running the long jobs were not fenced: deaths {deaths}"
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
 
 
 @pytest.mark.slow
@@ -424,7 +464,8 @@ def test_segfaulting_job_reaches_dead_letter(fault_db: str, make_node: MakeNode,
 
 @pytest.mark.timeout(180)
 def test_hung_unknown_and_undecodable_jobs(fault_db: str, make_node: MakeNode, results: Results) -> None:
-    nodes = [make_node(f"n{i}", workers=2).start() for i in range(2)]
+    # the unknown type fails once no node has run it for the grace (an hour unless set)
+    nodes = [make_node(f"n{i}", workers=2, unknown_type_grace="1s").start() for i in range(2)]
     began = time.monotonic()
     baseline = enqueue(fault_db, 400, ms=(0, 5))
     wait_finished(fault_db, nodes, 60, baseline, "the baseline jobs")

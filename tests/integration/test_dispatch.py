@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import forge
-from forge.dispatch import MAX_INPUT_BYTES
+from forge.dispatch import MAX_BATCH_BYTES, MAX_INPUT_BYTES
 
 
 class Order(msgspec.Struct):
@@ -54,36 +54,152 @@ def test_a_commit_notifies_listeners_with_the_delay(database_url):
     assert 9000 <= payloads[1] <= 10000
 
 
-def test_dicts_are_validated_and_wrong_inputs_insert_nothing(database_url):
-    with psycopg.connect(database_url) as conn:
-        forge.dispatch(conn, charge, {"order_id": 5})
-        with pytest.raises(forge.DispatchError, match="integration_charge.*Order.*order_id"):
-            forge.dispatch(conn, charge, {"order_id": "five"})
-        with pytest.raises(forge.DispatchError, match="order_id"):
-            forge.dispatch_many(conn, charge, [{"order_id": 1}, {"nope": 2}])
-        conn.commit()
-    assert _count(database_url) == 1
+@forge.job(name="integration_any")
+def anything(ctx, input) -> None: ...
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"priority": "urgent"}, "priority"),
-        ({"delay": "soon"}, "delay"),
-        ({"at": datetime(2030, 1, 1)}, "timezone-aware"),
-        ({"at": datetime.now(timezone.utc), "delay": 5}, "not both"),
-    ],
-)
-def test_bad_options_are_refused(database_url, options, message):
+@forge.job(name="integration_text")
+def text(ctx, input: str) -> None: ...
+
+
+class Tree(msgspec.Struct):
+    children: list[Tree]
+
+
+@forge.job(name="integration_tree")
+def tree(ctx, input: Tree) -> None: ...
+
+
+def _nested(depth: int) -> dict:
+    """A tree `depth` deep: deeper than msgspec's recursion limit goes."""
+    value: dict = {"children": []}
+    for _ in range(depth):
+        value = {"children": [value]}
+    return value
+
+
+def _ids(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        return [job_id for (job_id,) in conn.execute("SELECT id FROM forge_jobs ORDER BY id")]
+
+
+# Inputs that PostgreSQL or msgspec would refuse: (job, an input it takes, the refused one, what the error names).
+REFUSED_INPUTS = [
+    pytest.param(charge, {"order_id": 1}, {"order_id": "five"}, r"integration_charge.*Order.*order_id",
+                 id="wrong-type"),
+    pytest.param(charge, Order(order_id=1), Order(order_id=2, note="a\x00b"), r"integration_charge.*NUL.*\$\.note",
+                 id="nul-in-a-field"),
+    pytest.param(anything, {}, {"items": ["ok", ["b\x00"]]}, r"integration_any.*NUL.*\$\.items\[1\]\[0\]",
+                 id="nul-nested"),
+    pytest.param(anything, {}, {"k\x00": 1}, r"integration_any.*NUL.*\$\['k\\x00'\]", id="nul-in-a-key"),
+    pytest.param(anything, {}, {"when": [1, object()]}, r"integration_any.*\$\.when\[1\].*type object",
+                 id="unencodable-object"),
+    pytest.param(anything, {}, {"s": "\ud800"}, r"integration_any.*\$\.s.*surrogate", id="lone-surrogate"),
+    pytest.param(anything, {}, {"n": 10**5000}, r"integration_any.*\$\.n.*digits", id="huge-integer"),
+    pytest.param(anything, {}, _nested(5000), r"integration_any.*cannot be encoded.*recursion", id="too-deep"),
+    pytest.param(tree, _nested(1), _nested(5000), r"integration_tree.*does not match.*recursion",
+                 id="too-deep-to-check"),
+]
+
+# Options refused before anything is sent: (options, what the error names).
+REFUSED_OPTIONS = [
+    pytest.param({"priority": "urgent"}, "priority", id="unknown-priority"),
+    pytest.param({"priority": 10**30}, "priority", id="huge-priority"),
+    pytest.param({"priority": ["high"]}, "priority", id="unhashable-priority"),
+    pytest.param({"delay": "soon"}, "delay", id="bad-delay"),
+    pytest.param({"delay": 1e13}, r"delay=10000000000000\.0.*year 10000", id="huge-delay"),
+    pytest.param({"delay": timedelta.max}, "delay.*year 10000", id="timedelta-max"),
+    pytest.param({"at": datetime(2030, 1, 1)}, "timezone-aware", id="naive-at"),
+    pytest.param({"at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))}, "at=.*year", id="at-before-year-1"),
+    pytest.param({"at": datetime.now(timezone.utc), "delay": 5}, "not both", id="at-and-delay"),
+    pytest.param({"parent_id": 2**63}, "parent_id", id="huge-parent-id"),
+    pytest.param({"parent_id": "7"}, "parent_id", id="text-parent-id"),
+]
+
+
+@pytest.mark.parametrize(("job", "good", "bad", "message"), REFUSED_INPUTS)
+def test_a_refused_input_raises_dispatch_error_and_leaves_the_transaction_usable(database_url, job, good, bad,
+                                                                                  message):
     with psycopg.connect(database_url) as conn:
+        kept = forge.dispatch(conn, job, good)
         with pytest.raises(forge.DispatchError, match=message):
-            forge.dispatch(conn, charge, Order(order_id=1), **options)
+            forge.dispatch(conn, job, bad)
+        with pytest.raises(forge.DispatchError, match=r"inputs\[2\]: .*" + message):
+            forge.dispatch_many(conn, job, [good, good, bad, good])
+        conn.commit()
+    assert _ids(database_url) == [kept]
 
 
-def test_oversized_inputs_and_non_jobs_are_refused(database_url):
+@pytest.mark.parametrize(("options", "message"), REFUSED_OPTIONS)
+def test_refused_options_raise_dispatch_error_and_leave_the_transaction_usable(database_url, options, message):
     with psycopg.connect(database_url) as conn:
-        with pytest.raises(forge.DispatchError, match="limit"):
-            forge.dispatch(conn, charge, Order(order_id=1, note="x" * MAX_INPUT_BYTES))
+        kept = forge.dispatch(conn, charge, Order(order_id=1))
+        with pytest.raises(forge.DispatchError, match=message):
+            forge.dispatch(conn, charge, Order(order_id=2), **options)
+        with pytest.raises(forge.DispatchError, match=message):
+            forge.dispatch_many(conn, charge, [Order(order_id=3)], **options)
+        conn.commit()
+    assert _ids(database_url) == [kept]
+
+
+def test_async_refusals_leave_the_transaction_usable(database_url):
+    async def scenario() -> int:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            kept = await forge.dispatch_async(conn, charge, Order(order_id=1))
+            with pytest.raises(forge.DispatchError, match=r"NUL.*\$\.note"):
+                await forge.dispatch_async(conn, charge, Order(order_id=2, note="\x00"))
+            with pytest.raises(forge.DispatchError, match=r"inputs\[1\]: .*NUL"):
+                await forge.dispatch_many_async(conn, charge, [Order(order_id=3), Order(order_id=4, note="\x00")])
+            with pytest.raises(forge.DispatchError, match="delay"):
+                await forge.dispatch_many_async(conn, charge, [Order(order_id=5)], delay=1e13)
+            await conn.commit()
+            return kept
+
+    kept = asyncio.run(scenario())
+    assert _ids(database_url) == [kept]
+
+
+def test_text_that_only_looks_like_a_nul_escape_is_stored(database_url):
+    # A backslash followed by "u0000" is encoded "\\u0000": no NUL, and jsonb takes it.
+    tricky = Order(order_id=1, note="\\u0000 and \\\\u0000")
+    with psycopg.connect(database_url) as conn:
+        job_id = forge.dispatch(conn, charge, tricky)
+        stored = conn.execute("SELECT input->>'note' FROM forge_jobs WHERE id = %s", (job_id,)).fetchone()[0]
+    assert stored == tricky.note
+
+
+def test_an_input_of_exactly_the_limit_is_accepted_and_one_byte_more_refused(database_url):
+    largest = "x" * (MAX_INPUT_BYTES - 2)  # a JSON string is its text between two quotes
+    with psycopg.connect(database_url) as conn:
+        job_id = forge.dispatch(conn, text, largest)
+        with pytest.raises(forge.DispatchError, match=f"{MAX_INPUT_BYTES + 1} bytes.*limit is {MAX_INPUT_BYTES}"):
+            forge.dispatch(conn, text, largest + "x")
+        with pytest.raises(forge.DispatchError, match=r"inputs\[1\]: .*limit"):
+            forge.dispatch_many(conn, text, ["x", largest + "x"])
+        conn.commit()
+        stored = conn.execute("SELECT octet_length(input #>> '{}') FROM forge_jobs WHERE id = %s", (job_id,))
+        assert stored.fetchone()[0] == MAX_INPUT_BYTES - 2
+    assert _ids(database_url) == [job_id]
+
+
+def test_a_batch_over_the_limit_is_refused(database_url):
+    # PostgreSQL refuses a jsonb array whose elements take over 256 MiB (270 inputs of 1 MiB did).
+    count = MAX_BATCH_BYTES // MAX_INPUT_BYTES + 1
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(forge.DispatchError, match=f"{count} inputs.*limit.*{MAX_BATCH_BYTES}"):
+            forge.dispatch_many(conn, text, ["x" * (MAX_INPUT_BYTES - 2)] * count)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("inputs", [5, "abc", {"order_id": 1}], ids=["int", "str", "dict"])
+def test_dispatch_many_needs_an_iterable_of_inputs(database_url, inputs):
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(forge.DispatchError, match="iterable of inputs"):
+            forge.dispatch_many(conn, charge, inputs)
+
+
+def test_non_jobs_are_refused(database_url):
+    with psycopg.connect(database_url) as conn:
         with pytest.raises(forge.DispatchError, match="not a job"):
             forge.dispatch(conn, lambda ctx, i: None, {})
 

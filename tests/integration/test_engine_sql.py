@@ -106,8 +106,7 @@ def test_rescue_finds_expired_leases_through_claim_rows_then_the_rows_are_pruned
     )
     assert db.execute(SQL["reap_nodes"], (HOUR_MS,)).fetchall() == []
 
-    retried, failed = db.execute(SQL["rescue"], (60_000.0, 3)).fetchone()
-    assert (retried, failed) == (2, 0)
+    assert rescue(db) == (0, 0, 2)  # claimed, never started
     statuses = dict(db.execute("SELECT id, status FROM forge_jobs").fetchall())
     assert [statuses[j[0]] for j in lost] == ["completed", "retry", "retry"]
     assert statuses[kept[0][0]] == "claimed"
@@ -128,7 +127,7 @@ def test_a_job_claimed_again_is_listed_in_both_claim_rows_and_rescued_once(db):
     assert second[0] == first[0] and second[2] != first[2]
     assert close(db, owner, [first[2]]) == []  # the job is held again
     age_claims(db, 120)
-    assert db.execute(SQL["rescue"], (60_000.0, 3)).fetchone() == (1, 0)
+    assert rescue(db) == (0, 0, 1)
 
 
 def test_completing_a_job_is_a_hot_update(db):
@@ -181,4 +180,168 @@ def test_migration_0003_gives_jobs_held_before_it_their_claim_rows(empty_databas
     assert 3 in migrate(empty_database_url)
     with psycopg.connect(empty_database_url, autocommit=True, options=SESSION, cursor_factory=psycopg.RawCursor) as db:
         assert [(r[1], r[2]) for r in claim_rows(db)] == [(owner, [held])]
-        assert db.execute(SQL["rescue"], (60_000.0, 3)).fetchone() == (1, 0)
+        assert rescue(db) == (1, 0, 0)
+
+
+def start(db, owner: uuid.UUID, jobs: list[tuple]) -> int:
+    ids, attempts = [j[0] for j in jobs], [j[1] for j in jobs]
+    return len(db.execute(SQL["start"], (ids, attempts, owner, [0.0] * len(ids))).fetchall())  # started 0 ms ago
+
+
+def rescue(db, max_crashes: int = 3) -> tuple:
+    """(retried, failed, given back unstarted)."""
+    return db.execute(SQL["rescue"], (60_000.0, max_crashes)).fetchone()
+
+
+def job_state(db, job_id: int) -> tuple:
+    return db.execute(
+        "SELECT status, attempts, max_attempts, crashes, claimed_by IS NULL, failed_at IS NOT NULL,"
+        " last_error->>'type', last_error->>'reason' FROM forge_jobs WHERE id = $1", (job_id,)).fetchone()
+
+
+def test_rescue_charges_only_attempts_that_started(db):
+    """A claimed job its node never started goes back with no crash and its run intact; the next claim
+    still takes a new attempt number, so the lost owner's late reports can never match it."""
+    dispatch(db, 2)
+    dead = uuid.uuid4()
+    ran, waited = claim(db, dead)
+    assert start(db, dead, [ran]) == 1
+    age_claims(db, 120)
+    assert rescue(db) == (1, 0, 1)
+    assert job_state(db, ran[0]) == ("retry", 1, 3, 1, True, False, "forge.errors.NodeLost", None)
+    assert job_state(db, waited[0]) == ("retry", 1, 4, 0, True, False, None, None)
+    [again] = [j for j in claim(db, uuid.uuid4()) if j[0] == waited[0]]
+    assert again[1] == 2  # a new lease number
+    late = db.execute(SQL["release"], ([waited[0]], [1], dead)).fetchall()
+    assert late == []  # the dead owner's late hand-back is fenced
+
+
+def test_rescue_fails_a_started_job_with_no_attempts_left_as_node_lost(db):
+    [job] = dispatch(db, 1)
+    db.execute("UPDATE forge_jobs SET max_attempts = 1 WHERE id = $1", (job,))
+    dead = uuid.uuid4()
+    jobs = claim(db, dead)
+    start(db, dead, jobs)
+    age_claims(db, 120)
+    assert rescue(db) == (0, 1, 0)
+    status, attempts, _, crashes, unowned, failed, error, reason = job_state(db, job)
+    assert (status, attempts, crashes, unowned, failed, error, reason) == (
+        "failed", 1, 1, False, True, "forge.errors.NodeLost", None)
+    message = db.execute("SELECT last_error->>'message' FROM forge_jobs WHERE id = $1", (job,)).fetchone()[0]
+    assert str(dead) in message and f"job {job}" in message
+
+
+def test_rescue_fails_a_job_at_the_crash_cap_with_the_reason(db):
+    [job] = dispatch(db, 1)
+    db.execute("UPDATE forge_jobs SET crashes = 2 WHERE id = $1", (job,))  # two crashes before this one
+    dead = uuid.uuid4()
+    jobs = claim(db, dead)
+    start(db, dead, jobs)
+    age_claims(db, 120)
+    assert rescue(db, max_crashes=3) == (0, 1, 0)
+    assert job_state(db, job) == ("failed", 1, 3, 3, False, True, "forge.errors.NodeLost",
+                                  "crashed 3 times (max_crashes 3)")
+
+
+def heartbeat(db, owner: uuid.UUID, leases: list[tuple]) -> dict[int, bool]:
+    """id -> renewed (False: its row was locked by another session) for each lease still held."""
+    ids, attempts = [j[0] for j in leases], [j[1] for j in leases]
+    rows = db.execute(SQL["heartbeat"], (ids, attempts, owner)).fetchall()
+    for job_id, renewed, age_ms in rows:  # a locked lease says how long ago it was last renewed
+        assert (age_ms == 0) if renewed else (1000 <= age_ms < 60_000), (job_id, renewed, age_ms)
+    return {job_id: renewed for job_id, renewed, _ in rows}
+
+
+def test_the_heartbeat_skips_a_row_another_session_locked_and_keeps_it_held(db, database_url):
+    dispatch(db, 3)
+    owner = uuid.uuid4()
+    jobs = claim(db, owner)
+    start(db, owner, jobs)
+    db.execute("UPDATE forge_jobs SET heartbeat_at = heartbeat_at - interval '1 second'")
+    stale = (jobs[2][0], jobs[2][1] + 1)  # an attempt this owner no longer holds
+    db.execute("SET statement_timeout = '2s'")  # waiting for the lock would fail the test
+    with psycopg.connect(database_url) as other:
+        other.execute("SELECT 1 FROM forge_jobs WHERE id = %s FOR UPDATE", (jobs[1][0],))
+        assert heartbeat(db, owner, [jobs[0], jobs[1], stale]) == {jobs[0][0]: True, jobs[1][0]: False}
+        # a rescuer that holds the row and then takes the job: held until it commits, then lost
+        other.execute("UPDATE forge_jobs SET status = 'retry', claimed_by = NULL WHERE id = %s", (jobs[1][0],))
+        assert heartbeat(db, owner, jobs[:2]) == {jobs[0][0]: True, jobs[1][0]: False}
+        other.commit()
+    assert heartbeat(db, owner, jobs[:2]) == {jobs[0][0]: True}
+
+
+def node(db, job_types: list[str], seconds_ago: float = 0.0, stopped: bool = False) -> uuid.UUID:
+    """A forge_nodes row running `job_types`, last heard of `seconds_ago` (and stopped then, if `stopped`)."""
+    node_id = uuid.uuid4()
+    db.execute(
+        "INSERT INTO forge_nodes (id, hostname, pid, roles, capabilities, workers, job_types, heartbeat_at,"
+        " stopped_at) VALUES ($1, 'h', 1, '{worker}', '{general}', 1, $2, now() - $3 * interval '1 second',"
+        " CASE WHEN $4 THEN now() - $3 * interval '1 second' END)",
+        (node_id, job_types, seconds_ago, stopped),
+    )
+    return node_id
+
+
+def due_for(db, seconds: float, job_type: str = "noop", count: int = 1, priority: int = 2) -> list[int]:
+    rows = db.execute(
+        "INSERT INTO forge_jobs (job_type, input, priority, scheduled_at)"
+        " SELECT $1, '{}', $2, now() - $3 * interval '1 second' FROM generate_series(1, $4) RETURNING id",
+        (job_type, priority, seconds, count),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def fail_unknown(db, sweeper: uuid.UUID, grace_s: float, timeout_s: float = 30.0) -> set[int]:
+    rows = db.execute(SQL["fail_unknown_types"], (grace_s * 1000, timeout_s * 1000, sweeper)).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_a_type_fails_only_once_no_node_has_run_it_for_the_grace(db):
+    sweeper = node(db, ["other"])
+    jobs = due_for(db, 3600, count=2)
+    node(db, ["noop"], seconds_ago=10, stopped=True)
+    assert fail_unknown(db, sweeper, grace_s=60) == set()  # its last node stopped 10 s ago
+    assert fail_unknown(db, sweeper, grace_s=5) == set(jobs)
+    error = db.execute("SELECT last_error FROM forge_jobs WHERE id = $1", (jobs[0],)).fetchone()[0]
+    assert error["type"] == "forge.errors.UnknownJobType" and "'noop'" in error["message"]
+
+
+def test_a_silent_node_runs_its_types_for_the_heartbeat_timeout_at_least(db):
+    sweeper = node(db, ["other"])
+    due_for(db, 3600)
+    node(db, ["noop"], seconds_ago=40)  # not stopped: maybe only slow
+    assert fail_unknown(db, sweeper, grace_s=5, timeout_s=60) == set()
+    assert len(fail_unknown(db, sweeper, grace_s=5, timeout_s=30)) == 1
+
+
+def test_a_job_waits_the_grace_too_and_a_stale_sweeper_judges_nothing(db):
+    sweeper = node(db, ["other"])
+    recent = due_for(db, 10, job_type="never_registered")
+    old = due_for(db, 120, job_type="never_registered")
+    stale = node(db, ["other"], seconds_ago=120)
+    assert fail_unknown(db, stale, grace_s=60) == set()
+    assert fail_unknown(db, sweeper, grace_s=60) == set(old)
+    assert recent[0] not in fail_unknown(db, sweeper, grace_s=60)
+
+
+def test_reaped_registrations_are_remembered_for_the_grace(db):
+    sweeper = node(db, ["other"])
+    jobs = due_for(db, 6 * 3600)
+    gone = node(db, ["noop", "other"], seconds_ago=2 * 3600, stopped=True)
+    assert [r[0] for r in db.execute(SQL["reap_nodes"], (HOUR_MS,)).fetchall()] == [gone]
+    seen = dict(db.execute("SELECT job_type, extract(epoch FROM now() - seen_at) FROM forge_job_types").fetchall())
+    assert set(seen) == {"noop", "other"} and 7190 < seen["noop"] < 7210
+    assert fail_unknown(db, sweeper, grace_s=3 * 3600) == set()
+    assert fail_unknown(db, sweeper, grace_s=3600) == set(jobs)
+    # a later reap keeps the latest time a type was run
+    node(db, ["noop"], seconds_ago=3 * 3600, stopped=True)
+    db.execute(SQL["reap_nodes"], (HOUR_MS,))
+    assert 7190 < db.execute("SELECT extract(epoch FROM now() - seen_at) FROM forge_job_types"
+                             " WHERE job_type = 'noop'").fetchone()[0] < 7210
+
+
+def test_a_backlog_of_a_running_type_does_not_hide_an_orphan_of_another_priority(db):
+    sweeper = node(db, ["noop", "other"])
+    due_for(db, 3600, count=3000, priority=0)  # more than the window of a priority
+    orphan = due_for(db, 3600, job_type="never_registered", priority=3)
+    assert fail_unknown(db, sweeper, grace_s=60) == set(orphan)

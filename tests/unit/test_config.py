@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from forge.config import (
@@ -38,17 +39,29 @@ def test_minimal_config_gets_every_default(tmp_path):
     config = load_config(write(tmp_path, MINIMAL), environ={})
     assert config.app.modules == ["myapp.jobs"]
     assert config.database.url is None
-    node = config.node
-    assert node.roles == ["worker"]
-    assert node.worker_capabilities == ["general"]
-    assert node.workers == 4
-    assert node.max_jobs_per_worker is None
-    assert node.max_worker_memory is None
-    assert (node.shutdown_grace, node.kill_grace) == (30.0, 1.0)
-    assert (node.heartbeat_interval, node.heartbeat_timeout, node.poll_interval) == (2.0, 30.0, 1.0)
-    assert node.claim_batch == 250
-    assert node.prefetch == node.workers  # default: one extra job per worker
-    assert node.prefetch_timeout == 1.0
+    # Every [node] key, so that a new one fails here until its default is written down. The README documents
+    # roles, worker_capabilities, workers, shutdown_grace, heartbeat_interval, heartbeat_timeout, max_crashes,
+    # unknown_type_grace and that max_jobs_per_worker and max_worker_memory are optional; config.py the others.
+    assert msgspec.structs.asdict(config.node) == {
+        "roles": ["worker"],
+        "worker_capabilities": ["general"],
+        "workers": 4,
+        "max_jobs_per_worker": None,
+        "max_worker_memory": None,
+        "shutdown_grace": 30.0,
+        "kill_grace": 1.0,
+        "heartbeat_interval": 2.0,
+        "heartbeat_timeout": 30.0,
+        "poll_interval": 1.0,
+        "claim_batch": 250,
+        "prefetch": 4,  # one extra job per worker
+        "prefetch_timeout": 1.0,
+        "max_crashes": 3,
+        "maintenance_interval": 1.0,
+        "dead_letter_after": 0.0,
+        "dead_letter_retain": 7 * 86400.0,
+        "unknown_type_grace": 3600.0,
+    }
     assert config.log.level == "info"
     assert config.alerts == []
     assert config.path == tmp_path / "forge.toml"
@@ -236,3 +249,10 @@ def test_app_module_not_found_is_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.path", list(sys.path))
     with pytest.raises(ConfigError, match="app.modules: module 'no_such_forge_module.jobs' not found"):
         import_app_modules(config)
+
+
+def test_unknown_type_grace_is_a_duration(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + '[node]\nunknown_type_grace = "90s"\n'), environ={})
+    assert config.node.unknown_type_grace == 90.0
+    message = error_of(tmp_path, MINIMAL + '[node]\nunknown_type_grace = "later"\n')
+    assert "node.unknown_type_grace" in message and "forge.toml:4" in message

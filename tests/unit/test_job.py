@@ -11,7 +11,7 @@ import pytest
 
 import forge
 from forge.errors import JobDefinitionError
-from forge.job import DEFAULT_TIMEOUT, registry
+from forge.job import registry
 
 
 class In(msgspec.Struct):
@@ -26,15 +26,24 @@ class SubNetworkError(NetworkError):
     pass
 
 
-def test_defaults_are_sensible():
+def test_defaults_are_the_documented_ones():
+    # The README: 3 attempts, exponential backoff from 1 s capped at 1 h, no jitter, every error retried,
+    # timeout 30 minutes, priority normal, capability general.
     @forge.job
     def unit_defaults(ctx, input: In) -> None: ...
 
     assert registry()["unit_defaults"] is unit_defaults
-    assert (unit_defaults.retry.max_attempts, unit_defaults.retry.backoff) == (3, "exponential")
-    assert unit_defaults.retry.base == 1.0
-    assert unit_defaults.timeout == DEFAULT_TIMEOUT
+    retry = unit_defaults.retry
+    assert (retry.max_attempts, retry.backoff, retry.base, retry.max_backoff, retry.jitter) == (
+        3, "exponential", 1.0, 3600.0, 0.0
+    )
+    assert retry.on == () and retry.retries(Exception("any error"))
+    assert unit_defaults.timeout == 30 * 60.0
     assert (unit_defaults.priority, unit_defaults.priority_rank) == ("normal", 2)
+    assert unit_defaults.capability == "general"
+    assert (unit_defaults.resources, unit_defaults.heartbeat_timeout, unit_defaults.dead_letter_retain) == (
+        None, None, None
+    )
     assert unit_defaults.input_type is In
     assert not unit_defaults.is_async
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
+from typing import NoReturn
 
 from forge.supervisor.lease import LeaseClock
 
@@ -19,26 +21,39 @@ def test_the_zygote_never_reads_half_a_renewal() -> None:
     clock.renewed(written[0])
     writer = os.fork()
     if writer == 0:  # the child only writes, then leaves without running any cleanup
-        try:
-            end = time.monotonic() + 1.5
-            while time.monotonic() < end:
-                for _ in range(1_000):
-                    clock.renewed(written[0])
-                    clock.renewed(written[1])
-        finally:
-            os._exit(0)
+        _write_for(clock, written, seconds=1.5)
     try:
-        reads, odd = 0, []
+        reads, seen, odd = 0, set(), []
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
             for _ in range(1_000):
                 value = clock.renewed_at()
+                seen.add(value)
                 if value not in written:
                     odd.append(value)
             reads += 1_000
     finally:
-        os.waitpid(writer, 0)
+        _, status = os.waitpid(writer, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the writer failed (its traceback is on stderr)"
     assert not odd, f"{len(odd)} of {reads} reads saw a value never written, e.g. {odd[:3]}"
+    # the second value reaches the reader only through the shared page: else nothing above was tested
+    assert seen == set(written), f"the reader saw only {sorted(seen)}"
+
+
+def _write_for(clock: LeaseClock, written: tuple[float, float], seconds: float) -> NoReturn:
+    """In the forked writer: alternate the two values for `seconds`, then exit 0, or 1 on any error."""
+    status = 1
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for _ in range(1_000):
+                clock.renewed(written[0])
+                clock.renewed(written[1])
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
 
 
 def test_age_counts_from_the_last_renewal() -> None:

@@ -31,6 +31,12 @@ def test_a_whole_config_round_trips() -> None:
     }
 
 
+def test_without_a_url_there_is_no_database_table() -> None:
+    assert tomllib.loads(forge_toml(None, ["app.jobs"], {"workers": 1})) == {
+        "app": {"modules": ["app.jobs"]}, "node": {"workers": 1},
+    }
+
+
 @pytest.mark.parametrize("value", [True, False])
 def test_a_boolean_is_a_toml_boolean(value: bool) -> None:
     assert toml_value(value) == ("true" if value else "false")  # not Python's True, which is no TOML

@@ -6,7 +6,9 @@ database reached and the Rust core (which runs a thread) started.
 
 Exit status: 0 after a clean stop, 2 for a bad configuration, 3 when the
 app's job modules cannot be imported, 4 when the database cannot be reached
-or migrated. A boot failure therefore stops instead of crash-looping.
+or migrated (a boot failure therefore stops instead of crash-looping), 5 when
+a stop left job outcomes the database did not take within shutdown_grace
+(those jobs stay held until another node rescues them after heartbeat_timeout).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from .zygote import Zygote
 EXIT_CONFIG = 2
 EXIT_APP = 3
 EXIT_DATABASE = 4
+EXIT_OUTCOMES_UNWRITTEN = 5
+#: The least a stop waits for its final reports (seconds): a healthy database takes them in milliseconds, but not
+#: in no time at all, as shutdown_grace = 0 would give it.
+FINAL_FLUSH_MIN = 1.0
 
 _log = logging.getLogger("forge.supervisor")
 
@@ -108,13 +114,28 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
         len(jobs),
     )
     try:
-        return Arbiter(config.node, core, zygote, jobs, settings, lease).run()
+        status = Arbiter(config.node, core, zygote, jobs, settings, lease).run()
     finally:
-        core.flush(5000)
+        left = _final_flush(core, config.node.shutdown_grace)
         _log.info("core totals: %s", " ".join(f"{k}={v}" for k, v in sorted(core.stats().items())))
         if not core.close():
             _log.warning("node %s: could not record the stop (database unreachable)", node_id)
-        _log.info("node %s stopped", node_id)
+    if left:
+        _log.error(
+            "node %s stopped with %d job outcome(s) not written (database unreachable for shutdown_grace %gs); "
+            "their jobs stay held, left to the rescue by a live node after heartbeat_timeout (%gs)",
+            node_id, left, config.node.shutdown_grace, config.node.heartbeat_timeout,
+        )
+        return EXIT_OUTCOMES_UNWRITTEN
+    _log.info("node %s stopped", node_id)
+    return status
+
+
+def _final_flush(core: Core, grace: float) -> int:
+    """Wait up to `grace` seconds for the database to take every report; how many jobs it leaves held: those
+    whose outcome it did not take (a lease is held until its job's end is written) or never reported ended."""
+    core.flush(int(max(grace, FINAL_FLUSH_MIN) * 1000))
+    return core.in_flight()
 
 
 def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str, Job[Any]]) -> CoreSettings:
@@ -132,10 +153,12 @@ def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str
         poll_interval=node.poll_interval,
         heartbeat_interval=node.heartbeat_interval,
         heartbeat_timeout=node.heartbeat_timeout,
+        fence_after=fence_after(node.heartbeat_timeout),
         max_crashes=node.max_crashes,
         maintenance_interval=node.maintenance_interval,
         dead_letter_after=node.dead_letter_after,
         dead_letter_retain=node.dead_letter_retain,
+        unknown_type_grace=node.unknown_type_grace,
     )
 
 

@@ -6,6 +6,8 @@ with the database clock, so tests can check order, spacing and timing.
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -30,6 +32,10 @@ class Fail(msgspec.Struct):
     error: str = "NetworkError"
 
 
+class Child(msgspec.Struct):
+    ignore_sigterm: bool = False
+
+
 class NetworkError(Exception):
     pass
 
@@ -45,10 +51,11 @@ class ValidationProblem(Exception):
 ERRORS = {cls.__name__: cls for cls in (NetworkError, RateLimitError, ValidationProblem)}
 
 
-def record(ctx: forge.JobContext, event: str) -> None:
+def record(ctx: forge.JobContext, event: str, pid: int | None = None) -> None:
+    """An event of this job, with the pid of the process it concerns (by default the worker)."""
     ctx.db.execute(
         "INSERT INTO test_events (job_id, job_type, attempt, event, pid) VALUES (%s, %s, %s, %s, %s)",
-        (ctx.job_id, ctx.job_type, ctx.attempt, event, os.getpid()),
+        (ctx.job_id, ctx.job_type, ctx.attempt, event, os.getpid() if pid is None else pid),
     )
 
 
@@ -154,6 +161,30 @@ def quick(ctx: forge.JobContext, input: Crash) -> int:
 def driver_loaded(ctx: forge.JobContext, input: N) -> bool:
     """Whether this worker had psycopg loaded before the job touched ctx.db."""
     return "psycopg" in sys.modules
+
+
+@forge.job(timeout="1s", retry=forge.Retry(max_attempts=1))
+def ignore_sigterm(ctx: forge.JobContext, input: Sleep) -> None:
+    """Records the SIGTERM of its timeout and sleeps on: only a SIGKILL ends it."""
+    signal.signal(signal.SIGTERM, lambda *_: record(ctx, "sigterm"))
+    record(ctx, "start")
+    time.sleep(3600)  # resumed after the handler (PEP 475)
+
+
+@forge.job(timeout="1s", retry=forge.Retry(max_attempts=1))
+def sleep_with_child(ctx: forge.JobContext, input: Child) -> None:
+    """Starts a child process that sleeps (ignoring SIGTERM if asked), records its pid, and sleeps."""
+    # An ignored signal stays ignored across exec, so sleep inherits the shell's trap.
+    script = "trap '' TERM; exec sleep 3600" if input.ignore_sigterm else "exec sleep 3600"
+    child = subprocess.Popen(["sh", "-c", script])
+    record(ctx, "child", child.pid)
+    time.sleep(3600)
+
+
+@forge.job
+def measure(ctx: forge.JobContext, input: str) -> int:
+    """The length of the input it was given."""
+    return len(input)
 
 
 # --- data PostgreSQL cannot store (tests/acceptance/test_bad_reports.py) ---------

@@ -149,13 +149,38 @@ WHERE j.id = p.id AND j.attempts = p.attempt AND j.claimed_by = $5
 RETURNING j.id;
 
 -- name: heartbeat
--- Renew the leases of every job this node runs, in one statement.
-UPDATE forge_jobs AS j
-SET heartbeat_at = now()
-FROM unnest($1::bigint[], $2::integer[]) AS h(id, attempt)
-WHERE j.id = h.id AND j.attempts = h.attempt AND j.claimed_by = $3
-  AND j.status IN ('claimed', 'running')
-RETURNING j.id;
+-- Renew the leases of every job this node holds, in one statement, without
+-- ever waiting for a row lock: the rows to renew are locked SKIP LOCKED, so
+-- a job row another session holds (an operator's SELECT ... FOR UPDATE, a
+-- rescuer's sweep) cannot stall the renewal of all the others. One row per
+-- lease still held: renewed = true when renewed; false when its row was
+-- locked by someone else, with age_ms, how long ago (database clock) the
+-- lease was last renewed: by the last committed version of the row the
+-- lease is still this node's, and the core gives it up itself before that
+-- age could let another node rescue it (heartbeat.rs). A lease with no row
+-- is lost. A lock by a rescuer that then takes the job shows as lost at the
+-- next renewal.
+WITH sent AS MATERIALIZED (
+    SELECT * FROM unnest($1::bigint[], $2::integer[]) AS h(id, attempt)
+), locked AS MATERIALIZED (
+    SELECT j.id FROM sent JOIN forge_jobs AS j ON j.id = sent.id
+    WHERE j.attempts = sent.attempt AND j.claimed_by = $3
+      AND j.status IN ('claimed', 'running')
+    FOR UPDATE OF j SKIP LOCKED
+), renewed AS (
+    UPDATE forge_jobs AS j
+    SET heartbeat_at = now()
+    FROM locked
+    WHERE j.id = locked.id
+    RETURNING j.id
+)
+SELECT id, true AS renewed, 0::float8 AS age_ms FROM renewed
+UNION ALL
+SELECT j.id, false, extract(epoch FROM now() - j.heartbeat_at)::float8 * 1000
+FROM sent JOIN forge_jobs AS j ON j.id = sent.id
+WHERE sent.id NOT IN (SELECT id FROM locked)
+  AND j.attempts = sent.attempt AND j.claimed_by = $3
+  AND j.status IN ('claimed', 'running');
 
 -- name: close_claims
 -- Claim rows $1 of owner $2 whose jobs have all ended, written after the
@@ -173,17 +198,22 @@ RETURNING c.id;
 -- name: register_node
 -- This supervisor run announces itself (the id is new at every start and is
 -- the lease owner of every job the run claims): $1 id, $2 hostname, $3 pid,
--- $4 roles, $5 capabilities, $6 worker count, $7 job types.
+-- $4 roles, $5 capabilities, $6 worker count, $7 job types. Other nodes
+-- judge job types by these rows (fail_unknown_types).
 INSERT INTO forge_nodes (id, hostname, pid, roles, capabilities, workers, job_types)
 VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: stop_node
--- A clean stop: the row stays, for operators to see, until reaped.
+-- A clean stop: the row stays, for operators to see, until reaped; its
+-- heartbeat_at is when its job types were last run here.
 UPDATE forge_nodes SET stopped_at = now(), heartbeat_at = now() WHERE id = $1;
 
 -- name: node_heartbeat
--- Keep this node's registration fresh.
-UPDATE forge_nodes SET heartbeat_at = now() WHERE id = $1;
+-- Keep this node's registration fresh, beside its leases on the heartbeat
+-- connection: a row some other session has locked is skipped (renewed at
+-- the next beat) rather than waited for.
+UPDATE forge_nodes SET heartbeat_at = now()
+WHERE id IN (SELECT id FROM forge_nodes WHERE id = $1 FOR UPDATE SKIP LOCKED);
 
 -- name: notify
 -- Wake other nodes after jobs were handed back or rescued.
@@ -192,18 +222,29 @@ SELECT pg_notify('forge_jobs', '0');
 -- name: rescue
 -- Jobs whose node stopped renewing their lease (heartbeat_at older than the
 -- heartbeat timeout $1 ms: the node died, froze or lost the database; a
--- live node renews every heartbeat interval). A lost lease is crash-class:
--- crashes + 1. Back to retry, claimable at once, while attempts remain and
--- crashes stay below max_crashes $2; otherwise failed (with a "reason" when
--- the crash cap is what stops it). The old owner's heartbeat and reports no
--- longer match (claimed_by/status changed), so it finds the lease lost and
--- fences itself. Held jobs are found through their owners' forge_claims
--- rows, and only rows older than the timeout: a job's heartbeat_at starts
--- at its claim (the claim row's claimed_at) and only moves forward. A job
--- listed twice (released, then claimed again by the same node) is updated
--- once.
+-- live node renews every heartbeat interval). Only an attempt that started
+-- (status running) is charged: a lost lease of a running job is
+-- crash-class (crashes + 1, last_error NodeLost), back to retry, claimable
+-- at once, while attempts remain and crashes stay below max_crashes $2,
+-- otherwise failed (with a "reason" when the crash cap is what stops it).
+-- A job its node claimed but never started (prefetched) goes back to retry
+-- with nothing charged: no crash, last_error kept, and max_attempts + 1, so
+-- it keeps every run it had. Its attempts stay as they are because the
+-- attempt number is the lease's identity: were it handed out again, the
+-- next claim could give this very (id, attempt, owner) back to the lost
+-- owner, whose late reports (it may only have been cut off) would then
+-- land on the new lease. A start the lost node reported but never wrote
+-- counts as not started: the database is all a rescuer can go by.
+-- The old owner's heartbeat and reports no longer match (claimed_by/status
+-- changed), so it finds the lease lost and fences itself. Held jobs are
+-- found through their owners' forge_claims rows, and only rows older than
+-- the timeout: a job's heartbeat_at starts at its claim (the claim row's
+-- claimed_at) and only moves forward. A job listed twice (released, then
+-- claimed again by the same node) is updated once.
 WITH expired AS (
-    SELECT j.id FROM forge_claims AS c
+    SELECT j.id, j.status = 'running' AS started,
+           j.status = 'claimed' OR (j.attempts < j.max_attempts AND j.crashes + 1 < $2) AS retried
+    FROM forge_claims AS c
     CROSS JOIN LATERAL unnest(c.job_ids) AS listed(id)
     JOIN forge_jobs AS j ON j.id = listed.id
     WHERE c.claimed_at < now() - $1::float8 * interval '1 millisecond'
@@ -214,32 +255,32 @@ WITH expired AS (
     FOR UPDATE OF j SKIP LOCKED
 ), rescued AS (
     UPDATE forge_jobs AS j
-    SET status = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                      THEN 'retry' ELSE 'failed' END,
-        scheduled_at = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                            THEN now() ELSE j.scheduled_at END,
-        failed_at = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                         THEN NULL ELSE now() END,
-        claimed_by = CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 < $2
-                          THEN NULL ELSE j.claimed_by END,
-        crashes = j.crashes + 1,
-        last_error = jsonb_build_object(
-            'type', 'forge.errors.NodeLost',
-            'message', format('node %s stopped renewing the lease of job %s (last heartbeat %s)',
-                              j.claimed_by, j.id, j.heartbeat_at),
-            'attempt', j.attempts)
-          || CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 >= $2
-                  THEN jsonb_build_object('reason', format('crashed %s times (max_crashes %s)',
-                                                           j.crashes + 1, $2::integer))
-                  ELSE '{}'::jsonb END
-    FROM expired
-    WHERE j.id = expired.id
+    SET status = CASE WHEN e.retried THEN 'retry' ELSE 'failed' END,
+        scheduled_at = CASE WHEN e.retried THEN now() ELSE j.scheduled_at END,
+        failed_at = CASE WHEN e.retried THEN NULL ELSE now() END,
+        claimed_by = CASE WHEN e.retried THEN NULL ELSE j.claimed_by END,
+        max_attempts = j.max_attempts + (NOT e.started)::integer,
+        crashes = j.crashes + e.started::integer,
+        last_error = CASE WHEN NOT e.started THEN j.last_error ELSE
+            jsonb_build_object(
+                'type', 'forge.errors.NodeLost',
+                'message', format('node %s stopped renewing the lease of job %s (last heartbeat %s)',
+                                  j.claimed_by, j.id, j.heartbeat_at),
+                'attempt', j.attempts)
+            || CASE WHEN j.attempts < j.max_attempts AND j.crashes + 1 >= $2
+                    THEN jsonb_build_object('reason', format('crashed %s times (max_crashes %s)',
+                                                             j.crashes + 1, $2::integer))
+                    ELSE '{}'::jsonb END
+        END
+    FROM expired AS e
+    WHERE j.id = e.id
       AND j.status IN ('claimed', 'running')
       AND j.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
-    RETURNING j.status
+    RETURNING e.started, j.status
 )
-SELECT count(*) FILTER (WHERE status = 'retry') AS retried,
-       count(*) FILTER (WHERE status = 'failed') AS failed
+SELECT count(*) FILTER (WHERE started AND status = 'retry') AS retried,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE NOT started) AS unstarted
 FROM rescued;
 
 -- name: prune_claims
@@ -313,32 +354,51 @@ WITH old_default AS (
 SELECT count(*) AS pruned FROM gone;
 
 -- name: fail_unknown_types
--- Due jobs of a type that no live node runs (a live node: not stopped and a
--- node heartbeat within the heartbeat timeout $1 ms) would wait forever,
--- since nodes only claim their own types: fail them with the reason. Only
--- jobs due for longer than the timeout, so a starting node has time to
--- register; and only when the sweeping node $2 is itself live, so a node
--- whose own registration is stale never judges the others. The cost is
--- bounded on a huge backlog: only the first 10,000 due claimable rows in
--- claim order (the forge_jobs_claimable index) are looked at.
-WITH due AS MATERIALIZED (
-    SELECT id, job_type, scheduled_at FROM forge_jobs
-    WHERE claimed_by IS NULL AND failed_at IS NULL
-      AND scheduled_at <= now()
-    ORDER BY priority, scheduled_at, id
-    LIMIT 10000
-), live AS MATERIALIZED (
-    SELECT id, job_types FROM forge_nodes
-    WHERE stopped_at IS NULL
-      AND heartbeat_at > now() - $1::float8 * interval '1 millisecond'
+-- Due jobs of a type no node runs would wait forever, since nodes only
+-- claim their own types: fail them with the reason, but only once nobody
+-- has run the type for the grace $1 ms ([node] unknown_type_grace), so a
+-- restart of the only node of a type, or of every node in turn, fails
+-- nothing. A type was last run by a node at that node's heartbeat_at: its
+-- last beat, or its stop (stop_node); a node that is not stopped counts as
+-- running it for at least the heartbeat timeout $2 ms after its last beat
+-- (it may only be slow); forge_job_types remembers the types of reaped
+-- registrations (reap_nodes). The job itself must have been due for the
+-- grace too, so a type deployed to the dispatchers before the workers has
+-- as long. Only when the sweeping node $3 is itself live, so a node whose
+-- own registration is stale never judges the others.
+-- The cost is bounded on a huge backlog: per priority (0-3, the CHECK of
+-- 0001), only the 2,500 claimable rows due longest, a range of the
+-- forge_jobs_claimable index that is empty unless jobs have waited past
+-- the grace; the types among them are judged once each.
+WITH judge AS MATERIALIZED (
+    SELECT 1 FROM forge_nodes
+    WHERE id = $3 AND stopped_at IS NULL
+      AND heartbeat_at > now() - $2::float8 * interval '1 millisecond'
+), due AS MATERIALIZED (
+    SELECT waiting.id, waiting.job_type FROM generate_series(0, 3) AS p(priority)
+    CROSS JOIN LATERAL (
+        SELECT id, job_type FROM forge_jobs
+        WHERE claimed_by IS NULL AND failed_at IS NULL
+          AND priority = p.priority
+          AND scheduled_at <= now() - $1::float8 * interval '1 millisecond'
+        ORDER BY scheduled_at, id
+        LIMIT 2500) AS waiting
+    WHERE EXISTS (SELECT 1 FROM judge)
+), unrun AS MATERIALIZED (
+    SELECT t.job_type FROM (SELECT DISTINCT job_type FROM due) AS t
+    WHERE NOT EXISTS (
+        SELECT 1 FROM forge_nodes AS n
+        WHERE t.job_type = ANY(n.job_types)
+          AND n.heartbeat_at > now() - interval '1 millisecond' * CASE
+              WHEN n.stopped_at IS NULL THEN greatest($1::float8, $2::float8) ELSE $1::float8 END)
+      AND NOT EXISTS (
+        SELECT 1 FROM forge_job_types AS k
+        WHERE k.job_type = t.job_type
+          AND k.seen_at > now() - $1::float8 * interval '1 millisecond')
 ), orphaned AS (
     SELECT j.id FROM forge_jobs AS j
-    WHERE j.id IN (
-        SELECT due.id FROM due
-        WHERE due.scheduled_at <= now() - $1::float8 * interval '1 millisecond'
-          AND NOT EXISTS (SELECT 1 FROM live WHERE due.job_type = ANY(live.job_types)))
+    WHERE j.id IN (SELECT due.id FROM due JOIN unrun ON unrun.job_type = due.job_type)
       AND j.claimed_by IS NULL AND j.failed_at IS NULL
-      AND EXISTS (SELECT 1 FROM live WHERE live.id = $2)
     LIMIT 1000
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -346,8 +406,9 @@ UPDATE forge_jobs AS j
 SET status = 'failed', failed_at = now(),
     last_error = jsonb_build_object(
         'type', 'forge.errors.UnknownJobType',
-        'message', format('no live node runs job type %L (job %s): register it with '
-                          '@forge.job in a module listed in [app] modules', j.job_type, j.id),
+        'message', format('no node has run job type %L for %s (job %s): register it with '
+                          '@forge.job in a module listed in [app] modules',
+                          j.job_type, $1::float8 * interval '1 millisecond', j.id),
         'attempt', j.attempts)
 FROM orphaned
 WHERE j.id = orphaned.id AND j.claimed_by IS NULL AND j.failed_at IS NULL
@@ -357,12 +418,23 @@ RETURNING j.id;
 -- Registrations of nodes gone for $1 ms (the core passes max(10 x heartbeat
 -- timeout, 1 hour), so stopped nodes stay visible in forge_nodes for an
 -- hour and a paused node is long rescued first). Never a node that still
--- has forge_claims rows: every job it holds is listed in one of them.
-DELETE FROM forge_nodes
-WHERE id IN (
-    SELECT n.id FROM forge_nodes AS n
-    WHERE n.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
-      AND NOT EXISTS (SELECT 1 FROM forge_claims AS c WHERE c.owner = n.id)
-    LIMIT 1000
-    FOR UPDATE OF n SKIP LOCKED)
-RETURNING id;
+-- has forge_claims rows: every job it holds is listed in one of them. What
+-- a deleted row says about its job types (when they were last run there)
+-- is kept in forge_job_types, for fail_unknown_types' grace.
+WITH gone AS (
+    DELETE FROM forge_nodes
+    WHERE id IN (
+        SELECT n.id FROM forge_nodes AS n
+        WHERE n.heartbeat_at < now() - $1::float8 * interval '1 millisecond'
+          AND NOT EXISTS (SELECT 1 FROM forge_claims AS c WHERE c.owner = n.id)
+        LIMIT 1000
+        FOR UPDATE OF n SKIP LOCKED)
+    RETURNING id, job_types, heartbeat_at
+), remembered AS (
+    INSERT INTO forge_job_types (job_type, seen_at)
+    SELECT t.job_type, max(gone.heartbeat_at)
+    FROM gone CROSS JOIN LATERAL unnest(gone.job_types) AS t(job_type)
+    GROUP BY t.job_type
+    ON CONFLICT (job_type) DO UPDATE SET seen_at = greatest(forge_job_types.seen_at, excluded.seen_at)
+)
+SELECT id FROM gone;
