@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import msgspec
 
 from forge.errors import ConfigError, DatabaseError
+from forge.supervisor.lease import MIN_SLACK, fence_after, refresh_period, renewal_slack
 from forge.units import UnitError, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -195,16 +196,57 @@ def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[st
     return config
 
 
+#: What the Rust core accepts (rust/src/lib.rs, CoreSettings): its loops wait at least 1 ms, each duration it
+#: holds fits in 2^64 s, and its counts in an i32 (claim_batch: a u32). Refused here, with the key, not at boot.
+_CORE_INTERVALS = ("poll_interval", "heartbeat_interval", "heartbeat_timeout", "maintenance_interval")
+_CORE_DURATIONS = (*_CORE_INTERVALS, "dead_letter_after", "dead_letter_retain", "unknown_type_grace")
+_CORE_MIN_INTERVAL = 0.001
+_CORE_MAX_SECONDS = 2.0**64
+_CORE_MAX_COUNTS = {"workers": 2**31 - 1, "max_crashes": 2**31 - 1, "claim_batch": 2**32 - 1}
+
+
 def _check_relations(config: Config, source: _Source) -> None:
-    """Checks between keys, which msgspec's per-value checks cannot express."""
-    node = config.node
-    if node.heartbeat_timeout < 3 * node.heartbeat_interval:
-        at = ("node", "heartbeat_timeout")
-        raise ConfigError(
-            f"invalid value for 'node.heartbeat_timeout'{source.where(at)}: {node.heartbeat_timeout:g}s "
-            f"must be at least 3 x node.heartbeat_interval ({node.heartbeat_interval:g}s), so a node "
-            "can fence itself before its leases are rescued"
+    """Checks between keys, and against the core's limits, which msgspec's per-value checks cannot express."""
+    _check_core_limits(config.node, source)
+    _check_lease(config.node, source)
+
+
+def _check_core_limits(node: NodeConfig, source: _Source) -> None:
+    for key in _CORE_DURATIONS:
+        seconds = getattr(node, key)
+        if key in _CORE_INTERVALS and seconds < _CORE_MIN_INTERVAL:
+            raise _invalid(source, key, f"{seconds:g}s is below 1ms, the shortest interval the core runs a loop at")
+        if seconds >= _CORE_MAX_SECONDS:
+            raise _invalid(source, key, f"{seconds:g}s is longer than the core can hold (2^64 s)")
+    for key, most in _CORE_MAX_COUNTS.items():
+        if getattr(node, key) > most:
+            raise _invalid(source, key, f"{getattr(node, key)} is more than the core can hold ({most})")
+
+
+def _check_lease(node: NodeConfig, source: _Source) -> None:
+    """The lease settings must let a healthy node renew its leases well before it would fence itself."""
+    interval, timeout = node.heartbeat_interval, node.heartbeat_timeout
+    if timeout < 3 * interval:
+        raise _invalid(
+            source, "heartbeat_timeout",
+            f"{timeout:g}s must be at least 3 x node.heartbeat_interval ({interval:g}s), so a node "
+            "can fence itself before its leases are rescued",
         )
+    slack = renewal_slack(interval, timeout)
+    if slack < MIN_SLACK:
+        fence = fence_after(timeout)
+        raise _invalid(
+            source, "heartbeat_timeout",
+            f"{timeout:g}s makes this node fence itself {fence:g}s after its last lease renewal, which leaves "
+            f"{slack * 1000:.0f}ms for a renewal round beyond node.heartbeat_interval ({interval:g}s) and the "
+            f"lease page's refresh ({refresh_period(fence):g}s); a healthy but busy node needs "
+            f"{MIN_SLACK * 1000:.0f}ms: raise heartbeat_timeout or lower heartbeat_interval",
+        )
+
+
+def _invalid(source: _Source, key: str, detail: str) -> ConfigError:
+    at = ("node", key)
+    return ConfigError(f"invalid value for 'node.{key}'{source.where(at)}: {detail}")
 
 
 def _dec_hook(kind: type, value: Any) -> Any:

@@ -55,12 +55,7 @@ def test_a_job_that_ignores_sigterm_is_sigkilled_after_kill_grace(supervisor, db
 
 @pytest.mark.parametrize(
     "ignores_sigterm",
-    [
-        False,
-        pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-            "a child that ignores SIGTERM survives a timeout kill: the worker dies of the SIGTERM, the arbiter "
-            "forgets the slot with it, and the group's SIGKILL after kill_grace is never sent"))),
-    ],
+    [False, True],
     ids=["child", "child-ignoring-sigterm"],
 )
 def test_a_timeout_kill_reaches_the_jobs_children(supervisor, db, ignores_sigterm):
@@ -158,7 +153,9 @@ def test_a_crash_inside_a_batch_hands_the_waiting_jobs_back_uncharged(supervisor
     assert mates == [("completed", 1, len(after))]
     assert sup.stop() == 0
     (totals,) = sup.core_totals()  # it ran once, and stopped cleanly: one line of totals
-    assert totals["released"] > 0  # jobs were waiting behind the crashed one, and went back
+    # jobs were waiting behind the crashed one, and went back: to the database when its worker's end was
+    # handled, or to other workers if its head had been running 50 ms by then (the zygote was slow to say)
+    assert totals["released"] > 0 or "jobs queued behind it go to other workers" in sup.log()
 
 
 def test_workers_forked_once_the_zygote_idled_have_the_driver_loaded(supervisor, db):

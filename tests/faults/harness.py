@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Self
@@ -92,8 +92,9 @@ class Node(Supervisor):
     supervisor run (new node id, in `runs`). A start waits until the node registered and forked its workers.
     """
 
-    def __init__(self, name: str, folder: Path, url: str, direct_url: str, **settings: Any) -> None:
-        super().__init__(folder, url, modules=["faultjobs"], node={**DEFAULT_NODE, **settings}, app_path=APP_DIR,
+    def __init__(self, name: str, folder: Path, url: str, direct_url: str, *,
+                 modules: Sequence[str] = ("faultjobs",), **settings: Any) -> None:
+        super().__init__(folder, url, modules=list(modules), node={**DEFAULT_NODE, **settings}, app_path=APP_DIR,
                          direct_url=direct_url, name=name)
 
     def start(self, *, env: Mapping[str, str] | None = None, start_new_session: bool = True, wait: bool = True,

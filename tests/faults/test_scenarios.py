@@ -390,6 +390,62 @@ def test_partitions_long(fault_db: str, make_node: MakeNode, make_proxy: Callabl
 # --- 5. a killed supervisor takes its processes with it --------------------------------------
 
 
+@pytest.mark.timeout(180)
+def test_rolling_restart_of_nodes_running_different_types(fault_db: str, make_node: MakeNode,
+                                                          results: Results) -> None:
+    """n0 runs fault_work, n1 runs fault_other_work only, and their jobs have been due for an hour (past the 5 s
+    unknown_type_grace): each node is restarted in turn, twice, while the other stays up; no job of either type
+    may fail as UnknownJobType, none is lost or run twice at once."""
+    nodes = [make_node("n0", unknown_type_grace="5s").start(),
+             make_node("n1", modules=["faultjobs_other"], unknown_type_grace="5s").start()]
+    ids = enqueue(fault_db, 200, ms=(0, 20)) + enqueue(fault_db, 200, job_type="fault_other_work", ms=(0, 20))
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        conn.execute("UPDATE forge_jobs SET scheduled_at = now() - interval '1 hour' WHERE status = 'pending'")
+    restarts = []
+    for node in nodes * 2:
+        began = time.monotonic()
+        code = node.stop()
+        assert code == 0, f"{node.name} did not stop cleanly: {code}\n{node.log_tail()}"
+        time.sleep(1.0)  # the other node sweeps meanwhile: the type of the stopped node has no live runner
+        node.start()
+        restarts.append(round(time.monotonic() - began, 2))
+    wait_finished(fault_db, nodes, 90, ids)
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, "rolling-restart")
+    results.write("rolling-restart", {"jobs": len(ids), "restart_seconds": restarts, **stop, **report.figures})
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+@pytest.mark.timeout(180)
+def test_another_session_locking_job_rows(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    """Another session holds FOR UPDATE on a running job's row for 5 s (past the 2.25 s fence limit) while other
+    jobs flow: the node renews every other lease, gives up only the locked job's (LeaseLost, retried), and
+    nothing is lost or run twice at once."""
+    nodes = [make_node("n0").start(), make_node("n1").start()]
+    watcher = DeathWatcher(fault_db, nodes).start()
+    locked = enqueue(fault_db, 1, ms=8000)
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT status FROM forge_jobs WHERE id = %s", locked).fetchone()[0]
+                 == "running", 30, "the job to lock to run", every=0.05)
+    others = enqueue(fault_db, 600, ms=(0, 10))
+    with psycopg.connect(fault_db) as locker:
+        locker.execute("SELECT id FROM forge_jobs WHERE id = %s FOR UPDATE", locked)
+        time.sleep(5.0)
+        locker.rollback()
+    wait_finished(fault_db, nodes, 90, locked + others)
+    watcher.stop()
+    stop = _stop_all(nodes)
+    report = final_check(fault_db, "locked-rows")
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        lease_lost = conn.execute("SELECT job_id FROM ledger_transitions WHERE error_type = 'forge.errors.LeaseLost'"
+                                  " ORDER BY job_id").fetchall()
+    results.write("locked-rows", {"jobs": 1 + len(others), "lease_lost": lease_lost, **stop, **report.figures})
+    assert all(job_id in locked for (job_id,) in lease_lost), f"unlocked jobs lost their lease: {lease_lost}"
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
 @pytest.mark.timeout(120)
 def test_killed_supervisor_leaves_no_processes(fault_db: str, make_node: MakeNode, results: Results) -> None:
     a = make_node("a", workers=3).start()

@@ -6,7 +6,7 @@ from collections import namedtuple
 
 from forge.supervisor.slot import MAX_BATCH, REFILL_AT, SHORT_JOB, JobDurations, Slot
 
-Job = namedtuple("Job", "id attempt job_type")
+Job = namedtuple("Job", "id attempt job_type input parent_id", defaults=(b"{}", None))
 
 
 def _ready_slot() -> Slot:

@@ -8,19 +8,24 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
      SIGKILL after kill_grace), prefetched jobs held too long, the shutdown grace,
      and the lease: when the core has not renewed this node's leases for
      fence_after, or finds a lease lost, the workers concerned are SIGKILLed
-     so that no job runs here while another node runs it;
+     so that no job runs here while another node runs it; and the jobs queued
+     behind a head that turns out long are taken back, unstarted, for other
+     workers (slot.Slot.take_back_waiting);
   4. hands claimed jobs to workers, best priority first: one at a time, or a
-     batch of frames in one write when the jobs are known to be short;
+     batch of frames in one write when the jobs are known to be short; writes
+     never block: what a worker's socket does not take waits in its outbox;
   5. grants the core claim credits for the room the workers have, plus a
      prefetch (how many: demand.py).
+The loop wakes at least every lease.refresh_period, so the lease page the
+zygote watches is never older than the renewals allow.
 Per job the arbiter does O(1) work: decode one frame, one call into the core,
-encode one frame. A worker that dies fails only the job it was running; the
-jobs waiting behind it go back unrun.
+encode one frame. A worker that dies fails only the job it was running, and
+only if it had read that job's frame; the jobs waiting behind it go back unrun.
+Its socket is read to the end before that is decided.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import selectors
@@ -28,24 +33,23 @@ import signal
 import socket
 import time
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 from .._core import ClaimedJob, Core
 from ..config import NodeConfig
-from ..errors import UnknownJobType
 from ..job import Job
-from .arbiter_log import Throughput, dump_state, log_failure
+from .arbiter_log import Throughput, dump_state, log_failure, log_take_back
 from .demand import Demand, credits
-from .lease import LeaseClock, fence_after
-from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, RunJob, Spawned, WorkerSettings, encode
-from .settle import CRASH_CLASS, HAND_BACK, error_json, killed_job_error
+from .lease import LeaseClock, RenewalDates, fence_after, refresh_period
+from .lease import now as lease_now
+from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, Spawned, WorkerSettings
+from .settle import fail_unknown, settle_head
 from .slot import JobDurations, Slot
+from .waiting import Waiting
 from .zygote import Zygote
 
 _log = logging.getLogger("forge.arbiter")
 
-#: How often the loop wakes with nothing to do, for housekeeping, in seconds.
-_IDLE_WAKE = 1.0
 #: How long to wait for the zygote to report killed workers during shutdown.
 _EXIT_WAIT = 5.0
 
@@ -54,16 +58,6 @@ class State(Enum):
     RUNNING = "running"
     DRAINING = "draining"  # no new jobs; handed ones may finish until the grace ends
     KILLING = "killing"  # grace over: workers are being killed, their jobs handed back
-
-
-class _Queued(NamedTuple):
-    """A claimed job waiting for a worker; ordered by priority then claim order
-    (seq is unique, so comparisons never reach the rest; a tuple compares in C)."""
-
-    priority: int
-    seq: int
-    held_since: float
-    job: ClaimedJob
 
 
 class Arbiter:
@@ -88,10 +82,11 @@ class Arbiter:
         assert node.prefetch is not None  # NodeConfig.__post_init__ defaults it to workers
         self._spares: int = node.prefetch
         self._fence_after = fence_after(node.heartbeat_timeout)
+        self._refresh = refresh_period(self._fence_after)  # the longest the loop sleeps
+        self._renewals = RenewalDates(time.monotonic(), lease_now())
         self._fenced = False
         self._by_pid: dict[int, Slot] = {}
-        self._queue: list[_Queued] = []
-        self._seq = 0
+        self._queue = Waiting()
         self._requested = 0
         self._received = 0
         self._prefetching = True  # see demand.Demand.prefetching
@@ -109,14 +104,14 @@ class Arbiter:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._selector.register(self.zygote.fileno(), selectors.EVENT_READ, self._on_zygote)
         self._selector.register(self.core.fileno(), selectors.EVENT_READ, self._on_core)
-        self._watch_lease(time.monotonic())
+        self._watch_lease()
         for slot in self.slots:
             self._spawn(slot)
         while not self._finished():
             self._wait(self._timeout())
             self._handle_signals()
             now = time.monotonic()
-            self._watch_lease(now)
+            self._watch_lease()
             self._enforce_deadlines(now)
             self._assign(now)
             self._grant_credits()
@@ -125,16 +120,17 @@ class Arbiter:
         return 0
 
     def _wait(self, timeout: float) -> None:
-        for key, _ in self._selector.select(timeout):
-            key.data(key)
+        for key, mask in self._selector.select(timeout):
+            key.data(mask)
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        moments = [now + _IDLE_WAKE]
+        moments = [now + self._refresh]
         for slot in self.slots:
-            moments.extend(t for t in (slot.deadline, slot.beat_deadline, slot.sigkill_at) if t is not None)
-        if self._queue:
-            moments.append(min(q.held_since for q in self._queue) + self.node.prefetch_timeout)
+            moments.extend(slot.moments())
+        oldest = self._queue.oldest()
+        if oldest is not None:
+            moments.append(oldest + self.node.prefetch_timeout)
         if self.state is State.DRAINING:
             moments.append(self._grace_ends)
         return max(0.0, min(moments) - now)
@@ -162,7 +158,7 @@ class Arbiter:
     def _record_signal(self, signum: int, _frame: object) -> None:
         self._signals.append(signum)
 
-    def _on_wake(self, _key: object) -> None:
+    def _on_wake(self, _mask: int) -> None:
         try:
             while os.read(self._wake_r, 512):
                 pass
@@ -185,14 +181,17 @@ class Arbiter:
         dump_state(self.state.value, self._fenced, self.core, queued, requested, received, self.slots)
 
     def _drain(self, reason: str) -> None:
-        """Stop claiming, hand back what has not been handed out, let workers finish theirs."""
+        """Stop claiming, hand back every job that has not started, let workers finish theirs."""
         _log.info("%s: stopping; running jobs have %.0fs to finish", reason, self.node.shutdown_grace)
         self.state = State.DRAINING
         self._grace_ends = time.monotonic() + self.node.shutdown_grace
         self.core.pause()
         self._hand_back_queue()
         for slot in self.slots:
-            if not slot.jobs:
+            if slot.jobs and slot.kill_reason is None:
+                self._release(slot.take_back_waiting())
+                self._write(slot)
+            elif not slot.jobs:
                 self._dismiss(slot)
 
     def _kill_all(self, reason: str) -> None:
@@ -206,18 +205,25 @@ class Arbiter:
         self._grace_ends = min(self._grace_ends or time.monotonic(), time.monotonic())
         for slot in self.slots:
             if slot.jobs and slot.kill_reason is None:
-                slot.kill("shutdown", self.node.kill_grace)
+                self._kill(slot, "shutdown")
             elif not slot.jobs:
                 self._dismiss(slot)
+
+    def _kill(self, slot: Slot, reason: str, *, at_once: bool = False) -> None:
+        """Kill a slot's worker: it gets no more frames (see slot.Slot.kill)."""
+        slot.kill(reason, self.node.kill_grace, at_once=at_once)
+        self._write(slot)  # stops watching the socket for room
 
     # -- the zygote and worker processes -----------------------------------------
 
     def _spawn(self, slot: Slot) -> None:
         slot.reset()
-        sock = slot.sock = self.zygote.spawn(slot.index, self.settings)
-        self._selector.register(sock, selectors.EVENT_READ, lambda _key: self._on_worker(slot, sock))
+        sock, slot.peer = self.zygote.spawn(slot.index, self.settings)
+        sock.setblocking(False)
+        slot.sock = sock
+        self._selector.register(sock, selectors.EVENT_READ, lambda mask: self._on_worker(slot, sock, mask))
 
-    def _on_zygote(self, _key: object) -> None:
+    def _on_zygote(self, _mask: int) -> None:
         messages = self.zygote.receive()
         if messages is None:
             raise SystemExit("forge-supervisor: the zygote (fork server) died; cannot fork workers any more")
@@ -235,24 +241,41 @@ class Arbiter:
                 if gone is not None:
                     self._worker_gone(gone, message.status)
 
-    def _on_worker(self, slot: Slot, sock: socket.socket) -> None:
+    def _on_worker(self, slot: Slot, sock: socket.socket, mask: int) -> None:
         # One select() returns a batch of events; handling an earlier one may
         # have replaced this slot's socket (and its fd number reused), so an
-        # event for a socket the slot no longer has is stale, and reads never block.
+        # event for a socket the slot no longer has is stale.
         if slot.sock is not sock:
             return
+        if mask & selectors.EVENT_WRITE:
+            self._write(slot)
+        if mask & selectors.EVENT_READ:
+            self._read(slot)
+
+    def _read(self, slot: Slot) -> bool:
+        """Apply one read's worth of what the worker wrote; False when there was nothing to read.
+
+        The stream never ends here: the supervisor holds the worker's end too
+        (zygote.Zygote.spawn); that the worker is gone, the zygote says.
+        """
+        assert slot.sock is not None
         try:
-            messages = slot.reader.receive(sock, socket.MSG_DONTWAIT)
+            messages = slot.reader.receive(slot.sock, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return
-        except OSError:
-            messages = None
-        if messages is None:  # the worker is gone; its exit status comes from the zygote
-            self._close(slot)
-            return
+            return False
         now = time.monotonic()
-        for message in messages:
+        for message in messages or ():
             self._on_message(slot, message, now)
+        return messages is not None
+
+    def _write(self, slot: Slot) -> None:
+        """Write what the worker's socket takes of its outbox; watch it for room while some is left."""
+        assert slot.sock is not None
+        done = slot.kill_reason is not None or slot.outbox.write(slot.sock)  # a killed worker gets nothing more
+        if done == slot.writing:
+            slot.writing = not done
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if slot.writing else 0)
+            self._selector.modify(slot.sock, events, self._selector.get_key(slot.sock).data)
 
     def _on_message(self, slot: Slot, message: Any, now: float) -> None:
         job = slot.job
@@ -274,12 +297,12 @@ class Arbiter:
 
     def _job_done(self, slot: Slot, retiring: bool, now: float) -> None:
         """The head job reported: the next one handed to this worker starts now."""
-        done = slot.jobs.popleft()
+        done = slot.reported()
         self.durations.observe(done.job_type, now - slot.head_since)
         self._prefetching = True
         if retiring:  # the worker exits now: what it still held never started
             slot.retiring = True
-            self._hand_back_held(slot)
+            self._release(slot.drop_held())
         if slot.jobs:
             self._begin_head(slot, now)
         else:
@@ -302,36 +325,33 @@ class Arbiter:
             slot.beat_deadline = now + definition.heartbeat_timeout
 
     def _worker_gone(self, slot: Slot, status: int | None) -> None:
-        """The worker process ended: settle its jobs, then replace it unless stopping."""
-        self._close(slot)
+        """The worker process ended: apply all it wrote, settle its jobs, then replace it unless stopping."""
+        while slot.sock is not None and self._read(slot):
+            pass
         if slot.jobs:
-            self._settle_head(slot.jobs.popleft(), slot.kill_reason, status)
-            self._hand_back_held(slot)
+            started = slot.head_started()
+            head, *rest = slot.drop_held()
+            definition = self.jobs.get(head.job_type)
+            settle_head(self.core, head, started, slot.kill_reason, status, definition, self._fence_after)
+            self._release(rest)
+        self._close(slot)
         slot.reset()
         if self.state is State.RUNNING:
             self._spawn(slot)
 
-    def _settle_head(self, job: ClaimedJob, reason: str | None, status: int | None) -> None:
-        if reason in HAND_BACK:
+    def _release(self, jobs: list[ClaimedJob]) -> None:
+        """Hand jobs that never started back to the database, uncharged."""
+        for job in jobs:
             self.core.release(job.id, job.attempt)
-            return
-        definition = self.jobs.get(job.job_type)
-        error = killed_job_error(job, reason, status, definition, self._fence_after)
-        retryable = definition.retry.retries(error) if definition else True
-        _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
-        self.core.fail(job.id, job.attempt, retryable, error_json(error, job.attempt), crashed=reason in CRASH_CLASS)
-
-    def _hand_back_held(self, slot: Slot) -> None:
-        """Hand back every job a worker still holds: none of them started."""
-        for job in slot.jobs:
-            self.core.release(job.id, job.attempt)
-        slot.jobs.clear()
 
     def _close(self, slot: Slot) -> None:
         if slot.sock is not None:
             self._selector.unregister(slot.sock)
             slot.sock.close()
             slot.sock = None
+        if slot.peer is not None:
+            slot.peer.close()
+            slot.peer = None
 
     def _dismiss(self, slot: Slot) -> None:
         """Close an idle worker's socket: it exits by itself."""
@@ -340,10 +360,13 @@ class Arbiter:
 
     # -- the lease ------------------------------------------------------------
 
-    def _watch_lease(self, now: float) -> None:
-        """Share the lease age with the zygote; fence this node while it is stale."""
-        age = self.core.lease_age_ms() / 1000.0
-        self.lease.renewed(now - age)
+    def _watch_lease(self) -> None:
+        """Share the last renewal with the zygote; fence this node while it is stale."""
+        age_ms = self.core.lease_age_ms()
+        now = lease_now()
+        renewed = self._renewals.date(age_ms / 1000.0, time.monotonic(), now)
+        self.lease.renewed(renewed)
+        age = now - renewed
         stale = age > self._fence_after
         if stale and not self._fenced:
             _log.error(
@@ -351,7 +374,7 @@ class Arbiter:
             )
             for slot in self.slots:
                 if slot.jobs and slot.kill_reason not in ("fenced", "lost"):
-                    slot.kill("fenced", self.node.kill_grace, at_once=True)
+                    self._kill(slot, "fenced", at_once=True)
         elif self._fenced and not stale:
             _log.warning("leases renewed again; running jobs resumes")
         self._fenced = stale
@@ -365,12 +388,9 @@ class Arbiter:
                 _log.error(
                     "job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid
                 )
-                slot.kill("lost", self.node.kill_grace, at_once=True)
+                self._kill(slot, "lost", at_once=True)
                 return
-        kept = [q for q in self._queue if (q.job.id, q.job.attempt) != (job_id, attempt)]
-        if len(kept) != len(self._queue):
-            self._queue = kept
-            heapq.heapify(self._queue)
+        self._queue.take(job_id, attempt)
 
     def _zygote_fenced(self, pids: list[int]) -> None:
         _log.error("the zygote found the lease clock stale and killed workers %s", pids)
@@ -383,13 +403,20 @@ class Arbiter:
 
     def _enforce_deadlines(self, now: float) -> None:
         for slot in self.slots:
+            take_back_at = slot.take_back_at()
             if slot.deadline is not None and now >= slot.deadline:
-                slot.kill("timeout", self.node.kill_grace)
+                self._kill(slot, "timeout")
             elif slot.beat_deadline is not None and now >= slot.beat_deadline:
-                slot.kill("hung", self.node.kill_grace)
+                self._kill(slot, "hung")
             elif slot.sigkill_at is not None and now >= slot.sigkill_at:
                 slot.sigkill_at = None
                 slot.signal_group(signal.SIGKILL)
+            elif take_back_at is not None and now >= take_back_at:  # the head turned out long
+                taken = slot.take_back_waiting()
+                log_take_back(slot.jobs[0], now - slot.head_since, taken)
+                for job in taken:
+                    self._queue.push(job, now)
+                self._write(slot)  # the rest of a frame the worker had begun, if any
         if self.state is State.DRAINING and now >= self._grace_ends:
             self._kill_all("shutdown grace over")
         self._release_stale(now)
@@ -397,18 +424,15 @@ class Arbiter:
     def _release_stale(self, now: float) -> None:
         """Prefetched jobs not handed out within prefetch_timeout go back for other nodes."""
         limit = now - self.node.prefetch_timeout
-        if not self._queue or min(q.held_since for q in self._queue) > limit:
+        oldest = self._queue.oldest()
+        if oldest is None or oldest > limit:
             return
-        stale = [q for q in self._queue if q.held_since <= limit]
-        self._queue = [q for q in self._queue if q.held_since > limit]
-        heapq.heapify(self._queue)
-        for queued in stale:
-            self.core.release(queued.job.id, queued.job.attempt)
+        self._release(self._queue.take_held_since(limit))
         self._prefetching = False
 
     # -- handing out jobs -------------------------------------------------------
 
-    def _on_core(self, _key: object) -> None:
+    def _on_core(self, _mask: int) -> None:
         for level, message in self.core.logs():
             _log.log(logging.getLevelName(level.upper()), "core: %s", message)
         now = time.monotonic()
@@ -418,18 +442,9 @@ class Arbiter:
                 self.core.release(job.id, job.attempt)
                 continue
             if job.job_type not in self.jobs:
-                self._unknown(job)
+                fail_unknown(self.core, job)
                 continue
-            self._seq += 1
-            heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
-
-    def _unknown(self, job: ClaimedJob) -> None:
-        """Claims are filtered by job type, so this only happens if the registry changed under us."""
-        error = UnknownJobType(
-            f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as"
-        )
-        _log.error("%s", error)
-        self.core.fail(job.id, job.attempt, True, error_json(error, job.attempt))
+            self._queue.push(job, now)
 
     def _assign(self, now: float) -> None:
         """Hand queued jobs to workers that accept them, best first; one write per worker."""
@@ -439,29 +454,14 @@ class Arbiter:
             if not slot.wants_jobs():
                 continue
             held = len(slot.jobs)
-            while self._queue and slot.accepts(self._queue[0].job.job_type, self.durations):
-                slot.hold(heapq.heappop(self._queue).job, self.durations)
+            while self._queue and slot.accepts(self._queue.first().job_type, self.durations):
+                slot.hold(self._queue.pop(), self.durations)
             if len(slot.jobs) > held:
-                self._send(slot, held, now)
+                if held == 0:
+                    self._begin_head(slot, now)
+                self._write(slot)
             if not self._queue:
                 return
-
-    def _send(self, slot: Slot, held: int, now: float) -> None:
-        """Write the frames of the jobs appended to slot.jobs after the first `held`."""
-        new = list(slot.jobs)[held:]
-        frames = b"".join(encode(RunJob(j.id, j.attempt, j.job_type, j.input, j.parent_id)) for j in new)
-        assert slot.sock is not None
-        try:
-            slot.sock.sendall(frames)
-        except OSError:  # the worker just died: requeue; the zygote will say how it died
-            for job in new:
-                slot.jobs.pop()
-                self._seq += 1
-                heapq.heappush(self._queue, _Queued(job.priority, self._seq, now, job))
-            slot.retiring = True
-            return
-        if held == 0:
-            self._begin_head(slot, now)
 
     def _grant_credits(self) -> None:
         """Grant the core the claim credits the demand policy asks for now (see demand.credits)."""
@@ -487,9 +487,7 @@ class Arbiter:
             self._requested += wanted
 
     def _hand_back_queue(self) -> None:
-        for queued in self._queue:
-            self.core.release(queued.job.id, queued.job.attempt)
-        self._queue.clear()
+        self._release(self._queue.take_all())
         for job in self.core.take():
             self._received += 1
             self.core.release(job.id, job.attempt)

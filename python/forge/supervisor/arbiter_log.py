@@ -36,6 +36,18 @@ def log_failure(job: ClaimedJob, message: Failed) -> None:
     )
 
 
+def log_take_back(head: ClaimedJob, running: float, taken: list[ClaimedJob]) -> None:
+    """The jobs queued behind a short job type's job that runs long were taken back for other workers."""
+    if taken:
+        _log.info(
+            "job %s (%s) has run %.0f ms: %d jobs queued behind it go to other workers",
+            head.id,
+            head.job_type,
+            running * 1000,
+            len(taken),
+        )
+
+
 class Throughput:
     """Every SUMMARY_EVERY seconds in which jobs ended: how many completed, were retried and failed."""
 

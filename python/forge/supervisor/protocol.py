@@ -134,6 +134,18 @@ class FrameReader(Generic[M]):
             return None
         return self.feed(self._scratch[:size])
 
+    def receive_one(self, sock: socket.socket) -> M | None:
+        """Read exactly one message from a blocking `sock`, not a byte past it; None at the end of the stream.
+
+        What follows stays in the socket, where its writer can still take it back
+        unread (supervisor/outbox.py). Not to be mixed with receive() or feed().
+        """
+        if not _fill(sock, self._scratch[: _LENGTH.size]):
+            return None
+        (size,) = _LENGTH.unpack_from(self._scratch)
+        body = self._scratch[:size] if size <= _READ_SIZE else memoryview(bytearray(size))
+        return self._decoder.decode(body) if _fill(sock, body) else None
+
     def feed(self, data: bytes | memoryview) -> list[M]:
         """Add received bytes; return every message now complete."""
         self._buffer += data
@@ -149,6 +161,17 @@ class FrameReader(Generic[M]):
                 offset = end
         del self._buffer[:offset]
         return messages
+
+
+def _fill(sock: socket.socket, view: memoryview) -> bool:
+    """Fill `view` from `sock`; False if the stream ends first."""
+    got = 0
+    while got < len(view):
+        count = sock.recv_into(view[got:], len(view) - got, socket.MSG_WAITALL)
+        if not count:
+            return False
+        got += count
+    return True
 
 
 def storable(text: str, *, keep_end: bool = False) -> str:

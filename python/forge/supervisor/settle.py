@@ -1,20 +1,47 @@
-"""How the arbiter records a job whose worker died or was killed under it."""
+"""How the arbiter records a job that did not end by itself: its worker died or was killed under it, or no job
+of that type is registered here."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from typing import Any
 
-from .._core import ClaimedJob
-from ..errors import JobTimeout, LeaseLost, WorkerCrashed
+from .._core import ClaimedJob, Core
+from ..errors import JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed
 from ..job import Job
 from .protocol import error_payload
+
+_log = logging.getLogger("forge.arbiter")
 
 #: Kill reasons whose job is handed back unrun, its attempt not charged.
 HAND_BACK = frozenset({"shutdown"})
 #: Endings that count towards the job's crash limit (poison pills).
 CRASH_CLASS = frozenset({None, "fenced", "lost"})
+
+
+def settle_head(core: Core, job: ClaimedJob, started: bool, reason: str | None, status: int | None,
+                definition: Job[Any] | None, fence_after: float) -> None:
+    """Record the head job of a worker that ended for `reason` (None: on its own) with wait `status`.
+
+    Handed back uncharged if the worker never read its frame whole (it cannot
+    have run it) or the kill hands it back; else failed, a crash if it is one.
+    """
+    if not started or reason in HAND_BACK:
+        core.release(job.id, job.attempt)
+        return
+    error = killed_job_error(job, reason, status, definition, fence_after)
+    retryable = definition.retry.retries(error) if definition else True
+    _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
+    core.fail(job.id, job.attempt, retryable, error_json(error, job.attempt), crashed=reason in CRASH_CLASS)
+
+
+def fail_unknown(core: Core, job: ClaimedJob) -> None:
+    """Claims are filtered by job type, so this only happens if the registry changed under the arbiter."""
+    error = UnknownJobType(f"job {job.id} has job_type {job.job_type!r}, which no job on this node is registered as")
+    _log.error("%s", error)
+    core.fail(job.id, job.attempt, True, error_json(error, job.attempt))
 
 
 def killed_job_error(job: ClaimedJob, reason: str | None, status: int | None, definition: Job[Any] | None,

@@ -1,10 +1,12 @@
 """Worker slots (a worker's process, the jobs handed to it, its killing) and the job-duration record.
 
 A slot is one worker position. Jobs are handed to its worker in order over
-its socket; the first one handed and not yet reported (the head) is the one
-running, the others wait in the worker's socket buffer. Only jobs known to be
-short are ever queued behind another, so a job never waits behind a long one
-while other workers or nodes are idle (see JobDurations).
+its socket (through its outbox, outbox.py); the first one handed and not yet
+reported (the head) is the one running, the others wait in the outbox or the
+worker's socket. Only jobs known to be short are ever queued behind another,
+so a job never waits behind a long one while other workers or nodes are idle
+(see JobDurations); and should a short one turn out long, the jobs queued
+behind it are taken back (take_back_waiting) for other workers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .._core import ClaimedJob
-from .protocol import FrameReader, FromWorker
+from .outbox import OUTBOX_LIMIT, Outbox
+from .protocol import FrameReader, FromWorker, RunJob, encode
 
 #: A job type is "short" when its recent runs average under this, in seconds.
 SHORT_JOB = 0.002
@@ -27,6 +30,9 @@ MAX_BATCH = 32
 #: then back to MAX_BATCH in one write: a send (and a wake-up of the worker)
 #: per ~16 jobs instead of one per job, which was most of the arbiter's time.
 REFILL_AT = MAX_BATCH // 2
+#: Jobs queued behind a head running this long are taken back for other workers, in seconds: well past
+#: a short job (and the scheduling noise of a busy machine), well before a wait anyone would notice.
+TAKE_BACK_AFTER = 0.05
 #: Weight of the newest run in a type's moving average.
 _EMA_WEIGHT = 0.2
 
@@ -63,7 +69,10 @@ class Slot:
     """One worker position: its process, socket and the jobs handed to it."""
 
     index: int
-    sock: socket.socket | None = None
+    sock: socket.socket | None = None  # the supervisor's end of the worker's socket, non-blocking
+    peer: socket.socket | None = None  # the worker's end, kept to take back what it has not read
+    outbox: Outbox = field(default_factory=Outbox)
+    writing: bool = False  # the outbox has bytes the socket did not take: watched for room
     reader: FrameReader[FromWorker] = field(default_factory=lambda: FrameReader(FromWorker))
     pid: int | None = None
     jobs: deque[ClaimedJob] = field(default_factory=deque)
@@ -74,6 +83,7 @@ class Slot:
     sigkill_at: float | None = None
     retiring: bool = False
     all_short: bool = True  # every job held was short when handed over
+    stalled: bool = False  # the jobs behind the head were taken back: none are added until it reports
 
     @property
     def job(self) -> ClaimedJob | None:
@@ -95,17 +105,70 @@ class Slot:
             return False
         if not self.jobs:
             return True
+        if self.stalled or self.outbox.waiting >= OUTBOX_LIMIT:
+            return False
         return self.all_short and len(self.jobs) < MAX_BATCH and durations.short(job_type)
 
     def hold(self, job: ClaimedJob, durations: JobDurations) -> None:
-        """Hand `job` to this worker (after accepts() said yes)."""
+        """Hand `job` to this worker (after accepts() said yes): its frame goes to the outbox."""
         self.all_short = (self.all_short or not self.jobs) and durations.short(job.job_type)
         self.jobs.append(job)
+        self.outbox.add(encode(RunJob(job.id, job.attempt, job.job_type, job.input, job.parent_id)))
+
+    def reported(self) -> ClaimedJob:
+        """The head job ended: the worker read its frame, and will read the next one."""
+        self.outbox.reported()
+        self.stalled = False
+        return self.jobs.popleft()
+
+    def moments(self) -> list[float]:
+        """When the arbiter must look at this slot again: its deadlines, a SIGKILL due, a take-back."""
+        return [t for t in (self.deadline, self.beat_deadline, self.sigkill_at, self.take_back_at()) if t is not None]
+
+    def take_back_at(self) -> float | None:
+        """When to take back the jobs queued behind the head, should it still run then."""
+        if len(self.jobs) < 2 or self.stalled or self.kill_reason is not None:
+            return None
+        return self.head_since + TAKE_BACK_AFTER
+
+    def take_back_waiting(self) -> list[ClaimedJob]:
+        """Take back the held jobs whose frames the worker has not begun to read; the head always stays.
+
+        They never started: the caller hands them to another worker or back to
+        the database, uncharged. No job is added until the head reports.
+        """
+        assert self.peer is not None
+        self.outbox.take_back(self.peer)
+        keep = max(1, self.outbox.begun())
+        self.outbox.keep(keep)
+        taken = [self.jobs.pop() for _ in range(len(self.jobs) - keep)]
+        taken.reverse()
+        self.stalled = True
+        return taken
+
+    def head_started(self) -> bool:
+        """Whether the worker, now gone, had read the head job's frame whole (only then can it have run it)."""
+        if self.peer is not None:
+            self.outbox.take_back(self.peer)
+        return self.outbox.first_read()
+
+    def drop_held(self) -> list[ClaimedJob]:
+        """Forget every job held, and its frame; return them, the head first."""
+        held = list(self.jobs)
+        self.jobs.clear()
+        self.outbox = Outbox()
+        return held
 
     def kill(self, reason: str, kill_grace: float, *, at_once: bool = False) -> None:
-        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once."""
+        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once.
+
+        The worker's socket is half-closed first: that is how the worker tells
+        this SIGTERM from one sent to a whole process group or cgroup (signals.py).
+        """
         self.kill_reason = reason
         self.deadline = self.beat_deadline = None
+        if self.sock is not None:
+            self.sock.shutdown(socket.SHUT_WR)
         if at_once:
             self.sigkill_at = None
             self.signal_group(signal.SIGKILL)
@@ -128,5 +191,6 @@ class Slot:
         self.jobs.clear()
         self.deadline = self.beat_deadline = self.sigkill_at = None
         self.kill_reason = None
-        self.retiring = False
+        self.retiring = self.stalled = self.writing = False
+        self.outbox = Outbox()
         self.reader = FrameReader(FromWorker)

@@ -46,18 +46,19 @@ def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     reader = FrameReader(RunJob)
     done = 0
     while True:
-        frames = reader.receive(sock)
-        if frames is None:
+        # One frame at a time, though short jobs are sent several per write: the
+        # ones not read yet stay in the socket, where the supervisor can take them
+        # back for another worker while this one is busy. Each is reported on its
+        # own, so the supervisor knows when the next one starts.
+        frame = reader.receive_one(sock)
+        if frame is None:
             return 0
-        # Short jobs arrive several frames per read; each is reported on its own,
-        # so the supervisor knows when the next one starts.
-        for frame in frames:
-            outcome = runner.run(frame)
-            done += 1
-            outcome.retiring = _should_retire(settings, done)
-            sock.sendall(encode(outcome))
-            if outcome.retiring:
-                return 0
+        outcome = runner.run(frame)
+        done += 1
+        outcome.retiring = _should_retire(settings, done)
+        sock.sendall(encode(outcome))
+        if outcome.retiring:
+            return 0
 
 
 class JobRunner:

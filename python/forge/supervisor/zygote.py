@@ -6,8 +6,11 @@ the zygote first, while it is still single-threaded and has only imported the
 app, and from then on every worker is forked by the zygote, never by the
 supervisor. The zygote runs no job code and opens no connection; it only:
   - forks a worker for each Spawn frame, on the socket passed with it,
-  - reaps its workers and reports each exit status (Exited),
+  - reaps its workers, kills what each left behind (descendants.py) and
+    reports each exit status (Exited),
   - dies with the supervisor (PR_SET_PDEATHSIG), and its workers die with it;
+    it ignores the supervisor's signals (signals.py), and when the supervisor
+    closes the channel it kills what is left of its workers, then exits;
   - once its first workers are up and it is idle, imports psycopg (which forge
     itself does not load at import), so workers forked later have ctx.db's
     driver loaded; the first ones load it on their first ctx.db.
@@ -30,14 +33,17 @@ import traceback
 import msgspec
 
 from . import worker
-from .lease import LeaseClock
+from .descendants import become_subreaper, kill_leftovers
+from .lease import LeaseClock, watch_period
+from .lease import now as lease_now
 from .protocol import Exited, Fenced, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
+from .signals import worker_signals, zygote_signals
 
 _PR_SET_PDEATHSIG = 1
 #: A worker that could not even start its loop exits with this code.
 EXIT_WORKER_BOOT_FAILED = 70
-#: How often the zygote looks at the lease clock, in seconds.
-_WATCH_EVERY = 0.1
+#: How long the zygote, told to stop, waits for what is left of its workers to die, in seconds.
+_STOP_WAIT = 1.0
 
 
 class Zygote:
@@ -70,13 +76,17 @@ class Zygote:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, slot: int, settings: WorkerSettings) -> socket.socket:
-        """Ask for a worker for `slot`; returns the supervisor's end of its socket."""
+    def spawn(self, slot: int, settings: WorkerSettings) -> tuple[socket.socket, socket.socket]:
+        """Ask for a worker for `slot`; returns both ends of its socket: the supervisor's, and the worker's.
+
+        The supervisor keeps the worker's end too, to take back frames the worker
+        has not read yet (outbox.py); so it never reads an end of stream on its own
+        end, and learns of the worker's end from the zygote (Exited).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         frame = encode(Spawn(slot, msgspec.msgpack.encode(settings)))
         socket.send_fds(self.sock, [frame], [theirs.fileno()])
-        theirs.close()
-        return ours
+        return ours, theirs
 
     def receive(self) -> list[FromZygote] | None:
         """Spawned/Exited reports now readable; None when the zygote is gone."""
@@ -115,14 +125,15 @@ class _Server:
         self.sock = sock
         self.lease = lease
         self.fence_after = fence_after
+        self.watch_every = watch_period(fence_after)
         self.workers: set[int] = set()
         self.fenced = False
         self.warmed = False
 
     def serve(self, parent: int) -> int:
         die_with_parent(parent)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        become_subreaper()
+        zygote_signals()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -131,13 +142,14 @@ class _Server:
         selector.register(wake_r, selectors.EVENT_READ)
         reader = FrameReader(Spawn)
         while True:
-            events = selector.select(_WATCH_EVERY)
+            events = selector.select(self.watch_every)
             if not events and self.workers and not self.warmed:
                 self._warm()
             for key, _ in events:
                 if key.fileobj is self.sock:
                     data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
                     if not data:
+                        self._stop()
                         return 0
                     for spawn in reader.feed(data):
                         pid = _fork_worker(spawn, fds[0], self.sock, (wake_r, wake_w))
@@ -156,7 +168,7 @@ class _Server:
 
     def _watch_lease(self) -> None:
         """Kill every worker once when the lease clock goes stale; re-arm when it is renewed."""
-        stale = self.lease.age(time.monotonic()) > self.fence_after
+        stale = self.lease.age(lease_now()) > self.fence_after
         if stale and not self.fenced and self.workers:
             pids = sorted(self.workers)
             self.sock.send(encode(Fenced(pids)))
@@ -168,15 +180,34 @@ class _Server:
         self.fenced = stale
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self.workers.discard(pid)
-            self.sock.send(encode(Exited(pid, status)))
+        """Reap every child that ended; kill what ended workers left, then report their exits."""
+        ended = _ended_children()
+        exits = [Exited(pid, status) for pid, status in ended if pid in self.workers]
+        self.workers.difference_update(exited.pid for exited in exits)
+        if ended:  # a leftover that ended may have left children of its own
+            kill_leftovers(self.workers)
+        for exited in exits:
+            self.sock.send(encode(exited))
+
+    def _stop(self) -> None:
+        """The supervisor is done: kill the workers still here and all they left, and reap them, briefly."""
+        deadline = time.monotonic() + _STOP_WAIT
+        while kill_leftovers(()) and time.monotonic() < deadline:
+            _ended_children()
+            time.sleep(0.01)
+
+
+def _ended_children() -> list[tuple[int, int]]:
+    """(pid, wait status) of every child that has ended, reaped."""
+    ended: list[tuple[int, int]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        ended.append((pid, status))
 
 
 def _fork_worker(spawn: Spawn, fd: int, control: socket.socket, wake: tuple[int, int]) -> int:
@@ -209,11 +240,13 @@ def _fork_worker(spawn: Spawn, fd: int, control: socket.socket, wake: tuple[int,
 def _worker_main(zygote: int, fd: int, settings: WorkerSettings) -> int:
     os.setpgid(0, 0)
     die_with_parent(zygote)
-    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+    become_subreaper()
+    sock = socket.socket(fileno=fd)
+    worker_signals(sock)
+    for signum in (signal.SIGCHLD, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger().setLevel(settings.log_level.upper())
-    return worker.serve(socket.socket(fileno=fd), settings)
+    return worker.serve(sock, settings)
 
 
 def _drain(fd: int) -> None:

@@ -181,10 +181,71 @@ def sleep_with_child(ctx: forge.JobContext, input: Child) -> None:
     time.sleep(3600)
 
 
+class Payload(msgspec.Struct):
+    data: str = ""
+    seconds: float = 0.0
+    log: str = ""  # a file to append "id attempt pid" to at each start
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def usually_short(ctx: forge.JobContext, input: Payload) -> int:
+    """A short job (no database I/O) that runs input.seconds when asked, and logs its starts to a file."""
+    if input.log:
+        with open(input.log, "a") as log:
+            log.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    time.sleep(input.seconds)
+    return len(input.data)
+
+
+def _descendant(report: int) -> None:
+    """In a forked child: leave the worker's session and process group, report this pid, hang."""
+    os.setsid()
+    os.write(report, f"{os.getpid()}\n".encode())
+    time.sleep(3600)
+
+
+@forge.job(timeout="1s", retry=forge.Retry(max_attempts=1))
+def leave_descendants(ctx: forge.JobContext, input: Payload) -> None:
+    """Starts a child in a session of its own and a daemon (double fork: orphaned at once), then hangs.
+
+    Each writes its pid to input.log (no database round trip: the job has 1 s before its timeout kill).
+    """
+    with open(input.log, "ab", buffering=0) as log:
+        if os.fork() == 0:
+            _descendant(log.fileno())
+            os._exit(0)
+        if os.fork() == 0:
+            if os.fork() == 0:
+                _descendant(log.fileno())
+            os._exit(0)
+    time.sleep(3600)
+
+
 @forge.job
 def measure(ctx: forge.JobContext, input: str) -> int:
     """The length of the input it was given."""
     return len(input)
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def keeps_a_daemon(ctx: forge.JobContext, input: Sleep) -> bool:
+    """Starts a daemon (double fork), waits input.seconds, then stops it: whether it still ran by then."""
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        if os.fork() == 0:
+            _descendant(write_end)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pids:
+        pid = int(pids.readline())
+    time.sleep(input.seconds)
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            running = stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:  # killed and reaped
+        return False
+    os.kill(pid, 9)
+    return running
 
 
 # --- data PostgreSQL cannot store (tests/acceptance/test_bad_reports.py) ---------

@@ -1,0 +1,128 @@
+"""A worker's outbox: writes that never block, and taking back exactly the frames the worker has not begun to read."""
+
+from __future__ import annotations
+
+import socket
+
+from forge.supervisor.outbox import Outbox
+from forge.supervisor.protocol import FrameReader, RunJob, encode
+
+
+def _frame(job_id: int, size: int = 10) -> bytes:
+    return encode(RunJob(job_id, 1, "t", b'"' + b"x" * size + b'"'))
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """(the supervisor's end, non-blocking; the worker's end, which the supervisor keeps too)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    return ours, theirs
+
+
+def test_what_the_socket_does_not_take_waits_and_is_written_later():
+    ours, theirs = _pair()
+    outbox = Outbox()
+    outbox.add(_frame(1, 1_000_000))  # far more than a socket buffer
+    assert not outbox.write(ours)  # never blocks
+    assert 0 < outbox.waiting < 1_000_000
+    reader = FrameReader(RunJob)
+    theirs.setblocking(False)
+    received = []
+    while True:
+        try:
+            received += reader.receive(theirs, socket.MSG_DONTWAIT) or []
+        except BlockingIOError:
+            if outbox.write(ours) and received:
+                break
+    assert [r.id for r in received] == [1] and outbox.waiting == 0
+
+
+def test_frames_the_worker_has_not_begun_come_back_and_the_head_stays():
+    ours, theirs = _pair()
+    outbox = Outbox()
+    for job_id in (1, 2, 3):
+        outbox.add(_frame(job_id))
+    assert outbox.write(ours)
+    worker = FrameReader(RunJob)
+    assert worker.receive_one(theirs).id == 1  # the worker runs job 1
+    outbox.take_back(theirs)  # 2 and 3 come back out of its socket
+    assert outbox.first_read() and outbox.begun() == 1
+    outbox.keep(1)
+    assert outbox.waiting == 0  # nothing of 2 or 3 is written again
+    theirs.setblocking(False)
+    try:
+        theirs.recv(1)
+        raise AssertionError("the worker's socket still held bytes")
+    except BlockingIOError:
+        pass
+
+
+def test_a_frame_the_worker_has_begun_to_read_is_completed_never_cut():
+    ours, theirs = _pair()
+    outbox = Outbox()
+    for job_id in (1, 2, 3):
+        outbox.add(_frame(job_id))
+    outbox.write(ours)
+    worker = FrameReader(RunJob)
+    assert worker.receive_one(theirs).id == 1
+    partial = theirs.recv(7)  # it began on frame 2 when the supervisor took the rest back
+    outbox.take_back(theirs)
+    assert outbox.begun() == 2
+    outbox.keep(2)  # job 3 goes to another worker; the rest of frame 2 goes back
+    assert outbox.write(ours)
+    rest = worker.receive_one(_Prefixed(partial, theirs))
+    assert rest is not None and rest.id == 2
+    theirs.setblocking(False)
+    try:
+        theirs.recv(1)
+        raise AssertionError("frame 3 was written again")
+    except BlockingIOError:
+        pass
+
+
+def test_the_head_counts_as_started_only_once_its_frame_was_read_whole():
+    ours, theirs = _pair()
+    outbox = Outbox()
+    outbox.add(_frame(1))
+    outbox.add(_frame(2))
+    assert not outbox.first_read()  # nothing written yet
+    outbox.write(ours)
+    theirs.recv(5)
+    outbox.take_back(theirs)
+    assert not outbox.first_read()  # begun, not whole: it cannot have run
+    ours2, theirs2 = _pair()
+    single = Outbox()
+    single.add(_frame(1))
+    single.write(ours2)
+    FrameReader(RunJob).receive_one(theirs2)
+    single.take_back(theirs2)
+    assert single.first_read()
+
+
+def test_a_report_forgets_the_frame_it_ends():
+    ours, theirs = _pair()
+    outbox = Outbox()
+    outbox.add(_frame(1))
+    outbox.add(_frame(2))
+    outbox.write(ours)
+    worker = FrameReader(RunJob)
+    worker.receive_one(theirs)
+    outbox.reported()  # job 1 reported: job 2 is the head now
+    outbox.take_back(theirs)
+    assert outbox.begun() == 0 and not outbox.first_read()
+
+
+class _Prefixed:
+    """A socket whose stream starts with bytes already read from it (the worker's half-read frame)."""
+
+    def __init__(self, prefix: bytes, sock: socket.socket) -> None:
+        self._prefix = bytearray(prefix)
+        self._sock = sock
+
+    def recv_into(self, view: memoryview, size: int, flags: int = 0) -> int:
+        if self._prefix:
+            count = min(size, len(self._prefix))
+            view[:count] = self._prefix[:count]
+            del self._prefix[:count]
+            return count
+        return self._sock.recv_into(view, size, flags)
