@@ -2,17 +2,20 @@
 //! statement.
 //!
 //! Rules: a start is dropped when the same (id, attempt) also ends in the
-//! flush (the end statement sets started_at itself, from the start's time,
-//! which the end row carries); progress comes deduplicated per job from the
-//! backlog (backlog.rs). Each end, once written, ends its lease and may close
-//! its claim row: those are written after everything else.
+//! flush (the end statement sets started_at itself); progress comes
+//! deduplicated per job from the backlog (backlog.rs). Each end, once
+//! written, ends its lease and may close its claim row: those are written
+//! after everything else.
 //!
 //! Times are Instants of when the supervisor saw the event; the statements
 //! get how long ago that was when they are sent (ms_ago) and record the
 //! database's now() minus that, so started_at and completed_at are when the
 //! job started and ended, on the database's clock, however late the flush.
+//! An end row carries its job's start too (from the lease): both are written
+//! from one now(), so they are exactly ordered, and so are the jobs of one
+//! statement.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
 /// (id, attempt): one attempt of one job.
@@ -38,7 +41,7 @@ pub struct Complete {
     pub id: i64,
     pub attempt: i32,
     pub result: Option<String>,
-    /// When the job started, if its start was dropped from this flush.
+    /// When the job started (None: not reported to this core).
     pub started: Option<Instant>,
     pub at: Instant,
 }
@@ -51,7 +54,7 @@ pub struct Fail {
     pub delay_ms: f64,
     pub error: String,
     pub crashed: bool,
-    /// When the job started, if its start was dropped from this flush.
+    /// When the job started (None: not reported to this core).
     pub started: Option<Instant>,
     pub at: Instant,
 }
@@ -122,28 +125,22 @@ impl Batch {
             .filter(|r| r.ends())
             .map(Report::key)
             .collect();
-        let mut dropped_starts: HashMap<Key, Instant> = HashMap::new();
         let mut batch = Batch::default();
         for report in reports {
             let key = report.key();
             match report {
-                Report::Start(s) if ending.contains(&key) => {
-                    dropped_starts.insert(key, s.at);
-                }
+                Report::Start(_) if ending.contains(&key) => {}
                 Report::Start(s) => batch.starts.push(s),
                 Report::Progress(p) => batch.progress.push(p),
-                Report::Complete(mut c) => {
-                    c.started = c.started.or_else(|| dropped_starts.remove(&key));
+                Report::Complete(c) => {
                     batch.ended.push(key);
                     batch.completes.push(c);
                 }
-                Report::Fail(mut f) => {
-                    f.started = f.started.or_else(|| dropped_starts.remove(&key));
+                Report::Fail(f) => {
                     batch.ended.push(key);
                     batch.fails.push(f);
                 }
                 Report::Release(r) => {
-                    dropped_starts.remove(&key);
                     batch.ended.push(key);
                     batch.releases.push(r);
                 }
@@ -222,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn an_end_drops_its_start_and_carries_its_time() {
+    fn an_end_drops_its_start() {
         let t = Instant::now();
         let (t1, t2) = (t + Duration::from_millis(1), t + Duration::from_millis(2));
         let b = Batch::build(vec![
@@ -245,8 +242,8 @@ mod tests {
             }]
         );
         assert_eq!(b.progress.len(), 2);
-        assert_eq!((b.completes[0].started, b.completes[0].at), (Some(t), t1));
-        assert_eq!((b.fails[0].started, b.fails[0].at), (Some(t1), t2));
+        assert_eq!(b.completes[0].at, t1);
+        assert_eq!(b.fails[0].at, t2);
         assert_eq!(b.releases.len(), 1);
     }
 

@@ -16,6 +16,7 @@ use crate::claim::{ClaimState, Claimed};
 use crate::config::{Config, Policies};
 use crate::db::Db;
 use crate::errors::CoreError;
+use crate::leases::Ending;
 use crate::shared::{lock, Sequenced, Shared};
 use crate::storable::{error_text, not_storable, result_text};
 use crate::wake::Wake;
@@ -159,18 +160,20 @@ impl Core {
     }
 
     pub fn start(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
+        self.check()?;
         let at = Instant::now();
+        lock(&self.shared.inflight).started(id, attempt, at);
         self.send(Report::Start(Start { id, attempt, at }))
     }
 
-    /// Queues the report that ends (id, attempt), built by `make` from the
-    /// job's type (None when this attempt is not held). The lease is kept,
-    /// and renewed, until the reporter has written that report.
+    /// Queues the report that ends (id, attempt), built by `make` from what
+    /// the lease knows (None when this attempt is not held). The lease is
+    /// kept, and renewed, until the reporter has written that report.
     fn end(
         &self,
         id: i64,
         attempt: i32,
-        make: impl FnOnce(Option<&str>) -> Report,
+        make: impl FnOnce(Option<Ending>) -> Report,
     ) -> Result<(), CoreError> {
         self.check()?;
         let report = make(lock(&self.shared.inflight).end(id, attempt));
@@ -187,21 +190,31 @@ impl Core {
         result: Option<Vec<u8>>,
     ) -> Result<(), CoreError> {
         let at = Instant::now();
-        let report = match result.map(result_text).transpose() {
-            Ok(result) => Report::Complete(Complete {
-                id,
-                attempt,
-                result,
-                started: None,
-                at,
-            }),
-            Err(why) => self.not_storable(id, attempt, &why, at),
-        };
-        self.end(id, attempt, |_| report)
+        let result = result.map(result_text).transpose();
+        self.end(id, attempt, |lease| {
+            let started = lease.and_then(|l| l.started);
+            match result {
+                Ok(result) => Report::Complete(Complete {
+                    id,
+                    attempt,
+                    result,
+                    started,
+                    at,
+                }),
+                Err(why) => self.not_storable(id, attempt, &why, started, at),
+            }
+        })
     }
 
     /// The failure, logged, of a job whose result cannot be stored.
-    fn not_storable(&self, id: i64, attempt: i32, why: &str, at: Instant) -> Report {
+    fn not_storable(
+        &self,
+        id: i64,
+        attempt: i32,
+        why: &str,
+        started: Option<Instant>,
+        at: Instant,
+    ) -> Report {
         let message = format!("the result of job {id} (attempt {attempt}) cannot be stored: {why}");
         self.shared.log("warning", message.clone());
         Report::Fail(Fail {
@@ -211,7 +224,7 @@ impl Core {
             delay_ms: 0.0,
             error: not_storable(&message, attempt),
             crashed: false,
-            started: None,
+            started,
             at,
         })
     }
@@ -230,15 +243,17 @@ impl Core {
     ) -> Result<(), CoreError> {
         let at = Instant::now();
         let error = error_text(error);
-        self.end(id, attempt, |job_type| {
+        self.end(id, attempt, |lease| {
             Report::Fail(Fail {
                 id,
                 attempt,
                 retryable,
-                delay_ms: self.policies.delay_ms(job_type, attempt),
+                delay_ms: self
+                    .policies
+                    .delay_ms(lease.as_ref().map(|l| l.job_type), attempt),
                 error,
                 crashed,
-                started: None,
+                started: lease.and_then(|l| l.started),
                 at,
             })
         })

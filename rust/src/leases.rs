@@ -15,6 +15,7 @@
 //! last job was a lost lease is left to the maintenance sweep (prune_claims).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 /// The heartbeat statement's columns: ($1 ids, $2 attempts).
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -39,8 +40,20 @@ struct Lease {
     attempt: i32,
     job_type: String,
     claim: i64,
+    /// When Python reported the job started (handed to its worker).
+    started: Option<Instant>,
     /// Python reported the end; the reporter has not written it yet.
     ending: bool,
+}
+
+/// What ending a held lease tells the end report.
+#[derive(Debug, PartialEq)]
+pub struct Ending<'a> {
+    /// For the retry policy of a failure.
+    pub job_type: &'a str,
+    /// When the job started, so that its end statement writes started_at
+    /// with completed_at, from the same now() (exactly ordered).
+    pub started: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +69,7 @@ impl InFlight {
             attempt,
             job_type,
             claim,
+            started: None,
             ending: false,
         };
         if let Some(old) = self.jobs.insert(id, lease) {
@@ -64,13 +78,22 @@ impl InFlight {
         *self.held_by_claim.entry(claim).or_default() += 1;
     }
 
+    /// Python reported that (id, attempt) started at `at`.
+    pub fn started(&mut self, id: i64, attempt: i32, at: Instant) {
+        if let Some(lease) = self.jobs.get_mut(&id).filter(|l| l.attempt == attempt) {
+            lease.started = Some(at);
+        }
+    }
+
     /// Python reported the end of (id, attempt): the lease is kept (and
-    /// renewed) until finish(). Its job type, for the retry policy of a
-    /// failure; None when this attempt is not held.
-    pub fn end(&mut self, id: i64, attempt: i32) -> Option<&str> {
+    /// renewed) until finish(). None when this attempt is not held.
+    pub fn end(&mut self, id: i64, attempt: i32) -> Option<Ending<'_>> {
         let lease = self.jobs.get_mut(&id).filter(|l| l.attempt == attempt)?;
         lease.ending = true;
-        Some(&lease.job_type)
+        Some(Ending {
+            job_type: &lease.job_type,
+            started: lease.started,
+        })
     }
 
     /// The end of (id, attempt) is written: the lease leaves the set. The
@@ -153,7 +176,14 @@ mod tests {
         f.add(1, 2, "email".into(), 7);
         assert_eq!(f.end(1, 1), None);
         assert_eq!(f.finish(1, 2), None); // not ending yet
-        assert_eq!(f.end(1, 2), Some("email"));
+        let t = Instant::now();
+        f.started(1, 2, t);
+        f.started(1, 1, t + std::time::Duration::from_secs(1)); // another attempt: ignored
+        let ending = Ending {
+            job_type: "email",
+            started: Some(t),
+        };
+        assert_eq!(f.end(1, 2), Some(ending));
         assert_eq!(f.finish(1, 2), Some(7));
         assert_eq!(f.len(), 0);
         assert_eq!(f.finish(1, 2), None);

@@ -69,14 +69,16 @@ RETURNING j.id;
 
 -- name: complete
 -- Successful jobs with their encoded results (NULL for None). completed_at
--- is when the job ended ($6: milliseconds ago), never before its start; a
--- job whose start was not written yet (it ended in the same flush) gets
--- started_at from $5 (milliseconds ago; NULL: the end's time).
+-- is when the job ended ($6: milliseconds ago) and started_at when it
+-- started ($5, from this same now(), so the two are exactly ordered; NULL
+-- when the core did not see the start: the start statement's, else the
+-- end's time); completed_at is never before started_at.
 UPDATE forge_jobs AS j
 SET status = 'completed',
-    completed_at = greatest(now() - c.ended_ago_ms * interval '1 millisecond', j.started_at),
-    started_at = coalesce(j.started_at,
-                          now() - coalesce(c.started_ago_ms, c.ended_ago_ms) * interval '1 millisecond'),
+    completed_at = greatest(now() - c.ended_ago_ms * interval '1 millisecond',
+                            coalesce(now() - c.started_ago_ms * interval '1 millisecond', j.started_at)),
+    started_at = coalesce(now() - c.started_ago_ms * interval '1 millisecond', j.started_at,
+                          now() - c.ended_ago_ms * interval '1 millisecond'),
     heartbeat_at = now(),
     result = c.result::jsonb, progress = 100
 FROM unnest($1::bigint[], $2::integer[], $3::text[], $5::float8[], $6::float8[])
@@ -92,8 +94,8 @@ RETURNING j.id;
 -- OOM, os._exit) increments crashes. When the crash cap is what stops a job
 -- that would otherwise be retried (a poison pill), last_error gets a
 -- "reason" and the row comes back with poisoned = true. The delay comes
--- from the job's backoff policy. failed_at and a missing started_at are the
--- times of the failure ($10) and of the start ($9), as in complete.
+-- from the job's backoff policy. failed_at and started_at are the times of
+-- the failure ($10) and of the start ($9), as in complete.
 UPDATE forge_jobs AS j
 SET status = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                        AND j.crashes + f.crashed::integer < $8
@@ -105,12 +107,14 @@ SET status = CASE WHEN f.retryable AND j.attempts < j.max_attempts
     failed_at = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                           AND j.crashes + f.crashed::integer < $8
                      THEN NULL
-                     ELSE greatest(now() - f.ended_ago_ms * interval '1 millisecond', j.started_at) END,
+                     ELSE greatest(now() - f.ended_ago_ms * interval '1 millisecond',
+                                   coalesce(now() - f.started_ago_ms * interval '1 millisecond',
+                                            j.started_at)) END,
     claimed_by = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                            AND j.crashes + f.crashed::integer < $8
                       THEN NULL ELSE j.claimed_by END,
-    started_at = coalesce(j.started_at,
-                          now() - coalesce(f.started_ago_ms, f.ended_ago_ms) * interval '1 millisecond'),
+    started_at = coalesce(now() - f.started_ago_ms * interval '1 millisecond', j.started_at,
+                          now() - f.ended_ago_ms * interval '1 millisecond'),
     heartbeat_at = now(),
     crashes = j.crashes + f.crashed::integer,
     last_error = CASE WHEN f.retryable AND j.attempts < j.max_attempts
