@@ -135,10 +135,19 @@ class Core:
     def logs(self) -> list[tuple[str, str]]:
         """(level, message) lines the core wants logged since the last call."""
     def start(self, id: int, attempt: int) -> None:
-        """Record that a claimed job was handed to a worker (claimed -> running)."""
+        """Record that a claimed job was handed to a worker (claimed -> running).
+
+        Report times (started_at here; completed_at, failed_at) are when the
+        call was made, written as the database's now() minus how long ago
+        that was, so they are on the database clock however late the flush."""
     def complete(self, id: int, attempt: int, result: bytes | None) -> None:
-        """Record a success; result is the JSON-encoded return value.
-        Raises ValueError when result is not valid JSON that jsonb accepts."""
+        """Record a success; result is the JSON-encoded return value. A result
+        that cannot be stored (not UTF-8 JSON, a \\u0000 escape, which jsonb
+        refuses, or over 1 MiB) fails the job instead, not retried, with
+        forge.errors.ResultNotStorable saying why (and a log line).
+
+        The lease of an ended job (complete, fail, release) stays held and
+        renewed until its report is written."""
     def fail(self, id: int, attempt: int, retryable: bool, error: bytes, crashed: bool = False) -> None:
         """Record a failed attempt; error is a JSON object. crashed marks a
         crash-class ending (signal, OOM, os._exit, killed for a lost lease):
@@ -146,8 +155,9 @@ class Core:
         when retryable, attempts remain and crashes stay below max_crashes;
         when only the crash cap stops the retry (a poison pill) the job fails
         with "reason": "crashed N times (max_crashes M)" merged into error,
-        counted in stats()["poisoned"]. Raises ValueError when error is not
-        valid JSON that jsonb accepts."""
+        counted in stats()["poisoned"]. Never raises for error's data: an
+        error the database refuses (not JSON, a \\u0000 escape) is replaced,
+        when written, by a ResultNotStorable failure saying so (see stats)."""
     def release(self, id: int, attempt: int) -> None:
         """Hand a claimed job back unrun: pending again, attempt not charged."""
     def progress(self, id: int, attempt: int, percent: int, message: str | None) -> None:
@@ -166,18 +176,14 @@ class Core:
         no longer held: not renewed again, not counted by in_flight(); a later
         report of them is fenced unless the row is still this node's lease."""
     def in_flight(self) -> int:
-        """How many jobs this core holds leases for."""
-    def unwritten_outcomes(self) -> int:
-        """How many job outcomes (complete, fail, release) were reported but
-        are not written yet: after a failed final flush, the jobs a stop
-        leaves held, to be rescued by another node."""
+        """How many jobs this core holds leases for (an ended job's until its end is written)."""
     def flush(self, timeout_ms: int) -> bool:
         """Block (without the GIL) until every report made so far is written; False on timeout."""
     def stats(self) -> dict[str, int]:
         """Counters: claimed, claims, started, completed, failed, retried, released,
         progress, fenced, flushes, statements, heartbeats, lost, errors,
         poisoned, rescued, dead_lettered, pruned, unknown_failed, nodes_reaped,
-        sweeps, connects.
+        sweeps, connects, claims_closed, claims_pruned, refused.
 
         poisoned counts this node's failures that the crash cap stopped from
         being retried (also counted in failed). rescued (started or only
@@ -191,7 +197,13 @@ class Core:
         flush as the job's end is not sent (the end sets started_at), so it
         can be lower than the number of start() calls. fenced counts reports
         the lease guard rejected; lost counts held leases a heartbeat did not
-        renew (each once)."""
+        renew (each once). refused counts reports the database refused for
+        their data (a trigger, a constraint, a value it cannot store): each
+        is found by splitting its flush's statement, logged, and replaced by
+        a failure of its job (ResultNotStorable, not retried), while the rest
+        of the flush is written. While reports cannot be written at all the
+        core claims nothing, and holds at most one progress report per job
+        (the latest)."""
     def close(self) -> bool:
         """Flush what can be flushed (waiting up to 5 s), record the node's
         clean stop (True when that was written; False when the database could

@@ -42,6 +42,12 @@ class InputDecodeError(ForgeError):
     """A job's stored input does not decode into the job's declared input type."""
 
 
+class ResultNotStorable(ForgeError):
+    """What a job handed back cannot be stored, so the job failed (not retried: it would hand back the same):
+    a return value that is not JSON-encodable, holds a NUL character (\\u0000, which jsonb refuses) or is over
+    1 MiB encoded; or a report the database refused anyway (a trigger, a constraint), named in the message."""
+
+
 class LeaseLost(ForgeError):
     """The node could not renew (or was found to have lost) a job's lease; the job's worker was killed."""
 

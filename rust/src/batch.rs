@@ -1,224 +1,149 @@
-//! Reports accumulated into one flush, as the column arrays of each statement.
+//! Reports as queued, and the batch of one flush: a list of rows per
+//! statement.
 //!
-//! Rules: progress keeps only the latest report per (id, attempt), also for
-//! jobs that end in the same flush (the progress statement is sent first, so
-//! the last message a job reported survives its end); a start is dropped when
-//! the same (id, attempt) also ends in the flush, since the end statements set
-//! started_at themselves. Claim rows to close are written after all of it.
+//! Rules: a start is dropped when the same (id, attempt) also ends in the
+//! flush (the end statement sets started_at itself); progress comes
+//! deduplicated per job from the backlog (backlog.rs). Each end, once
+//! written, ends its lease and may close its claim row: those are written
+//! after everything else.
+//!
+//! Times are Instants of when the supervisor saw the event; the statements
+//! get how long ago that was when they are sent (ms_ago) and record the
+//! database's now() minus that, so started_at and completed_at are when the
+//! job started and ended, on the database's clock, however late the flush.
+//! An end row carries its job's start too (from the lease): both are written
+//! from one now(), so they are exactly ordered, and so are the jobs of one
+//! statement.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::time::Instant;
 
-use crate::errors::CoreError;
+/// (id, attempt): one attempt of one job.
+pub type Key = (i64, i32);
 
-/// Checks a JSON payload from Python before it is queued: a value the
-/// database would reject would fail its whole batch on every retry, so it is
-/// refused at the call instead (ValueError). Besides syntax, jsonb refuses the
-/// \u0000 escape.
-pub fn json_text(bytes: Vec<u8>, what: &str) -> Result<String, CoreError> {
-    let text = String::from_utf8(bytes)
-        .map_err(|_| CoreError::Invalid(format!("{what} is not UTF-8 JSON")))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&text)
-        .map_err(|e| CoreError::Invalid(format!("{what} is not valid JSON: {e}")))?;
-    if has_nul_escape(&text) {
-        return Err(CoreError::Invalid(format!(
-            "{what} contains \\u0000, which jsonb refuses"
-        )));
-    }
-    Ok(text)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub id: i64,
+    pub attempt: i32,
+    pub at: Instant,
 }
 
-/// Whether valid JSON text holds a \u0000 escape; backslashes only occur as
-/// escapes inside strings, so skipping each escaped character is exact.
-fn has_nul_escape(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' {
-            if b[i + 1..].starts_with(b"u0000") {
-                return true;
-            }
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    false
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub id: i64,
+    pub attempt: i32,
+    pub percent: i16,
+    pub message: Option<String>,
 }
 
-/// One report from Python, as enqueued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Complete {
+    pub id: i64,
+    pub attempt: i32,
+    pub result: Option<String>,
+    /// When the job started (None: not reported to this core).
+    pub started: Option<Instant>,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fail {
+    pub id: i64,
+    pub attempt: i32,
+    pub retryable: bool,
+    pub delay_ms: f64,
+    pub error: String,
+    pub crashed: bool,
+    /// When the job started (None: not reported to this core).
+    pub started: Option<Instant>,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Release {
+    pub id: i64,
+    pub attempt: i32,
+}
+
+/// One report from Python, as queued.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    Start {
-        id: i64,
-        attempt: i32,
-    },
-    Complete {
-        id: i64,
-        attempt: i32,
-        result: Option<String>,
-    },
-    Fail {
-        id: i64,
-        attempt: i32,
-        retryable: bool,
-        delay_ms: f64,
-        error: String,
-        crashed: bool,
-    },
-    Release {
-        id: i64,
-        attempt: i32,
-    },
-    Progress {
-        id: i64,
-        attempt: i32,
-        percent: i16,
-        message: Option<String>,
-    },
-    /// Every job of this forge_claims row has ended (queued after the end
-    /// report of the last one).
-    CloseClaim {
-        claim: i64,
-    },
+    Start(Start),
+    Progress(Progress),
+    Complete(Complete),
+    Fail(Fail),
+    Release(Release),
 }
 
 impl Report {
-    /// The (id, attempt) of a job's end report.
-    fn ended(&self) -> Option<(i64, i32)> {
+    pub fn key(&self) -> Key {
         match self {
-            Report::Complete { id, attempt, .. }
-            | Report::Fail { id, attempt, .. }
-            | Report::Release { id, attempt } => Some((*id, *attempt)),
-            _ => None,
+            Report::Start(r) => (r.id, r.attempt),
+            Report::Progress(r) => (r.id, r.attempt),
+            Report::Complete(r) => (r.id, r.attempt),
+            Report::Fail(r) => (r.id, r.attempt),
+            Report::Release(r) => (r.id, r.attempt),
         }
     }
-}
 
-/// Columns of start, release and heartbeat: ($1 ids, $2 attempts).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Pairs {
-    pub ids: Vec<i64>,
-    pub attempts: Vec<i32>,
-}
-
-impl Pairs {
-    pub fn push(&mut self, id: i64, attempt: i32) {
-        self.ids.push(id);
-        self.attempts.push(attempt);
-    }
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+    /// Whether this report ends its job's lease.
+    fn ends(&self) -> bool {
+        matches!(
+            self,
+            Report::Complete(_) | Report::Fail(_) | Report::Release(_)
+        )
     }
 }
 
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Completes {
-    pub ids: Vec<i64>,
-    pub attempts: Vec<i32>,
-    pub results: Vec<Option<String>>,
+/// Milliseconds from `at` to `now`, for the statements' "ago" columns.
+pub fn ms_ago(now: Instant, at: Instant) -> f64 {
+    now.saturating_duration_since(at).as_secs_f64() * 1000.0
 }
 
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Fails {
-    pub ids: Vec<i64>,
-    pub attempts: Vec<i32>,
-    pub retryable: Vec<bool>,
-    pub delay_ms: Vec<f64>,
-    pub errors: Vec<String>,
-    pub crashed: Vec<bool>,
-}
-
-impl Fails {
-    /// The delay sent for `id`, to schedule the producer's due timer for the
-    /// rows the database actually put in retry.
-    pub fn delay_of(&self, id: i64) -> Option<f64> {
-        self.ids
-            .iter()
-            .position(|i| *i == id)
-            .map(|p| self.delay_ms[p])
-    }
-}
-
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Progresses {
-    pub ids: Vec<i64>,
-    pub attempts: Vec<i32>,
-    pub percents: Vec<i16>,
-    pub messages: Vec<Option<String>>,
-}
-
-/// One flush: every statement's columns. A part that has been written is
-/// cleared, so retrying a half-written batch re-runs only what is left.
+/// One flush. A part that has been written is cleared, so retrying a
+/// half-written batch re-runs only what is left.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
-    pub starts: Pairs,
-    pub completes: Completes,
-    pub fails: Fails,
-    pub releases: Pairs,
-    pub progress: Progresses,
+    pub starts: Vec<Start>,
+    pub progress: Vec<Progress>,
+    pub completes: Vec<Complete>,
+    pub fails: Vec<Fail>,
+    pub releases: Vec<Release>,
+    /// Failures recorded in place of reports the database refused.
+    pub refused: Vec<Fail>,
+    /// The jobs this batch ends: their leases end once it is written.
+    pub ended: Vec<Key>,
+    /// Claim rows whose last held job ended in this batch.
     pub closes: Vec<i64>,
 }
 
 impl Batch {
-    /// Builds the batch from reports in enqueue order.
+    /// Builds the batch from reports in queue order.
     pub fn build(reports: Vec<Report>) -> Batch {
-        let ended: HashSet<(i64, i32)> = reports.iter().filter_map(Report::ended).collect();
-        let mut latest_progress: HashMap<(i64, i32), usize> = HashMap::new();
-        for (i, r) in reports.iter().enumerate() {
-            if let Report::Progress { id, attempt, .. } = r {
-                latest_progress.insert((*id, *attempt), i);
-            }
-        }
+        let ending: HashSet<Key> = reports
+            .iter()
+            .filter(|r| r.ends())
+            .map(Report::key)
+            .collect();
         let mut batch = Batch::default();
-        for (i, r) in reports.into_iter().enumerate() {
-            match r {
-                Report::Start { id, attempt } if !ended.contains(&(id, attempt)) => {
-                    batch.starts.push(id, attempt)
+        for report in reports {
+            let key = report.key();
+            match report {
+                Report::Start(_) if ending.contains(&key) => {}
+                Report::Start(s) => batch.starts.push(s),
+                Report::Progress(p) => batch.progress.push(p),
+                Report::Complete(c) => {
+                    batch.ended.push(key);
+                    batch.completes.push(c);
                 }
-                Report::Start { .. } => {}
-                Report::Progress {
-                    id,
-                    attempt,
-                    percent,
-                    message,
-                } => {
-                    if latest_progress.get(&(id, attempt)) == Some(&i) {
-                        batch.progress.ids.push(id);
-                        batch.progress.attempts.push(attempt);
-                        batch.progress.percents.push(percent);
-                        batch.progress.messages.push(message);
-                    }
+                Report::Fail(f) => {
+                    batch.ended.push(key);
+                    batch.fails.push(f);
                 }
-                Report::Complete {
-                    id,
-                    attempt,
-                    result,
-                } => {
-                    batch.completes.ids.push(id);
-                    batch.completes.attempts.push(attempt);
-                    batch.completes.results.push(result);
+                Report::Release(r) => {
+                    batch.ended.push(key);
+                    batch.releases.push(r);
                 }
-                Report::Fail {
-                    id,
-                    attempt,
-                    retryable,
-                    delay_ms,
-                    error,
-                    crashed,
-                } => {
-                    let f = &mut batch.fails;
-                    f.ids.push(id);
-                    f.attempts.push(attempt);
-                    f.retryable.push(retryable);
-                    f.delay_ms.push(delay_ms);
-                    f.errors.push(error);
-                    f.crashed.push(crashed);
-                }
-                Report::Release { id, attempt } => batch.releases.push(id, attempt),
-                Report::CloseClaim { claim } => batch.closes.push(claim),
             }
         }
         batch
@@ -228,131 +153,119 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn progress(id: i64, percent: i16) -> Report {
-        Report::Progress {
-            id,
-            attempt: 1,
-            percent,
-            message: Some(format!("{percent}%")),
-        }
+    fn start(id: i64, attempt: i32, at: Instant) -> Report {
+        Report::Start(Start { id, attempt, at })
     }
 
-    fn fail(id: i64, delay_ms: f64) -> Report {
-        Report::Fail {
+    fn complete(id: i64, at: Instant) -> Report {
+        Report::Complete(Complete {
+            id,
+            attempt: 1,
+            result: None,
+            started: None,
+            at,
+        })
+    }
+
+    fn fail(id: i64, at: Instant) -> Report {
+        Report::Fail(Fail {
             id,
             attempt: 1,
             retryable: true,
-            delay_ms,
+            delay_ms: 250.0,
             error: "{}".into(),
             crashed: false,
-        }
+            started: None,
+            at,
+        })
+    }
+
+    fn release(id: i64, attempt: i32) -> Report {
+        Report::Release(Release { id, attempt })
+    }
+
+    fn progress(id: i64, percent: i16) -> Report {
+        Report::Progress(Progress {
+            id,
+            attempt: 1,
+            percent,
+            message: None,
+        })
     }
 
     #[test]
-    fn builds_columns_per_statement_in_order() {
+    fn builds_rows_per_statement_in_order() {
+        let t = Instant::now();
         let b = Batch::build(vec![
-            Report::Start { id: 1, attempt: 1 },
-            Report::Start { id: 2, attempt: 3 },
-            Report::Complete {
-                id: 3,
-                attempt: 1,
-                result: None,
-            },
-            Report::Complete {
-                id: 4,
-                attempt: 2,
-                result: Some("7".into()),
-            },
-            fail(5, 250.0),
-            Report::Release { id: 6, attempt: 1 },
-            Report::CloseClaim { claim: 9 },
+            start(1, 1, t),
+            start(2, 3, t),
+            complete(3, t),
+            complete(4, t),
+            fail(5, t),
+            release(6, 1),
+            progress(7, 50),
+        ]);
+        let starts: Vec<Key> = b.starts.iter().map(|s| (s.id, s.attempt)).collect();
+        assert_eq!(starts, [(1, 1), (2, 3)]);
+        let completes: Vec<i64> = b.completes.iter().map(|c| c.id).collect();
+        assert_eq!(completes, [3, 4]);
+        assert_eq!(b.fails[0].id, 5);
+        assert_eq!(b.releases, [Release { id: 6, attempt: 1 }]);
+        assert_eq!(b.progress[0].percent, 50);
+        assert_eq!(b.ended, [(3, 1), (4, 1), (5, 1), (6, 1)]);
+        assert!(b.refused.is_empty() && b.closes.is_empty());
+    }
+
+    #[test]
+    fn an_end_drops_its_start() {
+        let t = Instant::now();
+        let (t1, t2) = (t + Duration::from_millis(1), t + Duration::from_millis(2));
+        let b = Batch::build(vec![
+            start(1, 1, t),
+            progress(1, 40),
+            complete(1, t1),
+            start(2, 1, t1),
+            fail(2, t2),
+            start(3, 1, t),
+            release(3, 1),
+            start(4, 1, t2),
+            progress(4, 20),
         ]);
         assert_eq!(
             b.starts,
-            Pairs {
-                ids: vec![1, 2],
-                attempts: vec![1, 3]
-            }
-        );
-        assert_eq!(b.completes.ids, [3, 4]);
-        assert_eq!(b.completes.attempts, [1, 2]);
-        assert_eq!(b.completes.results, [None, Some("7".to_string())]);
-        assert_eq!(b.fails.ids, [5]);
-        assert_eq!(b.fails.delay_of(5), Some(250.0));
-        assert_eq!(b.fails.delay_of(9), None);
-        assert_eq!(b.releases.ids, [6]);
-        assert_eq!(b.closes, [9]);
-        assert!(b.progress.ids.is_empty());
-    }
-
-    #[test]
-    fn progress_keeps_the_latest_per_job_and_attempt() {
-        let mut other_attempt = progress(1, 5);
-        if let Report::Progress { attempt, .. } = &mut other_attempt {
-            *attempt = 2;
-        }
-        let b = Batch::build(vec![
-            progress(1, 10),
-            progress(2, 50),
-            progress(1, 30),
-            other_attempt,
-        ]);
-        assert_eq!(b.progress.ids, [2, 1, 1]);
-        assert_eq!(b.progress.attempts, [1, 1, 2]);
-        assert_eq!(b.progress.percents, [50, 30, 5]);
-        assert_eq!(b.progress.messages[1].as_deref(), Some("30%"));
-    }
-
-    #[test]
-    fn ending_a_job_drops_its_start_but_keeps_its_last_progress() {
-        let b = Batch::build(vec![
-            Report::Start { id: 1, attempt: 1 },
-            progress(1, 40),
-            Report::Complete {
-                id: 1,
+            [Start {
+                id: 4,
                 attempt: 1,
-                result: None,
-            },
-            Report::Start { id: 2, attempt: 1 },
-            fail(2, 1.0),
-            Report::Start { id: 3, attempt: 1 },
-            Report::Release { id: 3, attempt: 1 },
-            Report::Start { id: 4, attempt: 1 },
-            progress(4, 20),
-        ]);
-        assert_eq!(b.starts.ids, [4]);
-        assert_eq!(b.progress.ids, [1, 4]);
-        assert_eq!(b.completes.ids, [1]);
-        assert_eq!(b.fails.ids, [2]);
-        assert_eq!(b.releases.ids, [3]);
+                at: t2
+            }]
+        );
+        assert_eq!(b.progress.len(), 2);
+        assert_eq!(b.completes[0].at, t1);
+        assert_eq!(b.fails[0].at, t2);
+        assert_eq!(b.releases.len(), 1);
     }
 
     #[test]
     fn an_end_of_another_attempt_keeps_the_start() {
-        let b = Batch::build(vec![
-            Report::Release { id: 1, attempt: 1 },
-            Report::Start { id: 1, attempt: 2 },
-        ]);
+        let t = Instant::now();
+        let b = Batch::build(vec![release(1, 1), start(1, 2, t)]);
         assert_eq!(
             b.starts,
-            Pairs {
-                ids: vec![1],
-                attempts: vec![2]
-            }
+            [Start {
+                id: 1,
+                attempt: 2,
+                at: t
+            }]
         );
     }
 
     #[test]
-    fn json_payloads_are_checked() {
-        assert_eq!(
-            json_text(b"{\"a\": [1, 2]}".to_vec(), "result").unwrap(),
-            "{\"a\": [1, 2]}"
-        );
-        assert!(json_text(b"{\"a\":".to_vec(), "result").is_err());
-        assert!(json_text(vec![0xff], "result").is_err());
-        assert!(json_text(br#""a\u0000b""#.to_vec(), "error").is_err());
-        assert!(json_text(br#""a\\u0000b""#.to_vec(), "error").is_ok());
+    fn ms_ago_counts_from_the_event() {
+        let t = Instant::now();
+        assert_eq!(ms_ago(t + Duration::from_micros(1500), t), 1.5);
+        assert_eq!(ms_ago(t, t + Duration::from_secs(1)), 0.0);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! known due time that has passed (from NOTIFY payloads or retries the core
 //! scheduled itself), a previous claim that came back full (more are likely
 //! waiting), or poll_interval since the last claim (catches anything missed).
-//! After a failed claim it waits a capped, doubling backoff.
+//! After a failed claim it waits a capped, doubling backoff. While the
+//! reporter cannot write this node's reports it claims nothing: every job
+//! claimed then would only add to the reports waiting in memory.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -43,6 +45,8 @@ pub struct ClaimState {
     credits: u64,
     /// Set for good when the supervisor stops: no claim after it.
     paused: bool,
+    /// The reporter's last write failed: no claim until one succeeds.
+    reports_stalled: bool,
     max_batch: u64,
     poll_interval: Duration,
     last_claim: Option<Instant>,
@@ -61,6 +65,7 @@ impl ClaimState {
         ClaimState {
             credits: 0,
             paused: false,
+            reports_stalled: false,
             max_batch: max_batch.max(1),
             poll_interval,
             last_claim: None,
@@ -85,6 +90,12 @@ impl ClaimState {
         self.credits = 0;
     }
 
+    /// Whether the reporter is failing to write this node's reports. The
+    /// reasons to claim are kept: claiming resumes where it stopped.
+    pub fn set_reports_stalled(&mut self, stalled: bool) {
+        self.reports_stalled = stalled;
+    }
+
     /// A NOTIFY arrived: the job is due `delay_ms` from now (0: now).
     pub fn notified(&mut self, delay_ms: u64, now: Instant) {
         if delay_ms == 0 {
@@ -105,7 +116,7 @@ impl ClaimState {
 
     /// Whether to claim now, or until when to sleep.
     pub fn decide(&self, now: Instant) -> Decision {
-        if self.credits == 0 {
+        if self.credits == 0 || self.reports_stalled {
             return Decision::Wait(None);
         }
         if let Some(at) = self.retry_at.filter(|at| *at > now) {
@@ -193,6 +204,20 @@ mod tests {
         s.grant(5);
         s.notified(0, now);
         assert_eq!(s.decide(now), Decision::Wait(None));
+    }
+
+    #[test]
+    fn no_claim_while_reports_cannot_be_written() {
+        let now = Instant::now();
+        let mut s = idle(now);
+        s.notified(0, now);
+        s.set_reports_stalled(true);
+        assert_eq!(s.decide(now), Decision::Wait(None));
+        assert_eq!(s.decide(now + POLL), Decision::Wait(None));
+        s.grant(5);
+        assert_eq!(s.decide(now), Decision::Wait(None));
+        s.set_reports_stalled(false);
+        assert_eq!(s.decide(now), Decision::Claim(15)); // the NOTIFY was kept
     }
 
     #[test]

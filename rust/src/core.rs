@@ -7,16 +7,18 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::Report;
+use crate::batch::{Complete, Fail, Progress, Release, Report, Start};
 use crate::claim::{ClaimState, Claimed};
 use crate::config::{Config, Policies};
 use crate::db::Db;
 use crate::errors::CoreError;
+use crate::leases::Ending;
 use crate::shared::{lock, Sequenced, Shared};
+use crate::storable::{error_text, not_storable, result_text};
 use crate::wake::Wake;
 use crate::{heartbeat, listener, maintenance, node, producer, reporter};
 
@@ -145,8 +147,7 @@ impl Core {
         Ok(logs)
     }
 
-    /// Queues `report`; its sequence number.
-    fn send(&self, report: Report) -> Result<u64, CoreError> {
+    fn send(&self, report: Report) -> Result<(), CoreError> {
         self.check()?;
         let mut reporter = lock(&self.reporter);
         let seq = reporter.seq + 1;
@@ -155,64 +156,111 @@ impl Core {
             .send((seq, report))
             .map_err(|_| CoreError::Closed)?;
         reporter.seq = seq;
-        Ok(seq)
+        Ok(())
     }
 
     pub fn start(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
-        self.send(Report::Start { id, attempt }).map(drop)
+        self.check()?;
+        let at = Instant::now();
+        lock(&self.shared.inflight).started(id, attempt, at);
+        self.send(Report::Start(Start { id, attempt, at }))
     }
 
-    /// Ends the lease of (id, attempt) with the report `make` builds from
-    /// the job's type (None when this attempt is not held), then, if it was
-    /// the last held job of its claim, queues the claim row's close after
-    /// that report, so the close is written after it.
+    /// Queues the report that ends (id, attempt), built by `make` from what
+    /// the lease knows (None when this attempt is not held). The lease is
+    /// kept, and renewed, until the reporter has written that report.
     fn end(
         &self,
         id: i64,
         attempt: i32,
-        make: impl FnOnce(Option<&str>) -> Report,
+        make: impl FnOnce(Option<Ending>) -> Report,
     ) -> Result<(), CoreError> {
         self.check()?;
-        let ended = lock(&self.shared.inflight).remove(id, attempt);
-        let seq = self.send(make(ended.as_ref().map(|e| e.job_type.as_str())))?;
-        self.shared.sent_outcome(seq);
-        match ended.and_then(|e| e.closes) {
-            Some(claim) => self.send(Report::CloseClaim { claim }).map(drop),
-            None => Ok(()),
-        }
+        let report = make(lock(&self.shared.inflight).end(id, attempt));
+        self.send(report)
     }
 
-    pub fn complete(&self, id: i64, attempt: i32, result: Option<String>) -> Result<(), CoreError> {
-        self.end(id, attempt, |_| Report::Complete {
+    /// `result` is the JSON of the return value. One that cannot be stored
+    /// (storable.rs) fails the job instead, for good: the same code would
+    /// return the same value again.
+    pub fn complete(
+        &self,
+        id: i64,
+        attempt: i32,
+        result: Option<Vec<u8>>,
+    ) -> Result<(), CoreError> {
+        let at = Instant::now();
+        let result = result.map(result_text).transpose();
+        self.end(id, attempt, |lease| {
+            let started = lease.and_then(|l| l.started);
+            match result {
+                Ok(result) => Report::Complete(Complete {
+                    id,
+                    attempt,
+                    result,
+                    started,
+                    at,
+                }),
+                Err(why) => self.not_storable(id, attempt, &why, started, at),
+            }
+        })
+    }
+
+    /// The failure, logged, of a job whose result cannot be stored.
+    fn not_storable(
+        &self,
+        id: i64,
+        attempt: i32,
+        why: &str,
+        started: Option<Instant>,
+        at: Instant,
+    ) -> Report {
+        let message = format!("the result of job {id} (attempt {attempt}) cannot be stored: {why}");
+        self.shared.log("warning", message.clone());
+        Report::Fail(Fail {
             id,
             attempt,
-            result,
+            retryable: false,
+            delay_ms: 0.0,
+            error: not_storable(&message, attempt),
+            crashed: false,
+            started,
+            at,
         })
     }
 
     /// The retry delay comes from the policy of the job's type, known from
     /// its claim; a job this core does not hold gets the default policy (the
-    /// statement's lease guard fences it anyway).
+    /// statement's lease guard fences it anyway). Never refuses `error`: an
+    /// error the database refuses is replaced when written (reporter.rs).
     pub fn fail(
         &self,
         id: i64,
         attempt: i32,
         retryable: bool,
-        error: String,
+        error: Vec<u8>,
         crashed: bool,
     ) -> Result<(), CoreError> {
-        self.end(id, attempt, |job_type| Report::Fail {
-            id,
-            attempt,
-            retryable,
-            delay_ms: self.policies.delay_ms(job_type, attempt),
-            error,
-            crashed,
+        let at = Instant::now();
+        let error = error_text(error);
+        self.end(id, attempt, |lease| {
+            Report::Fail(Fail {
+                id,
+                attempt,
+                retryable,
+                delay_ms: self
+                    .policies
+                    .delay_ms(lease.as_ref().map(|l| l.job_type), attempt),
+                error,
+                crashed,
+                started: lease.and_then(|l| l.started),
+                at,
+            })
         })
     }
 
     pub fn release(&self, id: i64, attempt: i32) -> Result<(), CoreError> {
-        self.end(id, attempt, |_| Report::Release { id, attempt })
+        self.end(id, attempt, |_| Report::Release(Release { id, attempt }))
     }
 
     pub fn progress(
@@ -222,13 +270,12 @@ impl Core {
         percent: i16,
         message: Option<String>,
     ) -> Result<(), CoreError> {
-        self.send(Report::Progress {
+        self.send(Report::Progress(Progress {
             id,
             attempt,
             percent,
             message,
-        })
-        .map(drop)
+        }))
     }
 
     /// Milliseconds since the last heartbeat round that succeeded was sent.
@@ -247,12 +294,6 @@ impl Core {
     pub fn in_flight(&self) -> Result<usize, CoreError> {
         self.check()?;
         Ok(lock(&self.shared.inflight).len())
-    }
-
-    /// Job outcomes (complete, fail, release) reported but not yet written.
-    pub fn unwritten_outcomes(&self) -> Result<usize, CoreError> {
-        self.check()?;
-        Ok(self.shared.unwritten_outcomes())
     }
 
     /// Blocks (the caller releases the GIL) until every report sent before

@@ -14,6 +14,11 @@ pub enum CoreError {
     Connect(String),
     /// The server answered a statement with an error.
     Database(String),
+    /// The server refused the data of a statement: a value it cannot store
+    /// (SQLSTATE class 22), a constraint (23), a size limit (54) or a
+    /// trigger (P0). The same data is refused again, so it is never retried
+    /// as it is (the reporter isolates the report and fails its job).
+    Refused(String),
     /// An argument from Python is out of range or malformed.
     Invalid(String),
     /// The core itself failed: its runtime, thread or eventfd could not be
@@ -30,6 +35,7 @@ impl fmt::Display for CoreError {
         match self {
             CoreError::Connect(m) => write!(f, "database connection failed: {m}"),
             CoreError::Database(m) => write!(f, "database error: {m}"),
+            CoreError::Refused(m) => write!(f, "the database refused the data: {m}"),
             CoreError::Invalid(m) => write!(f, "{m}"),
             CoreError::Internal(m) => write!(f, "internal error of the core: {m}"),
             CoreError::Closed => write!(f, "the Core is closed"),
@@ -50,15 +56,25 @@ impl From<tokio_postgres::Error> for CoreError {
     /// else (I/O, closed socket, protocol) means the connection is gone.
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
-            Some(db) if !e.is_closed() => CoreError::Database(format!(
-                "{} {}: {}",
-                db.severity(),
-                db.code().code(),
-                db.message()
-            )),
+            Some(db) if !e.is_closed() => {
+                let code = db.code().code();
+                let text = format!("{} {code}: {}", db.severity(), db.message());
+                if refuses_the_data(code) {
+                    CoreError::Refused(text)
+                } else {
+                    CoreError::Database(text)
+                }
+            }
             _ => CoreError::Connect(describe(&e)),
         }
     }
+}
+
+/// Whether a SQLSTATE says the data itself was refused (see Refused); any
+/// other server error (a lock or statement timeout, a missing privilege, a
+/// server shutting down) may pass, so the statement is retried as it is.
+fn refuses_the_data(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("22" | "23" | "54" | "P0"))
 }
 
 /// An error with its causes: tokio-postgres keeps the server's message and
@@ -82,6 +98,7 @@ impl From<CoreError> for PyErr {
             CoreError::Connect(_) => PyConnectionError::new_err(msg),
             CoreError::Invalid(_) => PyValueError::new_err(msg),
             CoreError::Database(_)
+            | CoreError::Refused(_)
             | CoreError::Internal(_)
             | CoreError::Closed
             | CoreError::WrongProcess => Python::attach(|py| {
@@ -127,6 +144,18 @@ mod tests {
             "db error: error connecting to server: refused"
         );
         assert_eq!(describe(&CoreError::Closed), "the Core is closed");
+    }
+
+    #[test]
+    fn only_data_sqlstates_are_refusals() {
+        for code in ["22021", "22P05", "23514", "54000", "P0001"] {
+            assert!(refuses_the_data(code), "{code}");
+        }
+        for code in [
+            "55P03", "57014", "40001", "42501", "53100", "08006", "XX000", "",
+        ] {
+            assert!(!refuses_the_data(code), "{code}");
+        }
     }
 
     #[test]

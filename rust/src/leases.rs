@@ -1,33 +1,59 @@
 //! The leases this core holds, renewed by the heartbeat task.
 //!
-//! A job enters at claim and leaves when Python reports its end (complete,
-//! fail, release). A heartbeat sends every held (id, attempt); a held job the
-//! database did not renew has lost its lease (rescued by another node, or
-//! cancelled): it leaves the set at once, so it is reported once and never
-//! renewed again (Python learns of it through Core.lost()).
+//! A job enters at claim. When Python reports its end (complete, fail,
+//! release) its lease is ending: still held and renewed, so no node rescues
+//! a job whose outcome only waits to be written, until the reporter has
+//! written that end; then it leaves. A heartbeat sends every held
+//! (id, attempt); a running job the database did not renew has lost its
+//! lease (rescued by another node, or cancelled): it leaves the set at once,
+//! so it is reported once and never renewed again (Python learns of it
+//! through Core.lost()). An ending lease is never reported lost: its job is
+//! over, and not being renewed is what its written end does to it.
 //!
 //! The set also counts, per forge_claims row, the jobs of that claim still
 //! held: the end of the last one says the row can be closed. A claim whose
 //! last job was a lost lease is left to the maintenance sweep (prune_claims).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
-use crate::batch::Pairs;
+/// The heartbeat statement's columns: ($1 ids, $2 attempts).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Pairs {
+    pub ids: Vec<i64>,
+    pub attempts: Vec<i32>,
+}
+
+impl Pairs {
+    pub fn push(&mut self, id: i64, attempt: i32) {
+        self.ids.push(id);
+        self.attempts.push(attempt);
+    }
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
 
 #[derive(Debug)]
 struct Lease {
     attempt: i32,
     job_type: String,
     claim: i64,
+    /// When Python reported the job started (handed to its worker).
+    started: Option<Instant>,
+    /// Python reported the end; the reporter has not written it yet.
+    ending: bool,
 }
 
-/// What ending a held lease tells the caller.
+/// What ending a held lease tells the end report.
 #[derive(Debug, PartialEq)]
-pub struct Ended {
+pub struct Ending<'a> {
     /// For the retry policy of a failure.
-    pub job_type: String,
-    /// The claim row whose last held job this was.
-    pub closes: Option<i64>,
+    pub job_type: &'a str,
+    /// When the job started, so that its end statement writes started_at
+    /// with completed_at, from the same now() (exactly ordered).
+    pub started: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +69,8 @@ impl InFlight {
             attempt,
             job_type,
             claim,
+            started: None,
+            ending: false,
         };
         if let Some(old) = self.jobs.insert(id, lease) {
             self.release_claim(old.claim);
@@ -50,19 +78,46 @@ impl InFlight {
         *self.held_by_claim.entry(claim).or_default() += 1;
     }
 
-    /// Ends the lease of (id, attempt), or None when this attempt is not held.
-    pub fn remove(&mut self, id: i64, attempt: i32) -> Option<Ended> {
-        match self.jobs.get(&id) {
-            Some(lease) if lease.attempt == attempt => {
-                let lease = self.jobs.remove(&id)?;
-                let closes = self.release_claim(lease.claim);
-                Some(Ended {
-                    job_type: lease.job_type,
-                    closes,
-                })
-            }
-            _ => None,
+    /// Python reported that (id, attempt) started at `at`.
+    pub fn started(&mut self, id: i64, attempt: i32, at: Instant) {
+        if let Some(lease) = self.jobs.get_mut(&id).filter(|l| l.attempt == attempt) {
+            lease.started = Some(at);
         }
+    }
+
+    /// Python reported the end of (id, attempt): the lease is kept (and
+    /// renewed) until finish(). None when this attempt is not held.
+    pub fn end(&mut self, id: i64, attempt: i32) -> Option<Ending<'_>> {
+        let lease = self.jobs.get_mut(&id).filter(|l| l.attempt == attempt)?;
+        lease.ending = true;
+        Some(Ending {
+            job_type: &lease.job_type,
+            started: lease.started,
+        })
+    }
+
+    /// The end of (id, attempt) is written: the lease leaves the set. The
+    /// claim row whose last held job it was, if so. A lease that is not
+    /// ending (the job was claimed again since) stays.
+    pub fn finish(&mut self, id: i64, attempt: i32) -> Option<i64> {
+        self.jobs
+            .get(&id)
+            .filter(|l| l.attempt == attempt && l.ending)?;
+        self.remove(id, attempt)
+    }
+
+    /// Removes the lease of (id, attempt); the claim it closes, if any.
+    fn remove(&mut self, id: i64, attempt: i32) -> Option<i64> {
+        self.jobs.get(&id).filter(|l| l.attempt == attempt)?;
+        let lease = self.jobs.remove(&id)?;
+        self.release_claim(lease.claim)
+    }
+
+    /// Whether (id, attempt) is held and its end not reported.
+    fn running(&self, id: i64, attempt: i32) -> bool {
+        self.jobs
+            .get(&id)
+            .is_some_and(|l| l.attempt == attempt && !l.ending)
     }
 
     /// One job of `claim` is no longer held; Some(claim) if it was the last.
@@ -90,13 +145,14 @@ impl InFlight {
     }
 
     /// After a heartbeat that sent `sent` and renewed `renewed`: the leases
-    /// found lost, removed from the set. Jobs that ended meanwhile are no
-    /// longer held, and a job re-claimed meanwhile holds another attempt, so
-    /// neither is mistaken for a loss.
+    /// found lost, removed from the set. Jobs whose end was reported
+    /// meanwhile are not running, and a job re-claimed meanwhile holds
+    /// another attempt, so neither is mistaken for a loss.
     pub fn take_lost(&mut self, sent: &Pairs, renewed: &HashSet<i64>) -> Vec<(i64, i32)> {
         let mut lost = Vec::new();
         for (id, attempt) in sent.ids.iter().zip(&sent.attempts) {
-            if !renewed.contains(id) && self.remove(*id, *attempt).is_some() {
+            if !renewed.contains(id) && self.running(*id, *attempt) {
+                self.remove(*id, *attempt);
                 lost.push((*id, *attempt));
             }
         }
@@ -108,19 +164,57 @@ impl InFlight {
 mod tests {
     use super::*;
 
+    /// Python reports the end and the reporter writes it.
+    fn ended(f: &mut InFlight, id: i64, attempt: i32) -> Option<i64> {
+        f.end(id, attempt);
+        f.finish(id, attempt)
+    }
+
     #[test]
-    fn remove_needs_the_held_attempt() {
+    fn ending_needs_the_held_attempt() {
         let mut f = InFlight::default();
         f.add(1, 2, "email".into(), 7);
-        assert_eq!(f.remove(1, 1), None);
-        assert_eq!(
-            f.remove(1, 2),
-            Some(Ended {
-                job_type: "email".into(),
-                closes: Some(7)
-            })
-        );
+        assert_eq!(f.end(1, 1), None);
+        assert_eq!(f.finish(1, 2), None); // not ending yet
+        let t = Instant::now();
+        f.started(1, 2, t);
+        f.started(1, 1, t + std::time::Duration::from_secs(1)); // another attempt: ignored
+        let ending = Ending {
+            job_type: "email",
+            started: Some(t),
+        };
+        assert_eq!(f.end(1, 2), Some(ending));
+        assert_eq!(f.finish(1, 2), Some(7));
         assert_eq!(f.len(), 0);
+        assert_eq!(f.finish(1, 2), None);
+    }
+
+    #[test]
+    fn an_ending_lease_is_renewed_until_its_end_is_written() {
+        let mut f = InFlight::default();
+        f.add(1, 1, "a".into(), 1);
+        f.add(2, 1, "a".into(), 1);
+        f.end(1, 1);
+        let sent = f.snapshot();
+        assert_eq!(sent.len(), 2); // the heartbeat still renews job 1
+                                   // the end of job 1 was written before the heartbeat ran: not renewed, yet not lost
+        let renewed: HashSet<i64> = [2].into();
+        assert_eq!(f.take_lost(&sent, &renewed), []);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f.finish(1, 1), None); // job 2 still holds the claim
+        assert_eq!(f.snapshot().ids, [2]);
+    }
+
+    #[test]
+    fn a_job_handed_back_and_claimed_again_before_its_end_is_written_stays_held() {
+        // release gives the attempt back, so the next claim has the same number
+        let mut f = InFlight::default();
+        f.add(1, 1, "a".into(), 1);
+        f.end(1, 1);
+        f.add(1, 1, "a".into(), 2);
+        assert_eq!(f.finish(1, 1), None);
+        assert_eq!(f.len(), 1);
+        assert_eq!(ended(&mut f, 1, 1), Some(2));
     }
 
     #[test]
@@ -132,8 +226,8 @@ mod tests {
         f.add(4, 1, "a".into(), 1);
         let sent = f.snapshot();
         assert_eq!(sent.len(), 4);
-        f.remove(3, 1); // completed while the heartbeat ran
-        f.remove(4, 1); // released, then claimed again while the heartbeat ran
+        ended(&mut f, 3, 1); // completed while the heartbeat ran
+        ended(&mut f, 4, 1); // released, then claimed again while the heartbeat ran
         f.add(4, 2, "a".into(), 2);
         let renewed: HashSet<i64> = [1].into();
         assert_eq!(f.take_lost(&sent, &renewed), [(2, 1)]);
@@ -144,7 +238,7 @@ mod tests {
         next.sort();
         assert_eq!(next, [1, 4]);
         // a late report of the lost attempt finds nothing held
-        assert_eq!(f.remove(2, 1), None);
+        assert_eq!(f.end(2, 1), None);
     }
 
     #[test]
@@ -153,15 +247,15 @@ mod tests {
         f.add(1, 1, "a".into(), 10);
         f.add(2, 1, "a".into(), 10);
         f.add(3, 1, "a".into(), 11);
-        assert_eq!(f.remove(2, 1).unwrap().closes, None);
-        assert_eq!(f.remove(3, 1).unwrap().closes, Some(11));
-        assert_eq!(f.remove(1, 1).unwrap().closes, Some(10));
+        assert_eq!(ended(&mut f, 2, 1), None);
+        assert_eq!(ended(&mut f, 3, 1), Some(11));
+        assert_eq!(ended(&mut f, 1, 1), Some(10));
         // claimed again before its old attempt ended (not in practice): the
         // old claim is no longer counted, and is left to the sweep
         f.add(4, 1, "a".into(), 12);
         f.add(4, 1, "a".into(), 13);
         assert_eq!(f.held_by_claim.get(&12), None);
-        assert_eq!(f.remove(4, 1).unwrap().closes, Some(13));
+        assert_eq!(ended(&mut f, 4, 1), Some(13));
         assert!(f.held_by_claim.is_empty());
     }
 }

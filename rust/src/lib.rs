@@ -2,8 +2,10 @@
 //! pyo3-free modules. Argument conversion and GIL release live here; the
 //! logic lives in the modules.
 
+mod backlog;
 mod backoff;
 mod batch;
+mod bisect;
 mod claim;
 mod config;
 mod core;
@@ -21,7 +23,9 @@ mod reporter;
 mod session;
 mod shared;
 mod sql;
+mod statements;
 mod stats;
+mod storable;
 mod streak;
 mod wake;
 
@@ -33,7 +37,6 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::backoff::{Backoff, BackoffKind};
-use crate::batch::json_text;
 use crate::claim::Claimed;
 use crate::config::{Config, NodeInfo, Policies};
 use crate::errors::CoreError;
@@ -250,7 +253,6 @@ impl Core {
     }
 
     fn complete(&self, id: i64, attempt: i32, result: Option<Vec<u8>>) -> PyResult<()> {
-        let result = result.map(|r| json_text(r, "result")).transpose()?;
         Ok(self.0.complete(id, attempt, result)?)
     }
 
@@ -263,7 +265,6 @@ impl Core {
         error: Vec<u8>,
         crashed: bool,
     ) -> PyResult<()> {
-        let error = json_text(error, "error")?;
         Ok(self.0.fail(id, attempt, retryable, error, crashed)?)
     }
 
@@ -295,10 +296,6 @@ impl Core {
 
     fn in_flight(&self) -> PyResult<usize> {
         Ok(self.0.in_flight()?)
-    }
-
-    fn unwritten_outcomes(&self) -> PyResult<usize> {
-        Ok(self.0.unwritten_outcomes()?)
     }
 
     fn flush(&self, py: Python<'_>, timeout_ms: i64) -> PyResult<bool> {

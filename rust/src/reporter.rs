@@ -1,204 +1,253 @@
 //! The reporter: writes what Python reported (starts, progress,
-//! completions, failures, hand-backs, claim rows to close) in batches, one
-//! statement per kind, each guarded by the lease.
+//! completions, failures, hand-backs) in batches, one statement per kind,
+//! each guarded by the lease; once a batch's ends are written their leases
+//! end, and the claim rows they emptied are closed.
+//!
+//! Nothing a job hands back can stop it: a statement the database refuses
+//! for its data (CoreError::Refused) is split until the refused reports are
+//! found (bisect.rs); each becomes a failure of its job, and the rest is
+//! written. Any other error (the database unreachable, a lock timeout)
+//! retries what is left of the batch after a doubling delay; meanwhile new
+//! reports are still taken off the queue into the backlog (backlog.rs),
+//! where progress is coalesced, and the producer claims nothing.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_postgres::types::ToSql;
 
+use crate::backlog::Backlog;
 use crate::backoff::RetryDelay;
-use crate::batch::{Batch, Completes, Fails, Pairs, Progresses};
+use crate::batch::{Batch, Fail};
+use crate::bisect::Bisection;
 use crate::db::{Conn, Db};
 use crate::errors::CoreError;
-use crate::shared::{Sequenced, Shared};
-use crate::sql::{self, Query};
+use crate::shared::{lock, Sequenced, Shared};
+use crate::statements::{write_closes, Row};
 use crate::stats::Stat;
 use crate::streak::Streak;
 
 /// Reports written per flush at most, to bound statement size.
 const MAX_REPORTS_PER_FLUSH: usize = 10_000;
 
-/// The report loop: one batch per wake-up with everything queued, written
-/// until it succeeds (reports are never dropped), then flush() waiters
-/// are released up to its last sequence number.
-pub async fn report(db: Arc<Db>, mut queue: mpsc::UnboundedReceiver<Sequenced>) {
+/// How often reports are moved into the backlog while a batch is written
+/// or waits for its retry. Not at each report: waking the runtime thread
+/// for each would cost the Python thread that sends it a system call.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// The report loop: one batch per wake-up with what the backlog holds,
+/// written until it is (what the database refuses is replaced, never
+/// retried), then flush() waiters are released up to its last report.
+pub async fn report(db: Arc<Db>, queue: mpsc::UnboundedReceiver<Sequenced>) {
     let shared = db.shared();
+    let mut inbox = Inbox {
+        queue,
+        backlog: Backlog::default(),
+    };
     let mut streak = Streak::new("writing reports");
     let mut retry = RetryDelay::default();
-    while let Some((mut last, first)) = queue.recv().await {
-        let mut reports = vec![first];
-        while reports.len() < MAX_REPORTS_PER_FLUSH {
-            match queue.try_recv() {
-                Ok((seq, report)) => {
-                    last = seq;
-                    reports.push(report);
-                }
-                Err(_) => break,
-            }
-        }
+    let mut stalled = false;
+    while inbox.wait().await {
+        let (last, reports) = inbox.backlog.take(MAX_REPORTS_PER_FLUSH);
         let mut batch = Batch::build(reports);
-        while let Err(e) = write_batch(&db, &mut batch).await {
+        while let Err(e) = inbox.while_receiving(write_batch(&db, &mut batch)).await {
             streak.failed(shared, &e);
-            tokio::time::sleep(retry.next_delay()).await;
+            if !stalled {
+                stalled = true;
+                shared.claim_event(|c| c.set_reports_stalled(true));
+            }
+            inbox
+                .while_receiving(tokio::time::sleep(retry.next_delay()))
+                .await;
         }
         retry.reset();
         streak.ok(shared);
+        if stalled {
+            stalled = false;
+            shared.claim_event(|c| c.set_reports_stalled(false));
+        }
         shared.stats.add(Stat::Flushes, 1);
         shared.mark_written(last);
+    }
+}
+
+/// The queue from Python and the backlog it is moved into.
+struct Inbox {
+    queue: mpsc::UnboundedReceiver<Sequenced>,
+    backlog: Backlog,
+}
+
+impl Inbox {
+    /// Waits until the backlog has something, then moves what is queued
+    /// into it; false once the queue is closed and everything written.
+    async fn wait(&mut self) -> bool {
+        if self.backlog.is_empty() {
+            match self.queue.recv().await {
+                Some((seq, report)) => self.backlog.push(seq, report),
+                None => return false,
+            }
+        }
+        self.drain();
+        true
+    }
+
+    /// Moves what is queued into the backlog (at most a flush's worth of
+    /// reports per call, so a sender faster than this never holds it).
+    fn drain(&mut self) {
+        for _ in 0..MAX_REPORTS_PER_FLUSH {
+            match self.queue.try_recv() {
+                Ok((seq, report)) => self.backlog.push(seq, report),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Runs `work` to its end, moving reports into the backlog every
+    /// DRAIN_EVERY meanwhile, so they never pile up uncoalesced in the queue.
+    async fn while_receiving<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                _ = tokio::time::sleep(DRAIN_EVERY) => self.drain(),
+            }
+        }
     }
 }
 
 /// Starts first (claimed -> running), then the rest pipelined on the one
 /// connection. join! polls in order and tokio-postgres sends in poll order,
 /// so progress reaches the server before the statements that end a job.
-/// Claim rows are closed only after all of those are written. Each written
-/// part is cleared, so a retry redoes only the rest.
+/// Then the failures that replace refused reports, the end of the leases
+/// and the claim rows to close. Each written part is cleared, so a retry
+/// redoes only the rest.
 async fn write_batch(db: &Db, batch: &mut Batch) -> Result<(), CoreError> {
     let conn = db.client().await?;
-    write_starts(db, &conn, &mut batch.starts).await?;
+    let refused = write_part(db, &conn, &mut batch.starts).await?;
+    batch.refused.extend(refused);
     let (progress, completes, fails, releases) = tokio::join!(
-        write_progress(db, &conn, &mut batch.progress),
-        write_completes(db, &conn, &mut batch.completes),
-        write_fails(db, &conn, &mut batch.fails),
-        write_releases(db, &conn, &mut batch.releases),
+        write_part(db, &conn, &mut batch.progress),
+        write_part(db, &conn, &mut batch.completes),
+        write_part(db, &conn, &mut batch.fails),
+        write_part(db, &conn, &mut batch.releases),
     );
-    progress.and(completes).and(fails).and(releases)?;
-    write_closes(db, &conn, &mut batch.closes).await
-}
-
-/// Claim rows whose jobs have all ended, once the reports that ended them
-/// are written (close_claims keeps a row that still lists a held job).
-async fn write_closes(db: &Db, conn: &Conn, part: &mut Vec<i64>) -> Result<(), CoreError> {
-    if part.is_empty() {
-        return Ok(());
+    let mut failed = None;
+    for part in [progress, completes, fails, releases] {
+        match part {
+            Ok(refused) => batch.refused.extend(refused),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
     }
-    let rows = db
-        .query(conn, sql::CLOSE_CLAIMS, &[&*part, &db.config().owner])
-        .await?;
-    db.shared().stats.add(Stat::ClaimsClosed, rows.len() as u64);
-    part.clear();
-    Ok(())
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    write_replacements(db, &conn, &mut batch.refused).await?;
+    end_leases(db.shared(), batch);
+    match write_closes(db, &conn, &mut batch.closes).await {
+        Err(CoreError::Refused(why)) => {
+            // no job's data is in it; prune_claims deletes the rows later
+            db.shared()
+                .log("error", format!("closing claim rows: {why}"));
+            batch.closes.clear();
+            Ok(())
+        }
+        other => other,
+    }
 }
 
-/// Counts what a report statement changed, and the rest as fenced.
-fn count(shared: &Shared, stat: Stat, sent: usize, rows: usize) {
-    shared.stats.add(stat, rows as u64);
-    shared
-        .stats
-        .add(Stat::Fenced, sent.saturating_sub(rows) as u64);
-}
-
-/// A statement over ($1 ids, $2 attempts, $3 owner): how many rows it changed.
-async fn write_pairs(
+/// Writes `rows`; the failures that replace those the database refused.
+async fn write_part<R: Row>(
     db: &Db,
     conn: &Conn,
-    q: Query,
-    stat: Stat,
-    part: &mut Pairs,
-) -> Result<usize, CoreError> {
-    if part.is_empty() {
-        return Ok(0);
-    }
-    let params: [&(dyn ToSql + Sync); 3] = [&part.ids, &part.attempts, &db.config().owner];
-    let rows = db.query(conn, q, &params).await?.len();
-    count(db.shared(), stat, part.len(), rows);
-    *part = Pairs::default();
-    Ok(rows)
-}
-
-async fn write_starts(db: &Db, conn: &Conn, part: &mut Pairs) -> Result<(), CoreError> {
-    write_pairs(db, conn, sql::START, Stat::Started, part)
-        .await
-        .map(drop)
-}
-
-async fn write_progress(db: &Db, conn: &Conn, part: &mut Progresses) -> Result<(), CoreError> {
-    if part.ids.is_empty() {
-        return Ok(());
-    }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
-        &part.ids,
-        &part.attempts,
-        &part.percents,
-        &part.messages,
-        &db.config().owner,
-    ];
-    let rows = db.query(conn, sql::PROGRESS, &params).await?;
-    count(db.shared(), Stat::Progress, part.ids.len(), rows.len());
-    *part = Progresses::default();
-    Ok(())
-}
-
-async fn write_completes(db: &Db, conn: &Conn, part: &mut Completes) -> Result<(), CoreError> {
-    if part.ids.is_empty() {
-        return Ok(());
-    }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&part.ids, &part.attempts, &part.results, &db.config().owner];
-    let rows = db.query(conn, sql::COMPLETE, &params).await?;
-    count(db.shared(), Stat::Completed, part.ids.len(), rows.len());
-    *part = Completes::default();
-    Ok(())
-}
-
-/// Rows back in retry get a due timer at now + their delay, so this node
-/// claims them when due without waiting for the poll interval.
-async fn write_fails(db: &Db, conn: &Conn, part: &mut Fails) -> Result<(), CoreError> {
-    if part.ids.is_empty() {
-        return Ok(());
-    }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-        &part.ids,
-        &part.attempts,
-        &part.retryable,
-        &part.delay_ms,
-        &part.errors,
-        &part.crashed,
-        &db.config().owner,
-        &db.config().max_crashes,
-    ];
-    let rows = db.query(conn, sql::FAIL, &params).await?;
-    let now = Instant::now();
+    rows: &mut Vec<R>,
+) -> Result<Vec<Fail>, CoreError> {
+    let refused = write_rows(db, conn, rows).await?;
     let shared = db.shared();
-    let mut due = Vec::new();
-    let mut poisoned = 0;
-    for row in &rows {
-        let bad = |e: tokio_postgres::Error| CoreError::Database(format!("fail row: {e}"));
-        let id: i64 = row.try_get("id").map_err(bad)?;
-        let status: &str = row.try_get("status").map_err(bad)?;
-        if row.try_get::<_, bool>("poisoned").map_err(bad)? {
-            poisoned += 1;
-        }
-        if status == "retry" {
-            let delay = part.delay_of(id).unwrap_or(0.0);
-            due.push(now + Duration::from_secs_f64(delay.max(0.0) / 1000.0));
-        }
+    shared.stats.add(Stat::Refused, refused.len() as u64);
+    Ok(refused
+        .into_iter()
+        .map(|(row, why)| {
+            let fail = row.refused(&why);
+            shared.log("warning", format!("{}; its job fails", row.refusal(&why)));
+            fail
+        })
+        .collect())
+}
+
+/// Writes the failures that replace refused reports; one refused too is
+/// dropped: its lease is left to expire, and rescue to take the job back.
+async fn write_replacements(db: &Db, conn: &Conn, fails: &mut Vec<Fail>) -> Result<(), CoreError> {
+    for (fail, why) in write_rows(db, conn, fails).await? {
+        db.shared().log(
+            "error",
+            format!(
+                "{}; dropped: it replaced a refused report",
+                fail.refusal(&why)
+            ),
+        );
     }
-    shared.stats.add(Stat::Retried, due.len() as u64);
-    shared.stats.add(Stat::Poisoned, poisoned);
-    shared
-        .stats
-        .add(Stat::Failed, (rows.len() - due.len()) as u64);
-    shared.stats.add(
-        Stat::Fenced,
-        part.ids.len().saturating_sub(rows.len()) as u64,
-    );
-    if !due.is_empty() {
-        shared.claim_event(|c| due.into_iter().for_each(|at| c.schedule(at)));
-    }
-    *part = Fails::default();
     Ok(())
 }
 
-/// Released jobs are claimable at once: NOTIFY so other nodes wake too. The
-/// notify is only a wake-up hint (nodes also poll), so its failure is
-/// counted but does not fail the batch.
-async fn write_releases(db: &Db, conn: &Conn, part: &mut Pairs) -> Result<(), CoreError> {
-    let released = write_pairs(db, conn, sql::RELEASE, Stat::Released, part).await?;
-    if released > 0 && db.query(conn, sql::NOTIFY, &[]).await.is_err() {
-        db.shared().stats.add(Stat::Errors, 1);
+/// Writes `rows` in one statement, or, if the database refuses it for its
+/// data, in halves until each refused row is alone: those come back, with
+/// why, and the others are written. On any other error the rows not yet
+/// written stay in `rows`, for the retry.
+async fn write_rows<R: Row>(
+    db: &Db,
+    conn: &Conn,
+    rows: &mut Vec<R>,
+) -> Result<Vec<(R, String)>, CoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let why = match R::write(db, conn, rows).await {
+        Ok(()) => {
+            rows.clear();
+            return Ok(Vec::new());
+        }
+        Err(CoreError::Refused(why)) => why,
+        Err(e) => return Err(e),
+    };
+    let mut bisection = Bisection::new(rows.len(), why);
+    while let Some(range) = bisection.next() {
+        match R::write(db, conn, &rows[range.clone()]).await {
+            Ok(()) => bisection.written(range),
+            Err(CoreError::Refused(why)) => bisection.refused(range, why),
+            Err(e) => {
+                let mut i = 0;
+                rows.retain(|_| {
+                    i += 1;
+                    !bisection.is_written(i - 1)
+                });
+                return Err(e);
+            }
+        }
+    }
+    let mut refused = bisection.into_refused().into_iter().peekable();
+    let mut found = Vec::new();
+    for (i, row) in rows.drain(..).enumerate() {
+        if let Some((_, why)) = refused.next_if(|(at, _)| *at == i) {
+            found.push((row, why));
+        }
+    }
+    Ok(found)
+}
+
+/// The batch's ends are written: their leases end, and the claim rows
+/// whose last held job they were are to be closed.
+fn end_leases(shared: &Shared, batch: &mut Batch) {
+    if batch.ended.is_empty() {
+        return;
+    }
+    let mut inflight = lock(&shared.inflight);
+    for (id, attempt) in batch.ended.drain(..) {
+        if let Some(claim) = inflight.finish(id, attempt) {
+            batch.closes.push(claim);
+        }
+    }
 }

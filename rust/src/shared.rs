@@ -2,7 +2,6 @@
 //! and log lines waiting for Python, the leases in flight, the claim state,
 //! the lease clock and the report sequence that flush() waits on.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,9 +41,6 @@ pub struct Shared {
     /// Sequence number of the last report written, and its waiters.
     written: Mutex<u64>,
     written_cv: Condvar,
-    /// Sequence numbers of the reports that end a job (complete, fail,
-    /// release) not known to be written, oldest first.
-    outcomes: Mutex<VecDeque<u64>>,
     /// Whether the runtime recorded the node's clean stop before ending.
     stop_recorded: AtomicBool,
 }
@@ -63,7 +59,6 @@ impl Shared {
             claim_wake: Notify::new(),
             written: Mutex::new(0),
             written_cv: Condvar::new(),
-            outcomes: Mutex::default(),
             stop_recorded: AtomicBool::new(false),
         }
     }
@@ -100,25 +95,6 @@ impl Shared {
     pub fn mark_written(&self, seq: u64) {
         *lock(&self.written) = seq;
         self.written_cv.notify_all();
-        let mut outcomes = lock(&self.outcomes);
-        while outcomes.front().is_some_and(|s| *s <= seq) {
-            outcomes.pop_front();
-        }
-    }
-
-    /// Report `seq` ends a job: counted by unwritten_outcomes() until written.
-    pub fn sent_outcome(&self, seq: u64) {
-        lock(&self.outcomes).push_back(seq);
-    }
-
-    /// How many reports that end a job are not written yet: the jobs a
-    /// node stopping now would leave held in the database, to the rescue.
-    pub fn unwritten_outcomes(&self) -> usize {
-        let written = *lock(&self.written);
-        lock(&self.outcomes)
-            .iter()
-            .filter(|s| **s > written)
-            .count()
     }
 
     /// Waits until reports up to `seq` are written; false at the deadline.

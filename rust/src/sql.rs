@@ -28,9 +28,9 @@ const fn query(name: &'static str, params: usize) -> Query {
 }
 
 pub const CLAIM: Query = query("claim", 4);
-pub const START: Query = query("start", 3);
-pub const COMPLETE: Query = query("complete", 4);
-pub const FAIL: Query = query("fail", 8);
+pub const START: Query = query("start", 4);
+pub const COMPLETE: Query = query("complete", 6);
+pub const FAIL: Query = query("fail", 10);
 pub const RELEASE: Query = query("release", 3);
 pub const PROGRESS: Query = query("progress", 5);
 pub const HEARTBEAT: Query = query("heartbeat", 3);

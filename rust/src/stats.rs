@@ -49,9 +49,11 @@ pub enum Stat {
     ClaimsClosed,
     /// forge_claims rows the maintenance sweep deleted (see prune_claims).
     ClaimsPruned,
+    /// Reports the database refused (each recorded as its job's failure).
+    Refused,
 }
 
-const NAMES: [&str; 24] = [
+const NAMES: [&str; 25] = [
     "claimed",
     "claims",
     "started",
@@ -76,6 +78,7 @@ const NAMES: [&str; 24] = [
     "connects",
     "claims_closed",
     "claims_pruned",
+    "refused",
 ];
 
 #[derive(Debug, Default)]
@@ -117,5 +120,7 @@ mod tests {
             s.snapshot()[Stat::ClaimsPruned as usize],
             ("claims_pruned", 4)
         );
+        s.add(Stat::Refused, 1);
+        assert_eq!(s.snapshot()[Stat::Refused as usize], ("refused", 1));
     }
 }

@@ -43,7 +43,8 @@ def claim(db, owner: uuid.UUID, limit: int = 100) -> list[tuple]:
 
 def complete(db, owner: uuid.UUID, jobs: list[tuple]) -> int:
     ids, attempts = [j[0] for j in jobs], [j[1] for j in jobs]
-    return len(db.execute(SQL["complete"], (ids, attempts, [None] * len(ids), owner)).fetchall())
+    nothing, now = [None] * len(ids), [0.0] * len(ids)  # no result; started and ended 0 ms ago
+    return len(db.execute(SQL["complete"], (ids, attempts, nothing, owner, nothing, now)).fetchall())
 
 
 def close(db, owner: uuid.UUID, claim_ids: list[int]) -> list[int]:
@@ -184,7 +185,7 @@ def test_migration_0003_gives_jobs_held_before_it_their_claim_rows(empty_databas
 
 def start(db, owner: uuid.UUID, jobs: list[tuple]) -> int:
     ids, attempts = [j[0] for j in jobs], [j[1] for j in jobs]
-    return len(db.execute(SQL["start"], (ids, attempts, owner)).fetchall())
+    return len(db.execute(SQL["start"], (ids, attempts, owner, [0.0] * len(ids))).fetchall())  # started 0 ms ago
 
 
 def rescue(db, max_crashes: int = 3) -> tuple:

@@ -132,11 +132,10 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
 
 
 def _final_flush(core: Core, grace: float) -> int:
-    """Wait up to `grace` seconds for the database to take every report; how many job outcomes it did not take
-    (jobs still held, not reported ended, count too)."""
-    if core.flush(int(max(grace, FINAL_FLUSH_MIN) * 1000)):
-        return core.in_flight()
-    return core.unwritten_outcomes() + core.in_flight()
+    """Wait up to `grace` seconds for the database to take every report; how many jobs it leaves held: those
+    whose outcome it did not take (a lease is held until its job's end is written) or never reported ended."""
+    core.flush(int(max(grace, FINAL_FLUSH_MIN) * 1000))
+    return core.in_flight()
 
 
 def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str, Job[Any]]) -> CoreSettings:

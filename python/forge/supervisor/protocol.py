@@ -7,6 +7,7 @@ results travel as the JSON bytes stored in the database, never re-encoded.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from typing import TYPE_CHECKING, Generic, TypeVar, Union
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from typing_extensions import TypeForm  # PEP 747: a Struct class or a Union of them
 
 _LENGTH = struct.Struct(">I")
+#: Longest text (characters) stored from a job: each of an error's message and traceback, a progress message.
+MAX_TEXT = 64 * 1024
+#: What neither PostgreSQL's text nor jsonb can store: NUL, and unpaired surrogates (not UTF-8 at all).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 #: One read takes at most this much; a longer frame is put together over reads.
 _READ_SIZE = 1 << 18
 
@@ -169,11 +174,27 @@ def _fill(sock: socket.socket, view: memoryview) -> bool:
     return True
 
 
+def storable(text: str, *, keep_end: bool = False) -> str:
+    """`text` as PostgreSQL can store it: NUL characters and unpaired surrogates become U+FFFD, and text over
+    MAX_TEXT characters is cut, keeping its start (its end with keep_end: a traceback's last lines), saying so."""
+    if "\x00" in text or not text.isascii():
+        text = _UNSTORABLE.sub("\ufffd", text)
+    cut = len(text) - MAX_TEXT
+    if cut <= 0:
+        return text
+    if keep_end:
+        return f"[{cut} characters cut]\n{text[cut:]}"
+    return f"{text[:MAX_TEXT]} [{cut} characters cut]"
+
+
 def error_payload(error_type: str, message: str, attempt: int, traceback: str | None = None) -> bytes:
-    """The JSON stored in forge_jobs.last_error for one failed attempt."""
-    return msgspec.json.encode(
-        {"type": error_type, "message": message, "traceback": traceback, "attempt": attempt}
-    )
+    """The JSON stored in forge_jobs.last_error for one failed attempt, its text made storable."""
+    return msgspec.json.encode({
+        "type": storable(error_type),
+        "message": storable(message),
+        "traceback": None if traceback is None else storable(traceback, keep_end=True),
+        "attempt": attempt,
+    })
 
 
 class WorkerSettings(msgspec.Struct, array_like=True):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..context import JobContext
-from ..errors import InputDecodeError, UnknownJobType
+from ..errors import InputDecodeError, ResultNotStorable, UnknownJobType
 from ..job import Job, registry
 from .protocol import (
     Completed,
@@ -30,6 +30,7 @@ from .protocol import (
     WorkerSettings,
     encode,
     error_payload,
+    storable,
 )
 
 if TYPE_CHECKING:
@@ -85,8 +86,9 @@ class JobRunner:
             return _failure(frame, exc, job.retry.retries(exc))
         try:
             encoded = None if result is None else msgspec.json.encode(result)
-        except (TypeError, msgspec.EncodeError) as exc:
-            return _failure(frame, TypeError(f"the job's return value is not JSON-encodable: {exc}"), False)
+        except BaseException as exc:  # TypeError, UnicodeEncodeError (a surrogate), or whatever a value raises
+            return _not_encodable(frame, exc)
+        # The core checks the rest (NUL characters, the size limit) and fails the job if it cannot be stored.
         return Completed(frame.id, frame.attempt, encoded)
 
     def _call(self, job: Job[Any], ctx: JobContext, value: Any) -> Any:
@@ -101,7 +103,8 @@ class JobRunner:
     def _context(self, frame: RunJob) -> JobContext:
         def report(kind: str, percent: int | None, message: str | None) -> None:
             if kind == "progress":
-                self._sock.sendall(encode(Progress(frame.id, frame.attempt, percent or 0, message)))
+                text = None if message is None else storable(_text(message))
+                self._sock.sendall(encode(Progress(frame.id, frame.attempt, percent or 0, text)))
             else:
                 self._sock.sendall(encode(Heartbeat(frame.id, frame.attempt)))
 
@@ -125,8 +128,26 @@ class JobRunner:
 def _failure(frame: RunJob, exc: BaseException, retryable: bool) -> Failed:
     cls = type(exc)
     name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    trace = "".join(traceback.format_exception(exc))
-    return Failed(frame.id, frame.attempt, retryable, error_payload(name, str(exc), frame.attempt, trace))
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except BaseException as error:  # its own safeguards aside, formatting runs the exception's code too
+        trace = f"<the traceback could not be formatted: {type(error).__name__}>"
+    return Failed(frame.id, frame.attempt, retryable, error_payload(name, _text(exc), frame.attempt, trace))
+
+
+def _not_encodable(frame: RunJob, exc: BaseException) -> Failed:
+    """The job returned a value msgspec cannot encode: it fails, not retried (it would return the same)."""
+    reason = f"it is not JSON-encodable: {_text(exc)}"
+    return _failure(frame, ResultNotStorable(f"the result of job {frame.id} (attempt {frame.attempt}) cannot be "
+                                             f"stored: {reason}"), False)
+
+
+def _text(value: object) -> str:
+    """str(value), or a placeholder naming what str() raised: job code may make __str__ raise anything."""
+    try:
+        return str(value)
+    except BaseException as exc:
+        return f"<str() raised {type(exc).__name__}>"
 
 
 def _should_retire(settings: WorkerSettings, done: int) -> bool:

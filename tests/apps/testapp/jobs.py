@@ -246,3 +246,55 @@ def keeps_a_daemon(ctx: forge.JobContext, input: Sleep) -> bool:
         return False
     os.kill(pid, 9)
     return running
+
+
+# --- data PostgreSQL cannot store (tests/acceptance/test_bad_reports.py) ---------
+
+
+class Hand(msgspec.Struct):
+    """What bad_data hands back: how (progress, return, raise...) and the text or size. In text, {NUL} and
+    {SURROGATE} stand for what no input may hold: a NUL character and an unpaired surrogate."""
+
+    how: str
+    text: str = ""
+    size: int = 0
+    seconds: float = 0.0
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+@forge.job(retry=forge.Retry(max_attempts=2, backoff="fixed", base="0.05s"))
+def bad_data(ctx: forge.JobContext, input: Hand) -> object:
+    """Reports, returns or raises input.text (or a result of input.size characters); retried once."""
+    record(ctx, "start")
+    text = input.text.replace("{NUL}", "\x00").replace("{SURROGATE}", "\ud800")
+    if input.how == "progress":
+        ctx.progress(10, text)
+        time.sleep(input.seconds)
+        return "done"
+    if input.how == "return":
+        return text
+    if input.how == "return_nested":
+        return {"fine": 1, "nested": ["ok", {"bad": text}]}
+    if input.how == "return_size":
+        return "x" * input.size
+    if input.how == "raise":
+        raise ValueError(text)
+    if input.how == "raise_unprintable":
+        raise Unprintable()
+    raise AssertionError(f"unknown how {input.how!r}")
+
+
+@forge.job(timeout="5m")
+def progress_loop(ctx: forge.JobContext, input: Sleep) -> int:
+    """Calls ctx.progress in a tight loop for input.seconds; how many calls it made."""
+    record(ctx, "start")
+    calls = 0
+    ends = time.monotonic() + input.seconds
+    while time.monotonic() < ends:
+        calls += 1
+        ctx.progress(calls % 101, f"call {calls}")
+    return calls

@@ -55,21 +55,34 @@ FROM claimed
 ORDER BY priority, scheduled_at, id;
 
 -- name: start
--- Jobs handed to a worker: claimed -> running.
+-- Jobs handed to a worker: claimed -> running. started_at is when the
+-- supervisor handed the job over: $4 says how many milliseconds before this
+-- statement that was (report times are now() minus such an age, so they
+-- are on the database clock, however late the report is written).
 UPDATE forge_jobs AS j
-SET status = 'running', started_at = now(), heartbeat_at = now()
-FROM unnest($1::bigint[], $2::integer[]) AS s(id, attempt)
+SET status = 'running', started_at = now() - s.ago_ms * interval '1 millisecond',
+    heartbeat_at = now()
+FROM unnest($1::bigint[], $2::integer[], $4::float8[]) AS s(id, attempt, ago_ms)
 WHERE j.id = s.id AND j.attempts = s.attempt AND j.claimed_by = $3
   AND j.status = 'claimed'
 RETURNING j.id;
 
 -- name: complete
--- Successful jobs with their encoded results (NULL for None).
+-- Successful jobs with their encoded results (NULL for None). completed_at
+-- is when the job ended ($6: milliseconds ago) and started_at when it
+-- started ($5, from this same now(), so the two are exactly ordered; NULL
+-- when the core did not see the start: the start statement's, else the
+-- end's time); completed_at is never before started_at.
 UPDATE forge_jobs AS j
-SET status = 'completed', completed_at = now(),
-    started_at = coalesce(j.started_at, now()), heartbeat_at = now(),
+SET status = 'completed',
+    completed_at = greatest(now() - c.ended_ago_ms * interval '1 millisecond',
+                            coalesce(now() - c.started_ago_ms * interval '1 millisecond', j.started_at)),
+    started_at = coalesce(now() - c.started_ago_ms * interval '1 millisecond', j.started_at,
+                          now() - c.ended_ago_ms * interval '1 millisecond'),
+    heartbeat_at = now(),
     result = c.result::jsonb, progress = 100
-FROM unnest($1::bigint[], $2::integer[], $3::text[]) AS c(id, attempt, result)
+FROM unnest($1::bigint[], $2::integer[], $3::text[], $5::float8[], $6::float8[])
+     AS c(id, attempt, result, started_ago_ms, ended_ago_ms)
 WHERE j.id = c.id AND j.attempts = c.attempt AND j.claimed_by = $4
   AND j.status IN ('claimed', 'running')
 RETURNING j.id;
@@ -81,7 +94,8 @@ RETURNING j.id;
 -- OOM, os._exit) increments crashes. When the crash cap is what stops a job
 -- that would otherwise be retried (a poison pill), last_error gets a
 -- "reason" and the row comes back with poisoned = true. The delay comes
--- from the job's backoff policy.
+-- from the job's backoff policy. failed_at and started_at are the times of
+-- the failure ($10) and of the start ($9), as in complete.
 UPDATE forge_jobs AS j
 SET status = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                        AND j.crashes + f.crashed::integer < $8
@@ -92,11 +106,15 @@ SET status = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                         ELSE j.scheduled_at END,
     failed_at = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                           AND j.crashes + f.crashed::integer < $8
-                     THEN NULL ELSE now() END,
+                     THEN NULL
+                     ELSE greatest(now() - f.ended_ago_ms * interval '1 millisecond',
+                                   coalesce(now() - f.started_ago_ms * interval '1 millisecond',
+                                            j.started_at)) END,
     claimed_by = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                            AND j.crashes + f.crashed::integer < $8
                       THEN NULL ELSE j.claimed_by END,
-    started_at = coalesce(j.started_at, now()),
+    started_at = coalesce(now() - f.started_ago_ms * interval '1 millisecond', j.started_at,
+                          now() - f.ended_ago_ms * interval '1 millisecond'),
     heartbeat_at = now(),
     crashes = j.crashes + f.crashed::integer,
     last_error = CASE WHEN f.retryable AND j.attempts < j.max_attempts
@@ -105,8 +123,9 @@ SET status = CASE WHEN f.retryable AND j.attempts < j.max_attempts
                           'crashed %s times (max_crashes %s)',
                           j.crashes + f.crashed::integer, $8::integer))
                       ELSE f.error::jsonb END
-FROM unnest($1::bigint[], $2::integer[], $3::boolean[], $4::float8[], $5::text[], $6::boolean[])
-     AS f(id, attempt, retryable, delay_ms, error, crashed)
+FROM unnest($1::bigint[], $2::integer[], $3::boolean[], $4::float8[], $5::text[], $6::boolean[],
+            $9::float8[], $10::float8[])
+     AS f(id, attempt, retryable, delay_ms, error, crashed, started_ago_ms, ended_ago_ms)
 WHERE j.id = f.id AND j.attempts = f.attempt AND j.claimed_by = $7
   AND j.status IN ('claimed', 'running')
 RETURNING j.id, j.status,
