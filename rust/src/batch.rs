@@ -18,6 +18,8 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use crate::storable::not_storable;
+
 /// (id, attempt): one attempt of one job.
 pub type Key = (i64, i32);
 
@@ -57,6 +59,30 @@ pub struct Fail {
     /// When the job started (None: not reported to this core).
     pub started: Option<Instant>,
     pub at: Instant,
+}
+
+impl Fail {
+    /// The failure that replaces a report whose data cannot be stored:
+    /// ResultNotStorable with `message`, not retried (the same job would
+    /// hand back the same data), no crash.
+    pub fn not_storable(
+        id: i64,
+        attempt: i32,
+        message: &str,
+        started: Option<Instant>,
+        at: Instant,
+    ) -> Self {
+        Fail {
+            id,
+            attempt,
+            retryable: false,
+            delay_ms: 0.0,
+            error: not_storable(message, attempt),
+            crashed: false,
+            started,
+            at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

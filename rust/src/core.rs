@@ -18,7 +18,7 @@ use crate::db::Db;
 use crate::errors::CoreError;
 use crate::leases::Ending;
 use crate::shared::{lock, Sequenced, Shared};
-use crate::storable::{error_text, not_storable, result_text};
+use crate::storable::{error_text, result_text};
 use crate::wake::Wake;
 use crate::{heartbeat, listener, maintenance, node, producer, reporter};
 
@@ -217,16 +217,7 @@ impl Core {
     ) -> Report {
         let message = format!("the result of job {id} (attempt {attempt}) cannot be stored: {why}");
         self.shared.log("warning", message.clone());
-        Report::Fail(Fail {
-            id,
-            attempt,
-            retryable: false,
-            delay_ms: 0.0,
-            error: not_storable(&message, attempt),
-            crashed: false,
-            started,
-            at,
-        })
+        Report::Fail(Fail::not_storable(id, attempt, &message, started, at))
     }
 
     /// The retry delay comes from the policy of the job's type, known from

@@ -14,7 +14,6 @@ use crate::errors::CoreError;
 use crate::shared::Shared;
 use crate::sql;
 use crate::stats::Stat;
-use crate::storable::not_storable;
 
 /// A row of one report statement.
 pub trait Row: Sized {
@@ -41,17 +40,7 @@ pub trait Row: Sized {
     fn refused(&self, why: &str) -> Fail {
         let (id, attempt) = self.key();
         let (started, at) = self.times();
-        let message = self.refusal(why);
-        Fail {
-            id,
-            attempt,
-            retryable: false,
-            delay_ms: 0.0,
-            error: not_storable(&message, attempt),
-            crashed: false,
-            started,
-            at,
-        }
+        Fail::not_storable(id, attempt, &self.refusal(why), started, at)
     }
 }
 
