@@ -93,6 +93,35 @@ impl Row for Progress {
     }
 }
 
+/// The columns every statement that ends a job takes: its lease, and how
+/// long ago (ms) the job started and ended, measured at one instant.
+struct Ended {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    started: Vec<Option<f64>>,
+    ended: Vec<f64>,
+}
+
+impl Ended {
+    fn of<R: Row>(rows: &[R]) -> Ended {
+        let now = Instant::now();
+        let mut columns = Ended {
+            ids: Vec::with_capacity(rows.len()),
+            attempts: Vec::with_capacity(rows.len()),
+            started: Vec::with_capacity(rows.len()),
+            ended: Vec::with_capacity(rows.len()),
+        };
+        for row in rows {
+            let ((id, attempt), (started, at)) = (row.key(), row.times());
+            columns.ids.push(id);
+            columns.attempts.push(attempt);
+            columns.started.push(started.map(|t| ms_ago(now, t)));
+            columns.ended.push(ms_ago(now, at));
+        }
+        columns
+    }
+}
+
 impl Row for Complete {
     const KIND: &'static str = "completion";
     fn key(&self) -> Key {
@@ -102,15 +131,13 @@ impl Row for Complete {
         (self.started, self.at)
     }
     async fn write(db: &Db, conn: &Conn, rows: &[Self]) -> Result<(), CoreError> {
-        let now = Instant::now();
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+        let Ended {
+            ids,
+            attempts,
+            started,
+            ended,
+        } = Ended::of(rows);
         let results: Vec<Option<&str>> = rows.iter().map(|r| r.result.as_deref()).collect();
-        let started: Vec<Option<f64>> = rows
-            .iter()
-            .map(|r| r.started.map(|t| ms_ago(now, t)))
-            .collect();
-        let ended: Vec<f64> = rows.iter().map(|r| ms_ago(now, r.at)).collect();
         let params: [&(dyn ToSql + Sync); 6] = [
             &ids,
             &attempts,
@@ -136,18 +163,16 @@ impl Row for Fail {
     /// Rows back in retry get a due timer at now + their delay, so this node
     /// claims them when due without waiting for the poll interval.
     async fn write(db: &Db, conn: &Conn, rows: &[Self]) -> Result<(), CoreError> {
-        let now = Instant::now();
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+        let Ended {
+            ids,
+            attempts,
+            started,
+            ended,
+        } = Ended::of(rows);
         let retryable: Vec<bool> = rows.iter().map(|r| r.retryable).collect();
         let delays: Vec<f64> = rows.iter().map(|r| r.delay_ms).collect();
         let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
         let crashed: Vec<bool> = rows.iter().map(|r| r.crashed).collect();
-        let started: Vec<Option<f64>> = rows
-            .iter()
-            .map(|r| r.started.map(|t| ms_ago(now, t)))
-            .collect();
-        let ended: Vec<f64> = rows.iter().map(|r| ms_ago(now, r.at)).collect();
         let config = db.config();
         let params: [&(dyn ToSql + Sync); 10] = [
             &ids,
