@@ -178,12 +178,13 @@ class Core:
     def in_flight(self) -> int:
         """How many jobs this core holds leases for (an ended job's until its end is written)."""
     def flush(self, timeout_ms: int) -> bool:
-        """Block (without the GIL) until every report made so far is written; False on timeout."""
+        """Block (without the GIL) until every report made so far is written (those set aside
+        for a locked row too); False on timeout."""
     def stats(self) -> dict[str, int]:
         """Counters: claimed, claims, started, completed, failed, retried, released,
         progress, fenced, flushes, statements, heartbeats, lost, errors,
         poisoned, rescued, dead_lettered, pruned, unknown_failed, nodes_reaped,
-        sweeps, connects, claims_closed, claims_pruned, refused.
+        sweeps, connects, claims_closed, claims_pruned, refused, held.
 
         poisoned counts this node's failures that the crash cap stopped from
         being retried (also counted in failed). rescued (started or only
@@ -201,7 +202,11 @@ class Core:
         their data (a trigger, a constraint, a value it cannot store): each
         is found by splitting its flush's statement, logged, and replaced by
         a failure of its job (ResultNotStorable, not retried), while the rest
-        of the flush is written. While reports cannot be written at all the
+        of the flush is written. held counts reports set aside because
+        another session held their job's row locked past a short wait: they
+        are tried again every 100 ms without waiting, the rest is written
+        meanwhile, and flush() returns True only once they are written too.
+        While reports cannot be written at all the
         core claims nothing, and holds at most one progress report per job
         (the latest)."""
     def close(self) -> bool:

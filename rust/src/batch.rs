@@ -141,6 +141,9 @@ pub struct Batch {
     pub ended: Vec<Key>,
     /// Claim rows whose last held job ended in this batch.
     pub closes: Vec<i64>,
+    /// Reports whose job row another session holds locked: set aside for
+    /// a later flush (held.rs); their leases go on.
+    pub busy: Vec<Report>,
 }
 
 impl Batch {
@@ -173,6 +176,16 @@ impl Batch {
             }
         }
         batch
+    }
+
+    /// Sets `busy` aside: the ends among them are not written, so their
+    /// leases do not end with this batch.
+    pub fn set_aside(&mut self, busy: Vec<Report>) {
+        let ending: HashSet<Key> = busy.iter().filter(|r| r.ends()).map(Report::key).collect();
+        if !ending.is_empty() {
+            self.ended.retain(|key| !ending.contains(key));
+        }
+        self.busy.extend(busy);
     }
 }
 
@@ -285,6 +298,15 @@ mod tests {
                 at: t
             }]
         );
+    }
+
+    #[test]
+    fn reports_set_aside_keep_their_leases() {
+        let t = Instant::now();
+        let mut b = Batch::build(vec![complete(1, t), complete(2, t), release(3, 1)]);
+        b.set_aside(vec![complete(2, t), progress(3, 10)]);
+        assert_eq!(b.ended, [(1, 1), (3, 1)]);
+        assert_eq!(b.busy.len(), 2);
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub enum CoreError {
     /// trigger (P0). The same data is refused again, so it is never retried
     /// as it is (the reporter isolates the report and fails its job).
     Refused(String),
+    /// A statement waited for a row lock another session holds longer than
+    /// its lock_timeout (SQLSTATE 55P03): nothing was written, the
+    /// connection is usable, and the same statement without the locked rows
+    /// would pass (the reporter sets those rows' reports aside).
+    Locked(String),
     /// An argument from Python is out of range or malformed.
     Invalid(String),
     /// The core itself failed: its runtime, thread or eventfd could not be
@@ -36,6 +41,7 @@ impl fmt::Display for CoreError {
             CoreError::Connect(m) => write!(f, "database connection failed: {m}"),
             CoreError::Database(m) => write!(f, "database error: {m}"),
             CoreError::Refused(m) => write!(f, "the database refused the data: {m}"),
+            CoreError::Locked(m) => write!(f, "a row lock held too long: {m}"),
             CoreError::Invalid(m) => write!(f, "{m}"),
             CoreError::Internal(m) => write!(f, "internal error of the core: {m}"),
             CoreError::Closed => write!(f, "the Core is closed"),
@@ -61,6 +67,8 @@ impl From<tokio_postgres::Error> for CoreError {
                 let text = format!("{} {code}: {}", db.severity(), db.message());
                 if refuses_the_data(code) {
                     CoreError::Refused(text)
+                } else if code == LOCK_NOT_AVAILABLE {
+                    CoreError::Locked(text)
                 } else {
                     CoreError::Database(text)
                 }
@@ -69,6 +77,9 @@ impl From<tokio_postgres::Error> for CoreError {
         }
     }
 }
+
+/// The SQLSTATE of a lock_timeout (and of NOWAIT).
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Whether a SQLSTATE says the data itself was refused (see Refused); any
 /// other server error (a lock or statement timeout, a missing privilege, a
@@ -99,6 +110,7 @@ impl From<CoreError> for PyErr {
             CoreError::Invalid(_) => PyValueError::new_err(msg),
             CoreError::Database(_)
             | CoreError::Refused(_)
+            | CoreError::Locked(_)
             | CoreError::Internal(_)
             | CoreError::Closed
             | CoreError::WrongProcess => Python::attach(|py| {

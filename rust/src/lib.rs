@@ -12,6 +12,7 @@ mod core;
 mod db;
 mod errors;
 mod heartbeat;
+mod held;
 mod leases;
 mod listener;
 mod maintenance;

@@ -6,25 +6,31 @@
 //! Nothing a job hands back can stop it: a statement the database refuses
 //! for its data (CoreError::Refused) is split until the refused reports are
 //! found (bisect.rs); each becomes a failure of its job, and the rest is
-//! written. Any other error (the database unreachable, a lock timeout)
-//! retries what is left of the batch after a doubling delay; meanwhile new
-//! reports are still taken off the queue into the backlog (backlog.rs),
-//! where progress is coalesced, and the producer claims nothing.
+//! written. Nor can a row lock another session holds: a statement that
+//! waits for one longer than REPORT_LOCK_WAIT (CoreError::Locked) is
+//! written again without the locked rows, whose reports are set aside and
+//! tried again without waiting (held.rs), so a locked row delays only its
+//! own job's reports. Any other error (the database unreachable) retries
+//! what is left of the batch after a doubling delay; meanwhile new reports
+//! are still taken off the queue into the backlog (backlog.rs), where
+//! progress is coalesced, and the producer claims nothing.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::backlog::Backlog;
 use crate::backoff::RetryDelay;
-use crate::batch::{Batch, Fail};
+use crate::batch::{Batch, Fail, Report};
 use crate::bisect::Bisection;
 use crate::db::{Conn, Db};
 use crate::errors::CoreError;
+use crate::held::Held;
 use crate::shared::{lock, Sequenced, Shared};
-use crate::statements::{write_closes, Row};
+use crate::statements::{busy_jobs, write_closes, Row};
 use crate::stats::Stat;
 use crate::streak::Streak;
 
@@ -36,39 +42,85 @@ const MAX_REPORTS_PER_FLUSH: usize = 10_000;
 /// for each would cost the Python thread that sends it a system call.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
+/// How a report statement meets a row lock another session holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Locks {
+    /// Waits for it up to the connection's lock_timeout, then writes
+    /// around it: reports not known to meet one.
+    Wait,
+    /// Writes around the locked rows at once: reports set aside because
+    /// their rows were locked a moment ago.
+    Skip,
+}
+
 /// The report loop: one batch per wake-up with what the backlog holds,
 /// written until it is (what the database refuses is replaced, never
-/// retried), then flush() waiters are released up to its last report.
+/// retried), then the reports set aside, when due; flush() waiters are
+/// released up to the last report once nothing is set aside.
 pub async fn report(db: Arc<Db>, queue: mpsc::UnboundedReceiver<Sequenced>) {
-    let shared = db.shared();
-    let mut inbox = Inbox {
-        queue,
-        backlog: Backlog::default(),
+    let mut reporter = Reporter {
+        inbox: Inbox {
+            queue,
+            backlog: Backlog::default(),
+            closed: false,
+        },
+        held: Held::default(),
+        streak: Streak::new("writing reports"),
+        retry: RetryDelay::default(),
+        stalled: false,
+        db,
     };
-    let mut streak = Streak::new("writing reports");
-    let mut retry = RetryDelay::default();
-    let mut stalled = false;
-    while inbox.wait().await {
-        let (last, reports) = inbox.backlog.take(MAX_REPORTS_PER_FLUSH);
-        let mut batch = Batch::build(reports);
-        while let Err(e) = inbox.while_receiving(write_batch(&db, &mut batch)).await {
-            streak.failed(shared, &e);
-            if !stalled {
-                stalled = true;
+    while reporter.inbox.wait(reporter.held.due()).await {
+        let (last, reports) = reporter.inbox.backlog.take(MAX_REPORTS_PER_FLUSH);
+        let free = reporter.held.split(reports, Instant::now());
+        reporter.write(Batch::build(free), Locks::Wait).await;
+        let again = reporter.held.take_due(Instant::now());
+        if !again.is_empty() {
+            reporter.write(Batch::build(again), Locks::Skip).await;
+        }
+        if reporter.held.is_empty() {
+            reporter.db.shared().mark_written(last);
+        }
+    }
+}
+
+struct Reporter {
+    db: Arc<Db>,
+    inbox: Inbox,
+    held: Held,
+    streak: Streak,
+    retry: RetryDelay,
+    /// Whether the producer was told that reports cannot be written.
+    stalled: bool,
+}
+
+impl Reporter {
+    /// Writes `batch` until it is, retrying after a doubling delay while
+    /// the database cannot take it; what it sets aside is held.
+    async fn write(&mut self, mut batch: Batch, locks: Locks) {
+        let shared = self.db.shared();
+        while let Err(e) = self
+            .inbox
+            .while_receiving(write_batch(&self.db, &mut batch, locks))
+            .await
+        {
+            self.streak.failed(shared, &e);
+            if !self.stalled {
+                self.stalled = true;
                 shared.claim_event(|c| c.set_reports_stalled(true));
             }
-            inbox
-                .while_receiving(tokio::time::sleep(retry.next_delay()))
+            self.inbox
+                .while_receiving(tokio::time::sleep(self.retry.next_delay()))
                 .await;
         }
-        retry.reset();
-        streak.ok(shared);
-        if stalled {
-            stalled = false;
+        self.retry.reset();
+        self.streak.ok(shared);
+        if self.stalled {
+            self.stalled = false;
             shared.claim_event(|c| c.set_reports_stalled(false));
         }
         shared.stats.add(Stat::Flushes, 1);
-        shared.mark_written(last);
+        self.held.hold(batch.busy, Instant::now());
     }
 }
 
@@ -76,16 +128,33 @@ pub async fn report(db: Arc<Db>, queue: mpsc::UnboundedReceiver<Sequenced>) {
 struct Inbox {
     queue: mpsc::UnboundedReceiver<Sequenced>,
     backlog: Backlog,
+    /// Whether the queue is closed (the core closes).
+    closed: bool,
 }
 
 impl Inbox {
-    /// Waits until the backlog has something, then moves what is queued
-    /// into it; false once the queue is closed and everything written.
-    async fn wait(&mut self) -> bool {
+    /// Waits until the backlog has something or `until` (when set aside
+    /// reports are due), then moves what is queued into the backlog; false
+    /// once the queue is closed and nothing is left to write.
+    async fn wait(&mut self, until: Option<Instant>) -> bool {
         if self.backlog.is_empty() {
-            match self.queue.recv().await {
-                Some((seq, report)) => self.backlog.push(seq, report),
-                None => return false,
+            let due = async {
+                match until {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = self.queue.recv(), if !self.closed => match received {
+                    Some((seq, report)) => self.backlog.push(seq, report),
+                    None => {
+                        self.closed = true;
+                        if until.is_none() {
+                            return false;
+                        }
+                    }
+                },
+                _ = due => {}
             }
         }
         self.drain();
@@ -123,20 +192,24 @@ impl Inbox {
 /// Then the failures that replace refused reports, the end of the leases
 /// and the claim rows to close. Each written part is cleared, so a retry
 /// redoes only the rest.
-async fn write_batch(db: &Db, batch: &mut Batch) -> Result<(), CoreError> {
+async fn write_batch(db: &Db, batch: &mut Batch, locks: Locks) -> Result<(), CoreError> {
     let conn = db.client().await?;
-    let refused = write_part(db, &conn, &mut batch.starts).await?;
-    batch.refused.extend(refused);
+    let starts = write_part(db, &conn, &mut batch.starts, locks).await?;
+    batch.refused.extend(starts.refused);
+    batch.set_aside(starts.busy);
     let (progress, completes, fails, releases) = tokio::join!(
-        write_part(db, &conn, &mut batch.progress),
-        write_part(db, &conn, &mut batch.completes),
-        write_part(db, &conn, &mut batch.fails),
-        write_part(db, &conn, &mut batch.releases),
+        write_part(db, &conn, &mut batch.progress, locks),
+        write_part(db, &conn, &mut batch.completes, locks),
+        write_part(db, &conn, &mut batch.fails, locks),
+        write_part(db, &conn, &mut batch.releases, locks),
     );
     let mut failed = None;
     for part in [progress, completes, fails, releases] {
         match part {
-            Ok(refused) => batch.refused.extend(refused),
+            Ok(written) => {
+                batch.refused.extend(written.refused);
+                batch.set_aside(written.busy);
+            }
             Err(e) => {
                 failed.get_or_insert(e);
             }
@@ -145,7 +218,7 @@ async fn write_batch(db: &Db, batch: &mut Batch) -> Result<(), CoreError> {
     if let Some(e) = failed {
         return Err(e);
     }
-    write_replacements(db, &conn, &mut batch.refused).await?;
+    write_replacements(db, &conn, batch, locks).await?;
     end_leases(db.shared(), batch);
     match write_closes(db, &conn, &mut batch.closes).await {
         Err(CoreError::Refused(why)) => {
@@ -159,29 +232,50 @@ async fn write_batch(db: &Db, batch: &mut Batch) -> Result<(), CoreError> {
     }
 }
 
-/// Writes `rows`; the failures that replace those the database refused.
+/// What became of a part's reports besides those written.
+struct Written {
+    /// The failures that replace the reports the database refused.
+    refused: Vec<Fail>,
+    /// The reports whose job row another session holds locked.
+    busy: Vec<Report>,
+}
+
+/// Writes `rows`; the failures that replace those the database refused,
+/// and the reports it set aside.
 async fn write_part<R: Row>(
     db: &Db,
     conn: &Conn,
     rows: &mut Vec<R>,
-) -> Result<Vec<Fail>, CoreError> {
-    let refused = write_rows(db, conn, rows).await?;
+    locks: Locks,
+) -> Result<Written, CoreError> {
+    let (refused, busy) = write_minding_locks(db, conn, rows, locks).await?;
     let shared = db.shared();
     shared.stats.add(Stat::Refused, refused.len() as u64);
-    Ok(refused
+    let refused = refused
         .into_iter()
         .map(|(row, why)| {
             let fail = row.refused(&why);
             shared.log("warning", format!("{}; its job fails", row.refusal(&why)));
             fail
         })
-        .collect())
+        .collect();
+    Ok(Written {
+        refused,
+        busy: busy.into_iter().map(Row::report).collect(),
+    })
 }
 
 /// Writes the failures that replace refused reports; one refused too is
 /// dropped: its lease is left to expire, and rescue to take the job back.
-async fn write_replacements(db: &Db, conn: &Conn, fails: &mut Vec<Fail>) -> Result<(), CoreError> {
-    for (fail, why) in write_rows(db, conn, fails).await? {
+async fn write_replacements(
+    db: &Db,
+    conn: &Conn,
+    batch: &mut Batch,
+    locks: Locks,
+) -> Result<(), CoreError> {
+    let (dropped, busy) = write_minding_locks(db, conn, &mut batch.refused, locks).await?;
+    batch.set_aside(busy.into_iter().map(Row::report).collect());
+    for (fail, why) in dropped {
         db.shared().log(
             "error",
             format!(
@@ -191,6 +285,73 @@ async fn write_replacements(db: &Db, conn: &Conn, fails: &mut Vec<Fail>) -> Resu
         );
     }
     Ok(())
+}
+
+/// Writes `rows` as write_rows does, meeting row locks as `locks` says:
+/// also returns the rows set aside because their job row is locked.
+async fn write_minding_locks<R: Row>(
+    db: &Db,
+    conn: &Conn,
+    rows: &mut Vec<R>,
+    locks: Locks,
+) -> Result<(Vec<(R, String)>, Vec<R>), CoreError> {
+    if locks == Locks::Wait {
+        match write_rows(db, conn, rows).await {
+            Err(CoreError::Locked(why)) => {
+                let (refused, busy) = write_around_locks(db, conn, rows).await?;
+                let ids: Vec<i64> = busy.iter().map(|r| r.key().0).collect();
+                db.shared().stats.add(Stat::Held, busy.len() as u64);
+                db.shared().log(
+                    "warning",
+                    format!(
+                        "the {} of jobs {ids:?} waits: another session holds their rows \
+                         locked ({why}); the node's other reports are written meanwhile",
+                        R::KIND
+                    ),
+                );
+                return Ok((refused, busy));
+            }
+            other => return other.map(|refused| (refused, Vec::new())),
+        }
+    }
+    write_around_locks(db, conn, rows).await
+}
+
+/// Writes `rows` but those whose job row another session holds locked,
+/// which come back second; the refused ones come back first, as in
+/// write_rows. A lock taken between looking and writing is looked for
+/// again. On any other error every row not written stays in `rows`.
+async fn write_around_locks<R: Row>(
+    db: &Db,
+    conn: &Conn,
+    rows: &mut Vec<R>,
+) -> Result<(Vec<(R, String)>, Vec<R>), CoreError> {
+    let mut busy = Vec::new();
+    let written = loop {
+        if rows.is_empty() {
+            break Ok(Vec::new());
+        }
+        let locked: HashSet<i64> = match busy_jobs(db, conn, rows).await {
+            Ok(locked) => locked,
+            Err(e) => break Err(e),
+        };
+        let (now_busy, free): (Vec<R>, Vec<R>) = std::mem::take(rows)
+            .into_iter()
+            .partition(|r| locked.contains(&r.key().0));
+        busy.extend(now_busy);
+        *rows = free;
+        match write_rows(db, conn, rows).await {
+            Err(CoreError::Locked(_)) => continue,
+            other => break other,
+        }
+    };
+    match written {
+        Ok(refused) => Ok((refused, busy)),
+        Err(e) => {
+            rows.append(&mut busy);
+            Err(e)
+        }
+    }
 }
 
 /// Writes `rows` in one statement, or, if the database refuses it for its

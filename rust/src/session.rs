@@ -16,7 +16,10 @@ use crate::pacing::ConnKind;
 /// holding row locks) on the server, and a lock_timeout of half of it, so a
 /// statement that waits for a lock another session holds fails with an
 /// error its caller retries, on a connection that stays usable, instead of
-/// hanging until the connection is dropped as unresponsive.
+/// hanging until the connection is dropped as unresponsive. The main
+/// connection (the reports) waits for a row lock REPORT_LOCK_WAIT at most:
+/// its statements are short, a longer wait holds up the node's other
+/// reports, and the reporter writes around a locked row (reporter.rs).
 ///
 /// application_name says which node and which of its connections this is,
 /// "forge <owner> <connection>", so pg_stat_activity, the server's logs and
@@ -38,6 +41,21 @@ use crate::pacing::ConnKind;
 /// off. docs/performance.md ("Design measurements") has the figures.
 pub const INDEX_ONLY_PLANS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off \
      -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
+
+/// How long a report statement waits for a row lock before the reporter
+/// sets the locked rows' reports aside: longer than the node's own lease
+/// renewal holds a batch of its rows (tens of ms for thousands of leases),
+/// short beside the flush interval a stuck report would otherwise add to
+/// every other job's.
+pub const REPORT_LOCK_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a statement of connection `kind` waits for a row lock.
+fn lock_timeout(kind: ConnKind, io_timeout: Duration) -> Duration {
+    match kind {
+        ConnKind::Main => REPORT_LOCK_WAIT.min(io_timeout / 2),
+        _ => io_timeout / 2,
+    }
+}
 
 /// How each connection plans. With the plan shapes fixed as above, the
 /// claim and the reports have one right plan whatever their parameters, so
@@ -82,7 +100,7 @@ pub fn pg_config(
     let timeout = format!(
         "-c statement_timeout={} -c lock_timeout={} {}",
         io_timeout.as_millis(),
-        (io_timeout / 2).as_millis(),
+        lock_timeout(kind, io_timeout).as_millis(),
         planner_options(kind)
     );
     let options = match pg.get_options() {
@@ -113,7 +131,7 @@ mod tests {
             pg.get_options(),
             Some(
                 format!(
-                    "-c search_path=x -c statement_timeout=10000 -c lock_timeout=5000 \
+                    "-c search_path=x -c statement_timeout=10000 -c lock_timeout=100 \
                      {INDEX_ONLY_PLANS} -c plan_cache_mode=force_generic_plan"
                 )
                 .as_str()
@@ -134,6 +152,11 @@ mod tests {
             "{options}"
         );
         assert!(options.contains("force_custom_plan"), "{options}");
+        // a short io timeout shortens the reports' lock wait too
+        let dsn = "postgresql://u@127.0.0.1:5432/d";
+        let reports = pg_config(dsn, Duration::from_millis(150), &owner, ConnKind::Main).unwrap();
+        let options = reports.get_options().unwrap();
+        assert!(options.contains("-c lock_timeout=75 "), "{options}");
         assert!(pg_config(
             "postgresql://u@[bad",
             Duration::from_secs(3),

@@ -3,12 +3,12 @@
 //! database refuses a statement), what it changed counted in stats, and the
 //! failure recorded for its job when the database refuses one row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
 
-use crate::batch::{ms_ago, Complete, Fail, Key, Progress, Release, Start};
+use crate::batch::{ms_ago, Complete, Fail, Key, Progress, Release, Report, Start};
 use crate::db::{Conn, Db};
 use crate::errors::CoreError;
 use crate::shared::Shared;
@@ -20,6 +20,8 @@ pub trait Row: Sized {
     /// What the report is, in "the database refused the {KIND} of job 7".
     const KIND: &'static str;
     fn key(&self) -> Key;
+    /// Back to the report it came from, to be set aside (held.rs).
+    fn report(self) -> Report;
     /// Writes `rows` in one statement.
     async fn write(db: &Db, conn: &Conn, rows: &[Self]) -> Result<(), CoreError>;
     /// When the job started and when this report's event happened, for the
@@ -57,6 +59,9 @@ impl Row for Start {
     fn key(&self) -> Key {
         (self.id, self.attempt)
     }
+    fn report(self) -> Report {
+        Report::Start(self)
+    }
     fn times(&self) -> (Option<Instant>, Instant) {
         (Some(self.at), Instant::now())
     }
@@ -76,6 +81,9 @@ impl Row for Progress {
     const KIND: &'static str = "progress";
     fn key(&self) -> Key {
         (self.id, self.attempt)
+    }
+    fn report(self) -> Report {
+        Report::Progress(self)
     }
     fn times(&self) -> (Option<Instant>, Instant) {
         (None, Instant::now())
@@ -127,6 +135,9 @@ impl Row for Complete {
     fn key(&self) -> Key {
         (self.id, self.attempt)
     }
+    fn report(self) -> Report {
+        Report::Complete(self)
+    }
     fn times(&self) -> (Option<Instant>, Instant) {
         (self.started, self.at)
     }
@@ -156,6 +167,9 @@ impl Row for Fail {
     const KIND: &'static str = "failure";
     fn key(&self) -> Key {
         (self.id, self.attempt)
+    }
+    fn report(self) -> Report {
+        Report::Fail(self)
     }
     fn times(&self) -> (Option<Instant>, Instant) {
         (self.started, self.at)
@@ -225,6 +239,9 @@ impl Row for Release {
     fn key(&self) -> Key {
         (self.id, self.attempt)
     }
+    fn report(self) -> Report {
+        Report::Release(self)
+    }
     fn times(&self) -> (Option<Instant>, Instant) {
         (None, Instant::now())
     }
@@ -256,4 +273,18 @@ pub async fn write_closes(db: &Db, conn: &Conn, closes: &mut Vec<i64>) -> Result
     db.shared().stats.add(Stat::ClaimsClosed, rows.len() as u64);
     closes.clear();
     Ok(())
+}
+
+/// The jobs of `rows` whose row another session holds a lock on now.
+pub async fn busy_jobs<R: Row>(
+    db: &Db,
+    conn: &Conn,
+    rows: &[R],
+) -> Result<HashSet<i64>, CoreError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.key().0).collect();
+    let busy = db.query(conn, sql::BUSY_JOBS, &[&ids]).await?;
+    busy.iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| CoreError::Database(format!("busy_jobs row: {e}")))
 }

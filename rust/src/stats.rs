@@ -51,9 +51,12 @@ pub enum Stat {
     ClaimsPruned,
     /// Reports the database refused (each recorded as its job's failure).
     Refused,
+    /// Reports set aside because another session held their job's row
+    /// locked (counted once, when their statement first met the lock).
+    Held,
 }
 
-const NAMES: [&str; 25] = [
+const NAMES: [&str; 26] = [
     "claimed",
     "claims",
     "started",
@@ -79,6 +82,7 @@ const NAMES: [&str; 25] = [
     "claims_closed",
     "claims_pruned",
     "refused",
+    "held",
 ];
 
 #[derive(Debug, Default)]
@@ -122,5 +126,7 @@ mod tests {
         );
         s.add(Stat::Refused, 1);
         assert_eq!(s.snapshot()[Stat::Refused as usize], ("refused", 1));
+        s.add(Stat::Held, 2);
+        assert_eq!(s.snapshot()[Stat::Held as usize], ("held", 2));
     }
 }

@@ -432,6 +432,10 @@ def test_another_session_locking_job_rows(fault_db: str, make_node: MakeNode, re
     with psycopg.connect(fault_db) as locker:
         locker.execute("SELECT id FROM forge_jobs WHERE id = %s FOR UPDATE", locked)
         time.sleep(5.0)
+        with psycopg.connect(fault_db, autocommit=True) as conn:  # what the locked job's node did meanwhile
+            (done_beside,) = conn.execute(
+                "SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status = 'completed' AND claimed_by = "
+                "(SELECT claimed_by FROM forge_jobs WHERE id = %s)", (others, locked[0])).fetchone()
         locker.rollback()
     wait_finished(fault_db, nodes, 90, locked + others)
     watcher.stop()
@@ -440,8 +444,12 @@ def test_another_session_locking_job_rows(fault_db: str, make_node: MakeNode, re
     with psycopg.connect(fault_db, autocommit=True) as conn:
         lease_lost = conn.execute("SELECT job_id FROM ledger_transitions WHERE error_type = 'forge.errors.LeaseLost'"
                                   " ORDER BY job_id").fetchall()
-    results.write("locked-rows", {"jobs": 1 + len(others), "lease_lost": lease_lost, **stop, **report.figures})
+        (crashes,) = conn.execute("SELECT crashes FROM forge_jobs WHERE id = %s", locked).fetchone()
+    results.write("locked-rows", {"jobs": 1 + len(others), "lease_lost": lease_lost, "done_beside": done_beside,
+                                  **stop, **report.figures})
     assert all(job_id in locked for (job_id,) in lease_lost), f"unlocked jobs lost their lease: {lease_lost}"
+    assert crashes == 1, "the locked job's first attempt was not cut short (LeaseLost or NodeLost)"
+    assert done_beside > 0, "the locked job's node completed nothing else while the row was locked"
     assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
     assert report.ok, report.text
 

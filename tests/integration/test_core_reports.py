@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -155,3 +156,31 @@ def test_an_error_postgresql_refuses_is_replaced_by_one_saying_so(db, core):
     for status, last_error in rows(db, [nul, broken]):
         assert (status, last_error["type"]) == ("failed", NOT_STORABLE)
         assert "refused the failure" in last_error["message"]
+
+
+@contextmanager
+def row_locked(url: str, job: ClaimedJob, lock: str) -> Iterator[None]:
+    """Another session holds job's row locked by `lock` until the block ends."""
+    with psycopg.connect(url) as conn:  # a transaction: the lock lasts until the rollback
+        conn.execute(lock, (job.id,))
+        yield
+        conn.rollback()
+
+
+@pytest.mark.parametrize("lock", ["SELECT 1 FROM forge_jobs WHERE id = %s FOR UPDATE",
+                                  "UPDATE forge_jobs SET priority = priority WHERE id = %s"])
+def test_a_locked_row_holds_back_only_its_own_jobs_report(database_url, db, core, lock):
+    locked, *healthy = claim(db, core, 5)
+    with row_locked(database_url, locked, lock):
+        for job in [locked, *healthy]:
+            core.start(job.id, job.attempt)
+            core.complete(job.id, job.attempt, b"1")
+        wait_for(lambda: {status for status, _ in rows(db, healthy)} == {"completed"}, timeout=2,
+                 what="the other jobs' completions, while the row is locked")
+        assert not core.flush(300)  # the locked job's report is not written yet, and flush says so
+        assert core.stats()["held"] == 1
+        assert core.in_flight() == 1  # its lease is kept (and renewed, but for the locked row)
+    assert core.flush(5_000)
+    assert rows(db, [locked])[0][0] == "completed"
+    assert core.in_flight() == 0
+    assert any(f"jobs [{locked.id}] waits: another session holds" in message for _, message in core.logs())

@@ -58,7 +58,10 @@ def killed_job_error(job: ClaimedJob, reason: str | None, status: int | None, de
             "(database unreachable or node paused); its worker was killed so the job never runs twice"
         )
     if reason == "lost":
-        return LeaseLost(f"the lease of job {job.id} was taken over by another node; its worker was killed")
+        return LeaseLost(
+            f"the lease of job {job.id} is no longer this node's (rescued by another node, changed by hand, or "
+            "its row locked by another session until the node gave the lease up); its worker was killed"
+        )
     return WorkerCrashed(f"the worker running job {job.id} {describe_exit(status)}")
 
 

@@ -152,6 +152,19 @@ WHERE j.id = p.id AND j.attempts = p.attempt AND j.claimed_by = $5
   AND j.status IN ('claimed', 'running')
 RETURNING j.id;
 
+-- name: busy_jobs
+-- Which of jobs $1 another session holds a row lock on, so that a report
+-- of one would wait for it: every row that can be locked at once is locked
+-- (SKIP LOCKED, released at the statement's end); the rows that exist but
+-- could not be are the answer. Run only for reports that met a lock
+-- (reporter.rs), as locking a row writes it.
+WITH free AS MATERIALIZED (
+    SELECT id FROM forge_jobs WHERE id = ANY($1::bigint[])
+    FOR UPDATE SKIP LOCKED
+)
+SELECT j.id FROM forge_jobs AS j
+WHERE j.id = ANY($1::bigint[]) AND j.id NOT IN (SELECT id FROM free);
+
 -- name: heartbeat
 -- Renew the leases of every job this node holds, in one statement, without
 -- ever waiting for a row lock: the rows to renew are locked SKIP LOCKED, so
