@@ -15,6 +15,7 @@ the table has none left to claim.
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import time
 import uuid
 
@@ -73,7 +74,14 @@ def _drain(url: str, rows: int) -> float:
         proc.start()
     ready.wait()
     started = time.time()
-    finished = [results.get(timeout=600) for _ in procs]
+    finished = []
+    while len(finished) < len(procs):
+        try:
+            finished.append(results.get(timeout=1))
+        except queue.Empty:
+            failed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"a SQL ceiling claimer failed (exit status {failed[0]}); its error is above")
     for proc in procs:
         proc.join()
     done = sum(count for count, _ in finished)
@@ -94,7 +102,9 @@ def _claimer(url: str, ready, results) -> None:
             if not batch:
                 break
             ids, attempts = [row[0] for row in batch], [row[2] for row in batch]
-            cur.execute(_SQL["complete"], (ids, attempts, [None] * len(batch), owner), prepare=True)
+            # the core's completion: results, and when each job started and ended (ms ago)
+            zeros = [0.0] * len(batch)
+            cur.execute(_SQL["complete"], (ids, attempts, [None] * len(batch), owner, zeros, zeros), prepare=True)
             claim_id = batch[0][7]  # the claim statement's last column
             cur.execute(_SQL["close_claims"], ([claim_id], owner), prepare=True)
             done += len(batch)

@@ -50,7 +50,7 @@ COMPARED = [
 ]
 
 
-def print_and_save(bench: Bench, *, args: dict, git: dict, wall_seconds: float) -> Path:
+def print_and_save(bench: Bench, *, args: dict, git: dict, wall_seconds: float, results_dir: Path = RESULTS) -> Path:
     by_key = {row["key"]: row for row in bench.results}
     best = _best_noop(by_key)
     if best:
@@ -69,6 +69,7 @@ def print_and_save(bench: Bench, *, args: dict, git: dict, wall_seconds: float) 
         wall_seconds=wall_seconds,
         comparisons=comparisons,
         targets=targets,
+        results_dir=results_dir,
     )
 
 
@@ -284,6 +285,7 @@ def _save(
     wall_seconds: float,
     comparisons: list,
     targets: list,
+    results_dir: Path,
 ) -> Path:
     now = datetime.now(UTC)
     document = {
@@ -300,10 +302,10 @@ def _save(
         "targets": targets,
         "notes": bench.notes,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{now:%Y%m%dT%H%M%SZ}.json"
+    results_dir.mkdir(exist_ok=True)
+    out = results_dir / f"{now:%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(document, indent=2, default=list))
-    print(f"\nwrote {out.relative_to(HERE.parent)}")
+    print(f"\nwrote {out}")
     return out
 
 

@@ -14,7 +14,7 @@ Sections, in the order run:
   peers    PgQueuer, Procrastinate, Celery+Redis on the same workloads (own venv: benches/.venv-peers)
 
 Prints a table (median [min - max] of the repetitions, Forge's ratio to each
-peer, PASS/MISS against the targets) and writes benches/results/<time>.json.
+peer, PASS/MISS against the targets) and writes benches/results/<time>.json (or into --results-dir).
 Nothing else should run on the machine meanwhile.
 """
 
@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import QUICK, Bench, Sizes, throwaway_cluster  # noqa: E402 (needs the sys.path line above)
-from report import git_state, print_and_save  # noqa: E402 (needs the sys.path line above)
+from report import RESULTS, git_state, print_and_save  # noqa: E402 (needs the sys.path line above)
 
 SECTIONS = {
     "ceiling": "ceiling",
@@ -73,6 +73,7 @@ def main() -> int:
             args={"quick": args.quick, "only": args.only, "repeat": repeat},
             git=git,
             wall_seconds=wall,
+            results_dir=args.results_dir,
         )
     print(f"wall time {wall / 60:.1f} min")
     return 1 if failed else 0
@@ -97,6 +98,12 @@ def _arguments() -> argparse.Namespace:
         "--repeat",
         type=int,
         help="repetitions of each measurement (default 3, --quick 1)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS,
+        help=f"where the JSON record goes (default {RESULTS})",
     )
     return parser.parse_args()
 
