@@ -72,17 +72,20 @@ RETURNING j.id;
 -- is when the job ended ($6: milliseconds ago) and started_at when it
 -- started ($5, from this same now(), so the two are exactly ordered; NULL
 -- when the core did not see the start: the start statement's, else the
--- end's time); completed_at is never before started_at.
+-- end's time); completed_at is never before started_at. Each time is
+-- computed once per row (t), not once per use.
 UPDATE forge_jobs AS j
 SET status = 'completed',
-    completed_at = greatest(now() - c.ended_ago_ms * interval '1 millisecond',
-                            coalesce(now() - c.started_ago_ms * interval '1 millisecond', j.started_at)),
-    started_at = coalesce(now() - c.started_ago_ms * interval '1 millisecond', j.started_at,
-                          now() - c.ended_ago_ms * interval '1 millisecond'),
+    completed_at = greatest(t.ended, coalesce(t.started, j.started_at)),
+    started_at = coalesce(t.started, j.started_at, t.ended),
     heartbeat_at = now(),
     result = c.result::jsonb, progress = 100
 FROM unnest($1::bigint[], $2::integer[], $3::text[], $5::float8[], $6::float8[])
      AS c(id, attempt, result, started_ago_ms, ended_ago_ms)
+CROSS JOIN LATERAL (
+    SELECT now() - c.started_ago_ms * interval '1 millisecond' AS started,
+           now() - c.ended_ago_ms * interval '1 millisecond' AS ended
+) AS t
 WHERE j.id = c.id AND j.attempts = c.attempt AND j.claimed_by = $4
   AND j.status IN ('claimed', 'running')
 RETURNING j.id;
