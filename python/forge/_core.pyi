@@ -221,7 +221,8 @@ def migrate(dsn: str, migrations: list[tuple[int, str, str, str]]) -> list[int]:
     """Apply the pending ones of `migrations`, given as (version, name, file name, SQL) in any order, in version
     order in one transaction under an advisory lock, each recorded in forge_migrations; the versions applied
     (empty when none were pending). The GIL is released meanwhile. Raises ConnectionError when the database cannot
-    be reached, RuntimeError when a migration fails (naming its file; nothing was applied)."""
+    be reached, RuntimeError when a migration fails (naming its file; nothing was applied), and
+    forge.errors.SchemaTooNew when the database has versions `migrations` lacks (nothing is applied)."""
 
 def parse_sql(text: str, source: str) -> dict[str, str]:
     """The named statements of a `-- name:` SQL file's text (see forge.db.queries); ValueError naming `source`

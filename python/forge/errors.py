@@ -21,6 +21,11 @@ class DatabaseError(ForgeError):
     """The database could not be reached or set up (migrations, embedded cluster)."""
 
 
+class SchemaTooNew(DatabaseError):
+    """The database has schema migrations this version of Forge does not know (a newer Forge migrated it):
+    nothing is applied and nothing runs on it. Raised by forge.db.migrate.migrate."""
+
+
 class CoreError(ForgeError, RuntimeError):
     """The Rust core failed: its runtime, thread or eventfd could not be made, it was used after close() or
     in a forked child, or the database refused one of its statements. Raised by forge._core."""

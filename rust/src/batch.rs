@@ -189,16 +189,16 @@ impl Batch {
     }
 }
 
+/// Reports for tests, attempt 1 unless given.
 #[cfg(test)]
-mod tests {
+pub mod reports {
     use super::*;
-    use std::time::Duration;
 
-    fn start(id: i64, attempt: i32, at: Instant) -> Report {
+    pub fn start(id: i64, attempt: i32, at: Instant) -> Report {
         Report::Start(Start { id, attempt, at })
     }
 
-    fn complete(id: i64, at: Instant) -> Report {
+    pub fn complete(id: i64, at: Instant) -> Report {
         Report::Complete(Complete {
             id,
             attempt: 1,
@@ -208,7 +208,7 @@ mod tests {
         })
     }
 
-    fn fail(id: i64, at: Instant) -> Report {
+    pub fn fail(id: i64, at: Instant) -> Report {
         Report::Fail(Fail {
             id,
             attempt: 1,
@@ -221,11 +221,11 @@ mod tests {
         })
     }
 
-    fn release(id: i64, attempt: i32) -> Report {
+    pub fn release(id: i64, attempt: i32) -> Report {
         Report::Release(Release { id, attempt })
     }
 
-    fn progress(id: i64, percent: i16) -> Report {
+    pub fn progress(id: i64, percent: i16) -> Report {
         Report::Progress(Progress {
             id,
             attempt: 1,
@@ -233,6 +233,13 @@ mod tests {
             message: None,
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reports::*;
+    use super::*;
+    use std::time::Duration;
 
     #[test]
     fn builds_rows_per_statement_in_order() {

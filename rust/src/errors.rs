@@ -113,16 +113,26 @@ impl From<CoreError> for PyErr {
             | CoreError::Locked(_)
             | CoreError::Internal(_)
             | CoreError::Closed
-            | CoreError::WrongProcess => Python::attach(|py| {
+            | CoreError::WrongProcess => {
                 static CORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-                match CORE_ERROR.import(py, "forge.errors", "CoreError") {
-                    Ok(kind) => PyErr::from_type(kind.clone(), msg),
-                    // forge.errors is part of the package: only a broken install lands here
-                    Err(_) => PyRuntimeError::new_err(msg),
-                }
-            }),
+                forge_error(&CORE_ERROR, "CoreError", msg)
+            }
         }
     }
+}
+
+/// forge.errors.`name`(msg), the class imported once into `class`
+/// (RuntimeError if forge.errors cannot be imported: only a broken install
+/// lands there).
+pub fn forge_error(
+    class: &'static PyOnceLock<Py<PyType>>,
+    name: &'static str,
+    msg: String,
+) -> PyErr {
+    Python::attach(|py| match class.import(py, "forge.errors", name) {
+        Ok(kind) => PyErr::from_type(kind.clone(), msg),
+        Err(_) => PyRuntimeError::new_err(msg),
+    })
 }
 
 #[cfg(test)]

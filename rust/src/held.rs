@@ -80,24 +80,7 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{Progress, Release, Start};
-
-    fn start(id: i64, at: Instant) -> Report {
-        Report::Start(Start { id, attempt: 1, at })
-    }
-
-    fn progress(id: i64, percent: i16) -> Report {
-        Report::Progress(Progress {
-            id,
-            attempt: 1,
-            percent,
-            message: None,
-        })
-    }
-
-    fn release(id: i64) -> Report {
-        Report::Release(Release { id, attempt: 1 })
-    }
+    use crate::batch::reports::{progress, release, start};
 
     fn ids(reports: &[Report]) -> Vec<i64> {
         reports.iter().map(|r| r.key().0).collect()
@@ -107,17 +90,22 @@ mod tests {
     fn later_reports_of_a_held_job_join_it_in_order() {
         let t = Instant::now();
         let mut held = Held::default();
-        held.hold(vec![start(1, t)], t);
+        held.hold(vec![start(1, 1, t)], t);
         let free = held.split(
-            vec![start(2, t), progress(1, 50), release(3), release(1)],
+            vec![
+                start(2, 1, t),
+                progress(1, 50),
+                release(3, 1),
+                release(1, 1),
+            ],
             t,
         );
         assert_eq!(ids(&free), [2, 3]);
         let again = held.take_due(t + HELD_RETRY);
-        assert_eq!(again, vec![start(1, t), progress(1, 50), release(1)]);
+        assert_eq!(again, vec![start(1, 1, t), progress(1, 50), release(1, 1)]);
         assert!(held.is_empty() && held.due().is_none());
         assert_eq!(
-            ids(&held.split(vec![start(1, t)], t)),
+            ids(&held.split(vec![start(1, 1, t)], t)),
             [1],
             "no job is held now"
         );
@@ -128,8 +116,8 @@ mod tests {
         let t = Instant::now();
         let mut held = Held::default();
         assert!(held.take_due(t).is_empty() && held.due().is_none());
-        held.hold(vec![release(1)], t);
-        held.hold(vec![release(2)], t + HELD_RETRY / 2); // does not push the first one back
+        held.hold(vec![release(1, 1)], t);
+        held.hold(vec![release(2, 1)], t + HELD_RETRY / 2); // does not push the first one back
         assert_eq!(held.due(), Some(t + HELD_RETRY));
         assert!(held.take_due(t + HELD_RETRY / 2).is_empty());
         assert_eq!(ids(&held.take_due(t + HELD_RETRY)), [1, 2]);
@@ -139,13 +127,13 @@ mod tests {
     fn progress_of_a_held_job_is_coalesced() {
         let t = Instant::now();
         let mut held = Held::default();
-        held.hold(vec![start(1, t)], t);
+        held.hold(vec![start(1, 1, t)], t);
         for percent in 0..10_000 {
             assert!(held.split(vec![progress(1, percent % 100)], t).is_empty());
         }
         assert_eq!(
             held.take_due(t + HELD_RETRY),
-            vec![start(1, t), progress(1, 99)]
+            vec![start(1, 1, t), progress(1, 99)]
         );
     }
 }

@@ -35,12 +35,13 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyType};
 
 use crate::backoff::{Backoff, BackoffKind};
 use crate::claim::Claimed;
 use crate::config::{Config, NodeInfo, Policies};
-use crate::errors::CoreError;
+use crate::errors::{forge_error, CoreError};
 use crate::migrate::{MigrateError, Migration};
 use crate::pacing::ConnKind;
 
@@ -341,6 +342,10 @@ fn apply_migrations(
         .map_err(|e| match e {
             MigrateError::Internal(e) => e.into(),
             MigrateError::Connect(_) => PyConnectionError::new_err(e.to_string()),
+            MigrateError::Newer { .. } => {
+                static SCHEMA_TOO_NEW: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+                forge_error(&SCHEMA_TOO_NEW, "SchemaTooNew", e.to_string())
+            }
             MigrateError::Failed { .. } => PyRuntimeError::new_err(e.to_string()),
         })
 }

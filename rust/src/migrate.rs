@@ -34,6 +34,9 @@ pub enum MigrateError {
     Internal(CoreError),
     /// The database could not be reached.
     Connect(String),
+    /// The database has migrations this code does not know (a newer Forge
+    /// migrated it): nothing is applied, and nothing may run on it.
+    Newer { unknown: Vec<i32>, known: i32 },
     /// A statement failed: the transaction was rolled back, nothing applied.
     Failed {
         file: Option<String>,
@@ -47,6 +50,16 @@ impl fmt::Display for MigrateError {
             MigrateError::Internal(e) => write!(f, "{e}"),
             MigrateError::Connect(m) => {
                 write!(f, "cannot connect to the database to migrate it: {m}")
+            }
+            MigrateError::Newer { unknown, known } => {
+                let listed: Vec<String> = unknown.iter().map(|v| format!("{v:04}")).collect();
+                write!(
+                    f,
+                    "the database's schema is newer than this Forge: it has migration(s) {} that \
+                     this version does not know (it knows up to {known:04}); run the Forge that \
+                     migrated it, or a newer one",
+                    listed.join(", ")
+                )
             }
             MigrateError::Failed { file, detail } => {
                 let during = file
@@ -113,6 +126,9 @@ async fn run(
         .iter()
         .map(|row| row.get(0))
         .collect();
+    if let Some(newer) = newer_than(migrations, &done) {
+        return Err(newer); // the transaction rolls back as it is dropped
+    }
     let mut applied = Vec::new();
     for m in pending(migrations, &done) {
         let during = |e| failed(Some(m), e);
@@ -135,6 +151,21 @@ fn failed(during: Option<&Migration>, e: tokio_postgres::Error) -> MigrateError 
         file: during.map(|m| m.file.clone()),
         detail,
     }
+}
+
+/// The refusal when `done` has versions `migrations` does not know, by version.
+fn newer_than(migrations: &[Migration], done: &[i32]) -> Option<MigrateError> {
+    let mut unknown: Vec<i32> = done
+        .iter()
+        .copied()
+        .filter(|v| !migrations.iter().any(|m| m.version == *v))
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    unknown.sort_unstable();
+    let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
+    Some(MigrateError::Newer { unknown, known })
 }
 
 /// The migrations whose version is not in `done`, by version.
@@ -166,6 +197,28 @@ mod tests {
         let todo: Vec<i32> = pending(&all, &[1]).iter().map(|m| m.version).collect();
         assert_eq!(todo, [2, 3]);
         assert!(pending(&all, &[1, 2, 3]).is_empty());
+    }
+
+    #[test]
+    fn versions_the_code_does_not_know_are_refused() {
+        let all = [m(1), m(2)];
+        assert_eq!(newer_than(&all, &[1]), None);
+        assert_eq!(newer_than(&all, &[]), None);
+        let e = newer_than(&all, &[1, 7, 2, 5]).unwrap();
+        assert_eq!(
+            e,
+            MigrateError::Newer {
+                unknown: vec![5, 7],
+                known: 2
+            }
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "migration(s) 0005, 0007 that this version does not know (it knows up to 0002)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ import psycopg
 from testapp import jobs
 
 import forge
-from forge.db.migrate import MIGRATIONS_DIR
+from forge.db.migrate import MIGRATIONS_DIR, migrate
 
 from ..supervisors import forge_toml
 from .conftest import APPS, DEFAULT_NODE, SUPERVISOR, Supervisor, finished, wait_for
@@ -59,3 +59,15 @@ def test_the_supervisor_applies_the_migrations_at_start(empty_database_url: str,
         assert f"applied migrations {every}" in sup.log()
     finally:
         sup.stop()
+
+
+def test_a_schema_newer_than_this_forge_exits_6(empty_database_url: str, tmp_path: Path):
+    migrate(empty_database_url)  # then a newer Forge's migration appears in the ledger
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO forge_migrations (version, name) VALUES (9999, 'from_a_newer_forge')")
+    config = tmp_path / "forge.toml"
+    config.write_text(forge_toml(empty_database_url, ["testapp.jobs"], DEFAULT_NODE))
+    result = subprocess.run([SUPERVISOR, "-c", str(config)], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(APPS)})
+    assert result.returncode == 6, result.stderr
+    assert "schema is newer than this Forge" in result.stderr and "Traceback" not in result.stderr

@@ -54,6 +54,18 @@ def test_migrate_uses_forge_database_url(tmp_path, empty_database_url):
     assert (again.exit_code, again.stdout.strip()) == (0, "database schema is up to date")
 
 
+def test_a_schema_newer_than_this_forge_exits_3(tmp_path, empty_database_url):
+    path = write_config(tmp_path)
+    env = {"FORGE_DATABASE_URL": empty_database_url}
+    assert CliRunner().invoke(cli, ["migrate", "-c", str(path)], env=env).exit_code == 0
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO forge_migrations (version, name) VALUES (9999, 'from_a_newer_forge')")
+    result = CliRunner().invoke(cli, ["migrate", "-c", str(path)], env=env)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.count("\n") == 1
+    assert "schema is newer than this Forge" in result.stderr and "9999" in result.stderr
+
+
 def test_migrate_starts_and_stops_the_embedded_cluster():
     folder = Path(tempfile.mkdtemp(prefix="forge-cli-"))
     cluster = EmbeddedPostgres(folder / ".forge" / "postgres")

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from forge.db.migrate import MIGRATIONS_DIR, available, migrate, pending
-from forge.errors import DatabaseError
+from forge.errors import DatabaseError, SchemaTooNew
 
 ALL_VERSIONS = [m.version for m in available()]
 
@@ -137,3 +137,35 @@ def test_bad_migration_folders_are_refused(tmp_path: Path, names, message):
 def test_an_unreachable_database_is_named_in_the_error():
     with pytest.raises(DatabaseError, match="cannot connect to the database to migrate it"):
         migrate("postgresql://postgres@127.0.0.1:1/nowhere")
+
+
+def _mark_applied_by_a_newer_forge(url: str, version: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO forge_migrations (version, name) VALUES (%s, 'from_a_newer_forge')", (version,))
+
+
+def test_a_schema_newer_than_the_code_is_refused_and_left_alone(empty_database_url):
+    migrate(empty_database_url)
+    newer = ALL_VERSIONS[-1] + 2
+    _mark_applied_by_a_newer_forge(empty_database_url, newer)
+    with pytest.raises(SchemaTooNew) as refused:
+        migrate(empty_database_url)
+    assert isinstance(refused.value, DatabaseError)
+    assert f"migration(s) {newer:04d} that this version does not know (it knows up to {ALL_VERSIONS[-1]:04d})" \
+        in str(refused.value)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert [v for (v,) in conn.execute("SELECT version FROM forge_migrations ORDER BY version")] \
+            == [*ALL_VERSIONS, newer]
+
+
+def test_pending_migrations_are_not_applied_on_a_schema_newer_than_the_code(empty_database_url, tmp_path):
+    """Old code missing a migration it knows, on a database a newer Forge also migrated: nothing is applied."""
+    migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM forge_migrations WHERE version = %s", (ALL_VERSIONS[-1],))
+    _mark_applied_by_a_newer_forge(empty_database_url, ALL_VERSIONS[-1] + 1)
+    with pytest.raises(SchemaTooNew):
+        migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM forge_migrations WHERE version = %s",
+                            (ALL_VERSIONS[-1],)).fetchone() == (0,)

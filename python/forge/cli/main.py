@@ -1,7 +1,8 @@
 """The `forge` command: operations on a Forge database, configured by forge.toml.
 
 Exit codes: 0 success; 1 a database problem (DatabaseError); 2 a bad
-config file or bad command line (ConfigError, usage errors), with a one-line
+config file or bad command line (ConfigError, usage errors); 3 a database
+whose schema is newer than this Forge (SchemaTooNew); each with a one-line
 message on stderr.
 """
 
@@ -14,12 +15,13 @@ from typing import Any
 import click
 
 from forge.config import Config, embedded_postgres, load_config
-from forge.errors import ConfigError, DatabaseError
+from forge.errors import ConfigError, DatabaseError, SchemaTooNew
 
 __all__ = ["cli", "config_option", "database_url", "main"]
 
 EXIT_DATABASE = 1
 EXIT_CONFIG = 2
+EXIT_SCHEMA_TOO_NEW = 3
 
 
 class _ForgeGroup(click.Group):
@@ -31,6 +33,9 @@ class _ForgeGroup(click.Group):
         except ConfigError as exc:
             click.echo(f"forge: {exc}", err=True)
             ctx.exit(EXIT_CONFIG)
+        except SchemaTooNew as exc:
+            click.echo(f"forge: {exc}", err=True)
+            ctx.exit(EXIT_SCHEMA_TOO_NEW)
         except DatabaseError as exc:
             click.echo(f"forge: {exc}", err=True)
             ctx.exit(EXIT_DATABASE)

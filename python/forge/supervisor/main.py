@@ -8,7 +8,8 @@ Exit status: 0 after a clean stop, 2 for a bad configuration, 3 when the
 app's job modules cannot be imported, 4 when the database cannot be reached
 or migrated (a boot failure therefore stops instead of crash-looping), 5 when
 a stop left job outcomes the database did not take within shutdown_grace
-(those jobs stay held until another node rescues them after heartbeat_timeout).
+(those jobs stay held until another node rescues them after heartbeat_timeout),
+6 when the database's schema is newer than this Forge (SchemaTooNew).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .. import logs
 from .._core import Core, CoreSettings, JobPolicy
 from ..config import Config, NodeConfig, import_app_modules, load_config, resolve_database_url
 from ..db.migrate import migrate
-from ..errors import ConfigError, DatabaseError
+from ..errors import ConfigError, DatabaseError, SchemaTooNew
 from ..job import Job, registry
 from ..retry import Retry
 from .arbiter import Arbiter
@@ -37,6 +38,7 @@ EXIT_CONFIG = 2
 EXIT_APP = 3
 EXIT_DATABASE = 4
 EXIT_OUTCOMES_UNWRITTEN = 5
+EXIT_SCHEMA_TOO_NEW = 6
 #: The least a stop waits for its final reports (seconds): a healthy database takes them in milliseconds, but not
 #: in no time at all, as shutdown_grace = 0 would give it.
 FINAL_FLUSH_MIN = 1.0
@@ -83,6 +85,9 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
             applied = migrate(dsn)
             if applied:
                 _log.info("applied migrations %s", applied)
+        except SchemaTooNew as exc:
+            _log.error("%s", exc)
+            return EXIT_SCHEMA_TOO_NEW
         except (DatabaseError, ConfigError) as exc:
             _log.error("%s", exc)
             return EXIT_DATABASE
