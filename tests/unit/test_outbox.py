@@ -19,6 +19,16 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
+
+def _assert_nothing_left(sock: socket.socket, why: str) -> None:
+    """Nothing more is readable on `sock` now; else fail saying `why`."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+        raise AssertionError(why)
+    except BlockingIOError:
+        pass
+
 def test_what_the_socket_does_not_take_waits_and_is_written_later():
     ours, theirs = _pair()
     outbox = Outbox()
@@ -49,12 +59,7 @@ def test_frames_the_worker_has_not_begun_come_back_and_the_head_stays():
     assert outbox.first_read() and outbox.begun() == 1
     outbox.keep(1)
     assert outbox.waiting == 0  # nothing of 2 or 3 is written again
-    theirs.setblocking(False)
-    try:
-        theirs.recv(1)
-        raise AssertionError("the worker's socket still held bytes")
-    except BlockingIOError:
-        pass
+    _assert_nothing_left(theirs, "the worker's socket still held bytes")
 
 
 def test_a_frame_the_worker_has_begun_to_read_is_completed_never_cut():
@@ -72,12 +77,7 @@ def test_a_frame_the_worker_has_begun_to_read_is_completed_never_cut():
     assert outbox.write(ours)
     rest = worker.receive_one(_Prefixed(partial, theirs))
     assert rest is not None and rest.id == 2
-    theirs.setblocking(False)
-    try:
-        theirs.recv(1)
-        raise AssertionError("frame 3 was written again")
-    except BlockingIOError:
-        pass
+    _assert_nothing_left(theirs, "frame 3 was written again")
 
 
 def test_the_head_counts_as_started_only_once_its_frame_was_read_whole():
