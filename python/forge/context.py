@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -62,9 +63,13 @@ class JobContext:
         self.job_type = job_type
         self.attempt = attempt
         self.parent_id = parent_id
-        self.log = JobLogger({"job_id": job_id, "job_type": job_type, "attempt": attempt})
         self._report = report
         self._connect = connect
+
+    @functools.cached_property
+    def log(self) -> JobLogger:
+        """The job's logger, made on first use: most jobs never log, and a context is made per job."""
+        return JobLogger({"job_id": self.job_id, "job_type": self.job_type, "attempt": self.attempt})
 
     @property
     def db(self) -> psycopg.Connection[Any]:

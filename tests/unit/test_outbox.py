@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 
 from forge.supervisor.outbox import Outbox
-from forge.supervisor.protocol import FrameReader, RunJob, encode
+from forge.supervisor.protocol import PADDED_FRAME, FrameReader, RunJob, encode, encode_padded
+
+
+def _job(job_id: int, size: int) -> RunJob:
+    return RunJob(job_id, 1, "t", b'"' + b"x" * size + b'"')
 
 
 def _frame(job_id: int, size: int = 10) -> bytes:
-    return encode(RunJob(job_id, 1, "t", b'"' + b"x" * size + b'"'))
+    return encode_padded(_job(job_id, size))
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -17,7 +21,6 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     return ours, theirs
-
 
 
 def _assert_nothing_left(sock: socket.socket, why: str) -> None:
@@ -28,6 +31,20 @@ def _assert_nothing_left(sock: socket.socket, why: str) -> None:
         raise AssertionError(why)
     except BlockingIOError:
         pass
+
+
+def test_one_read_takes_exactly_one_padded_frame_short_or_long():
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    exact = next(size for size in range(PADDED_FRAME) if len(encode(_job(3, size))) == PADDED_FRAME)  # no padding
+    sizes = {1: 10, 2: 3 * PADDED_FRAME, 3: exact, 4: 0}
+    for job_id, size in sizes.items():
+        ours.sendall(_frame(job_id, size))
+    worker = FrameReader(RunJob)
+    for job_id, size in sizes.items():
+        frame = worker.receive_one(theirs)
+        assert frame is not None and (frame.id, len(frame.input)) == (job_id, size + 2)
+    _assert_nothing_left(theirs, "receive_one read past the last frame")
+
 
 def test_what_the_socket_does_not_take_waits_and_is_written_later():
     ours, theirs = _pair()

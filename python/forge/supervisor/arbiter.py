@@ -454,8 +454,9 @@ class Arbiter:
             if not slot.wants_jobs():
                 continue
             held = len(slot.jobs)
-            while self._queue and slot.accepts(self._queue.first().job_type, self.durations):
-                slot.hold(self._queue.pop(), self.durations)
+            durations = self.durations
+            while (job := self._queue.pop_if(lambda job: slot.accepts(job.job_type, durations))) is not None:
+                slot.hold(job, durations)
             if len(slot.jobs) > held:
                 if held == 0:
                     self._begin_head(slot, now)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .._core import ClaimedJob
 from .outbox import OUTBOX_LIMIT, Outbox
-from .protocol import FrameReader, FromWorker, RunJob, encode
+from .protocol import FrameReader, FromWorker, RunJob, encode_padded
 
 #: A job type is "short" when its recent runs average under this, in seconds.
 SHORT_JOB = 0.002
@@ -113,7 +113,7 @@ class Slot:
         """Hand `job` to this worker (after accepts() said yes): its frame goes to the outbox."""
         self.all_short = (self.all_short or not self.jobs) and durations.short(job.job_type)
         self.jobs.append(job)
-        self.outbox.add(encode(RunJob(job.id, job.attempt, job.job_type, job.input, job.parent_id)))
+        self.outbox.add(encode_padded(RunJob(job.id, job.attempt, job.job_type, job.input, job.parent_id)))
 
     def reported(self) -> ClaimedJob:
         """The head job ended: the worker read its frame, and will read the next one."""
