@@ -16,6 +16,7 @@ from typing import Any, Callable
 import psycopg
 import pytest
 
+from . import ledger
 from .conftest import Results
 from .harness import DeathWatcher, FaultCluster, Node, alive, record, stopped, wait_for, watch_deaths
 from .nemesis import Nemesis, seed_from_env
@@ -483,6 +484,50 @@ def test_killed_supervisor_leaves_no_processes(fault_db: str, make_node: MakeNod
     assert slowest is not None and slowest <= 1.0, f"the last one died after {slowest:.2f}s (> 1s)"
     assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
     assert report.ok, report.text
+
+
+# --- 5b. a crash in a batch of short jobs ---------------------------------------------------
+
+
+def _crash_batch(fault_db: str, make_node: MakeNode, results: Results, *, name: str, jobs: int) -> None:
+    """2 workers, short jobs batched up to 32 per worker, one in 20 ending its worker in its first attempt.
+
+    Only the job a worker was really running may be charged for its death: the
+    reports it wrote before dying are applied first (issue 12, defect 1).
+    """
+    node = make_node("n0", workers=2).start()
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        ids = [r[0] for r in conn.execute(
+            "INSERT INTO forge_jobs (job_type, input, max_attempts) SELECT 'fault_crash_once',"
+            " jsonb_build_object('crash', i %% 20 = 0), 3 FROM generate_series(1, %s) i RETURNING id", (jobs,))]
+        ledger.record_acked(conn, ids)
+    began = time.monotonic()
+    wait_finished(fault_db, [node], 600, ids)
+    wall = time.monotonic() - began
+    stop = _stop_all([node])
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        wrong = conn.execute(
+            "SELECT j.id, (j.input->>'crash')::bool, j.status, j.attempts, j.crashes, j.last_error->>'message',"
+            " (SELECT count(*) FROM ledger_executions e WHERE e.job_id = j.id AND e.event = 'start')"
+            " FROM forge_jobs j WHERE j.id = ANY(%s) AND (j.status <> 'completed' OR (j.attempts, j.crashes) <>"
+            " (CASE WHEN (j.input->>'crash')::bool THEN (2, 1) ELSE (1, 0) END)"
+            " OR (SELECT count(*) FROM ledger_executions e WHERE e.job_id = j.id AND e.event = 'start')"
+            " <> j.attempts) ORDER BY j.id LIMIT 20", (ids,)).fetchall()
+    report = final_check(fault_db, name)
+    results.write(name, {"jobs": jobs, "crashers": jobs // 20, "wall_seconds": round(wall, 1),
+                         "wrongly_recorded": len(wrong), **stop, **report.figures})
+    # Healthy jobs: completed, attempts 1, crashes 0, run once; crashers: charged their one crash, then completed.
+    assert not wrong, "jobs recorded wrongly (id, crasher, status, attempts, crashes, error, executions):\n" + \
+        "\n".join(map(str, wrong))
+    assert all(code == 0 for code in stop["exit_codes"].values()), f"the node did not stop cleanly: {stop}"
+    assert report.ok, report.text
+
+
+@pytest.mark.timeout(600)
+def test_a_crash_in_a_batch_charges_only_the_job_it_ran(fault_db: str, make_node: MakeNode,
+                                                        results: Results) -> None:
+    # The issue's size: at 4,000 jobs the old code's race showed in no run, at 20,000 in every one tried.
+    _crash_batch(fault_db, make_node, results, name="crash-batch", jobs=20000)
 
 
 # --- 6. poison pill --------------------------------------------------------------------------

@@ -7,14 +7,17 @@ All names start with `fault_`, so this module never collides with tests/apps/tes
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 import uuid
+
+import msgspec
 
 from faultwork import Work, record, work
 
 import forge
 
-__all__ = ["Work", "fault_hang", "fault_segfault", "fault_work"]
+__all__ = ["CrashOnce", "Work", "fault_crash_once", "fault_hang", "fault_segfault", "fault_work"]
 
 
 @forge.job(retry=forge.Retry(max_attempts=25, backoff="fixed", base="0.1s"), timeout="5m")
@@ -42,3 +45,17 @@ def fault_hang(ctx: forge.JobContext, input: Work) -> str:
         time.sleep(0.1)
     record(ctx, exec_id, "end")
     return "finished"
+
+
+class CrashOnce(msgspec.Struct):
+    crash: bool = False  # this job's first attempt ends its worker with os._exit(3)
+
+
+@forge.job(retry=forge.Retry(max_attempts=3, backoff="fixed", base="0.1s"))
+def fault_crash_once(ctx: forge.JobContext, input: CrashOnce) -> None:
+    """Short (batched behind one another); a crasher exits its worker in the middle of attempt 1, then succeeds."""
+    exec_id = str(uuid.uuid4())
+    record(ctx, exec_id, "start")
+    if input.crash and ctx.attempt == 1:
+        os._exit(3)
+    record(ctx, exec_id, "end")
