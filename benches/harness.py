@@ -49,6 +49,8 @@ class Sizes:
     backlog_jobs: int = 20_000
     ceiling_rows: int = 200_000
     cost_jobs: int = 20_000
+    wakeup_nodes: tuple[int, ...] = (1, 8, 32)
+    wakeup_seconds: float = 5.0
 
 
 QUICK = Sizes(
@@ -60,6 +62,8 @@ QUICK = Sizes(
     backlog_rows=50_000,
     backlog_jobs=2_000,
     ceiling_rows=20_000,
+    wakeup_nodes=(1, 4),
+    wakeup_seconds=1.0,
     cost_jobs=2_000,
 )
 

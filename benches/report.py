@@ -24,6 +24,7 @@ SECTION_TITLES = {
     "enqueue": "Forge enqueue",
     "backlog": "Forge with a big table",
     "costs": "Forge costs",
+    "wakeups": "Idle nodes woken by NOTIFY",
     "peers": "Peers",
 }
 

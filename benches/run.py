@@ -11,6 +11,7 @@ Sections, in the order run:
   enqueue  dispatch one per transaction; dispatch_many of 20,000 and 200,000
   backlog  no-op throughput with 1M pending jobs, and with 1M completed rows
   costs    supervisor CPU and RSS, worker RSS, database commits/row writes/WAL per job
+  wakeups  1, 8, 32 idle nodes, single dispatches at 10 and 100 a second: claims and database CPU per job
   peers    PgQueuer, Procrastinate, Celery+Redis on the same workloads (own venv: benches/.venv-peers)
 
 Prints a table (median [min - max] of the repetitions, Forge's ratio to each
@@ -40,6 +41,7 @@ SECTIONS = {
     "enqueue": "enqueue",
     "backlog": "backlog",
     "costs": "costs",
+    "wakeups": "wakeups",
     "peers": "peers.section",
 }
 

@@ -171,7 +171,7 @@ def ignore_sigterm(ctx: forge.JobContext, input: Sleep) -> None:
     time.sleep(3600)  # resumed after the handler (PEP 475)
 
 
-@forge.job(timeout="1s", retry=forge.Retry(max_attempts=1))
+@forge.job(timeout="3s", retry=forge.Retry(max_attempts=1))
 def sleep_with_child(ctx: forge.JobContext, input: Child) -> None:
     """Starts a child process that sleeps (ignoring SIGTERM if asked), records its pid, and sleeps."""
     # An ignored signal stays ignored across exec, so sleep inherits the shell's trap.
