@@ -248,6 +248,14 @@ def keeps_a_daemon(ctx: forge.JobContext, input: Sleep) -> bool:
     return running
 
 
+@forge.job(retry=forge.Retry(max_attempts=3))
+def closes_its_fds(ctx: forge.JobContext, input: N) -> int:
+    """Closes every file descriptor but stdin, stdout and stderr, as a careless os.closerange does (the worker's
+    socket to the supervisor among them), and returns input.n."""
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    return input.n
+
+
 # --- data PostgreSQL cannot store (tests/acceptance/test_bad_reports.py) ---------
 
 
