@@ -7,6 +7,7 @@ the row; nothing is ever imported by name from the database.
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
@@ -37,6 +38,14 @@ class Resources:
     cpu: float | None = None
     memory: int | None = None
     gpu: int | None = None
+
+    def __post_init__(self) -> None:
+        # Stored as jsonb, where NaN and infinity become null: a request for nothing, said nowhere.
+        if self.cpu is not None and not (math.isfinite(self.cpu) and self.cpu >= 0):
+            raise JobDefinitionError(f"resources.cpu={self.cpu!r}: must be a finite number >= 0")
+        for key, count in (("memory", self.memory), ("gpu", self.gpu)):
+            if count is not None and count < 0:
+                raise JobDefinitionError(f"resources.{key}={count!r}: must be >= 0")
 
     def to_json(self) -> dict[str, float | int]:
         return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory), ("gpu", self.gpu)) if v is not None}

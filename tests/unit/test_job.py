@@ -174,6 +174,10 @@ _OVER = "5300w"  # a little over 100 years
         ({"name": ""}, "name='': must be a non-empty string"),
         ({"name": 5}, "name=5: must be a non-empty string"),
         ({"worker_capability": "gpu\x00"}, "worker_capability=.*: holds a NUL character"),
+        ({"resources": {"cpu": float("nan")}}, "resources.cpu=nan: must be a finite number >= 0"),
+        ({"resources": {"cpu": "inf"}}, "resources.cpu=inf: must be a finite number >= 0"),
+        ({"resources": {"cpu": -1}}, "resources.cpu=-1.0: must be a finite number >= 0"),
+        ({"resources": {"gpu": -1}}, "resources.gpu=-1: must be >= 0"),
     ],
 )
 def test_options_the_database_or_core_cannot_hold_are_refused_at_definition(options, message):
@@ -186,6 +190,11 @@ def test_options_the_database_or_core_cannot_hold_are_refused_at_definition(opti
         assert "unit_unholdable" not in registry()
     finally:  # one accepted by mistake must not fail the next case as a duplicate
         registry().pop("unit_unholdable", None)
+
+
+def test_resources_made_by_hand_are_checked_too():
+    with pytest.raises(JobDefinitionError, match="resources.memory=-1: must be >= 0"):
+        forge.Resources(memory=-1)
 
 
 def test_durations_of_exactly_the_limit_are_accepted():
