@@ -32,7 +32,8 @@ _SQL = load_queries("jobs.sql")
 MAX_INPUT_BYTES = 1024 * 1024
 #: Largest part of a dispatch_many batch one statement carries, encoded (a bigger batch takes several statements):
 #: PostgreSQL refuses a jsonb array whose elements take over 256 MiB, and an element can take 6 times its JSON
-#: text (an array of small numbers), so 128 MiB of text could already be refused. At least MAX_INPUT_BYTES.
+#: text (an array of small numbers), so 128 MiB of text could already be refused. (Set below MAX_INPUT_BYTES, as
+#: tests do, an input bigger than it goes in a statement of its own.)
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 _MAX_ID = 2**63 - 1  # ids are bigint
@@ -142,8 +143,9 @@ async def dispatch_many_async(
 
 
 def _one_transaction(conn: psycopg.Connection[Any], batches: list[str]) -> AbstractContextManager[Any]:
-    """What keeps several statements of one batch all-or-nothing: without autocommit, the caller's own
-    transaction already does (a transaction() here would commit it, or take a savepoint for nothing)."""
+    """What keeps several statements of one batch all-or-nothing. Without autocommit the caller's own
+    transaction already does, and a transaction() here would be a savepoint for nothing or, before the
+    caller's first statement, a transaction of its own, committed before the caller decides."""
     return conn.transaction() if conn.autocommit and len(batches) > 1 else nullcontext()
 
 
