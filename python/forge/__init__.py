@@ -26,6 +26,7 @@ from .errors import (
     JobTimeout,
     UnknownJobType,
     WorkerCrashed,
+    WorkerDisconnected,
 )
 from .job import PRIORITIES, Job, Resources, job
 from .retry import Retry
@@ -45,6 +46,7 @@ __all__ = [
     "Retry",
     "UnknownJobType",
     "WorkerCrashed",
+    "WorkerDisconnected",
     "dispatch",
     "dispatch_async",
     "dispatch_many",

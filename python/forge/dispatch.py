@@ -1,7 +1,8 @@
 """Dispatching jobs through the caller's own psycopg connection.
 
 The insert runs in the caller's transaction: the job exists, and workers are
-woken (NOTIFY), only if that transaction commits.
+woken (NOTIFY), only if that transaction commits. A dispatch_many batch too
+big for one statement is sent as several, still in that one transaction.
 
 psycopg is imported on the first dispatch, not with forge: the supervisor
 imports the app (and so forge) before forking its zygote, and reaches its
@@ -11,6 +12,7 @@ first claim without it (loading it is a large part of a boot).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +30,10 @@ _SQL = load_queries("jobs.sql")
 
 #: Largest encoded input accepted, in bytes: bigger payloads belong in storage, not in the queue.
 MAX_INPUT_BYTES = 1024 * 1024
-#: Largest dispatch_many batch, encoded: PostgreSQL refuses a jsonb array whose elements take over 256 MiB,
-#: and an element can take 6 times its JSON text (an array of small numbers).
+#: Largest part of a dispatch_many batch one statement carries, encoded (a bigger batch takes several statements):
+#: PostgreSQL refuses a jsonb array whose elements take over 256 MiB, and an element can take 6 times its JSON
+#: text (an array of small numbers), so 128 MiB of text could already be refused. (Set below MAX_INPUT_BYTES, as
+#: tests do, an input bigger than it goes in a statement of its own.)
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 _MAX_ID = 2**63 - 1  # ids are bigint
@@ -58,7 +62,8 @@ def dispatch(
     checked before anything is sent: a refusal is a DispatchError, and leaves
     the transaction as it was.
     """
-    params = _insert_params(job, _encode(job, input), at, delay, priority, parent_id)
+    encoded = _encode(job, input)  # checks that `job` is one, first
+    params = (job.name, encoded, *_insert_options(job, at, delay, priority, parent_id))
     with _raw_cursor(conn) as cur:
         cur.execute(_SQL["insert_job"], params)
         row = cur.fetchone()
@@ -76,17 +81,22 @@ def dispatch_many(
     priority: str | None = None,
     parent_id: int | None = None,
 ) -> list[int]:
-    """Insert many jobs of one type in one round trip; ids in input order.
+    """Insert many jobs of one type, one round trip per MAX_BATCH_BYTES (32 MiB) encoded; ids in input order.
 
-    Every input is validated first: one bad input raises (naming its index) and inserts nothing. The
-    encoded batch may be at most MAX_BATCH_BYTES (32 MiB).
+    Every input is validated first: one bad input raises (naming its index) and inserts nothing. A batch
+    sent as several statements is still all in the caller's transaction (on an autocommit connection, in one
+    transaction of its own): every job is inserted, or none.
     """
-    params = _insert_params(job, _encode_many(job, inputs), at, delay, priority, parent_id)
-    with _raw_cursor(conn) as cur:
-        cur.execute(_SQL["insert_jobs"], params)
-        row = cur.fetchone()
-    assert row is not None
-    return list(row[0])
+    batches = _encode_many(job, inputs)
+    options = _insert_options(job, at, delay, priority, parent_id)
+    ids: list[int] = []
+    with _raw_cursor(conn) as cur, _one_transaction(conn, batches):
+        for batch in batches:
+            cur.execute(_SQL["insert_jobs"], (job.name, batch, *options))
+            row = cur.fetchone()
+            assert row is not None
+            ids.extend(row[0])
+    return ids
 
 
 async def dispatch_async(
@@ -100,7 +110,8 @@ async def dispatch_async(
     parent_id: int | None = None,
 ) -> int:
     """dispatch() for a psycopg.AsyncConnection."""
-    params = _insert_params(job, _encode(job, input), at, delay, priority, parent_id)
+    encoded = _encode(job, input)  # checks that `job` is one, first
+    params = (job.name, encoded, *_insert_options(job, at, delay, priority, parent_id))
     async with _async_raw_cursor(conn) as cur:
         await cur.execute(_SQL["insert_job"], params)
         row = await cur.fetchone()
@@ -119,12 +130,28 @@ async def dispatch_many_async(
     parent_id: int | None = None,
 ) -> list[int]:
     """dispatch_many() for a psycopg.AsyncConnection."""
-    params = _insert_params(job, _encode_many(job, inputs), at, delay, priority, parent_id)
-    async with _async_raw_cursor(conn) as cur:
-        await cur.execute(_SQL["insert_jobs"], params)
-        row = await cur.fetchone()
-    assert row is not None
-    return list(row[0])
+    batches = _encode_many(job, inputs)
+    options = _insert_options(job, at, delay, priority, parent_id)
+    ids: list[int] = []
+    async with _async_raw_cursor(conn) as cur, _one_async_transaction(conn, batches):
+        for batch in batches:
+            await cur.execute(_SQL["insert_jobs"], (job.name, batch, *options))
+            row = await cur.fetchone()
+            assert row is not None
+            ids.extend(row[0])
+    return ids
+
+
+def _one_transaction(conn: psycopg.Connection[Any], batches: list[str]) -> AbstractContextManager[Any]:
+    """What keeps several statements of one batch all-or-nothing. Without autocommit the caller's own
+    transaction already does, and a transaction() here would be a savepoint for nothing or, before the
+    caller's first statement, a transaction of its own, committed before the caller decides."""
+    return conn.transaction() if conn.autocommit and len(batches) > 1 else nullcontext()
+
+
+def _one_async_transaction(conn: psycopg.AsyncConnection[Any], batches: list[str]) -> AbstractAsyncContextManager[Any]:
+    """_one_transaction for an AsyncConnection."""
+    return conn.transaction() if conn.autocommit and len(batches) > 1 else nullcontext()
 
 
 def _encode(job: Job[Any], input: Any) -> str:
@@ -132,32 +159,41 @@ def _encode(job: Job[Any], input: Any) -> str:
     return _encode_input(job, input).decode()
 
 
-def _encode_many(job: Job[Any], inputs: Iterable[Any]) -> str:
+def _encode_many(job: Job[Any], inputs: Iterable[Any]) -> list[str]:
+    """The inputs as JSON arrays of at most MAX_BATCH_BYTES each, in order: one statement's $2 each."""
     _check_job(job)
     values = list(_iterable(inputs))
-    joined = _join_fast(job, values)
-    if joined is None:  # one of them may be refused: check each, to name it
-        joined = b",".join(_encode_each(job, values))
-    batch = b"[" + joined + b"]"
-    if len(batch) > MAX_BATCH_BYTES:
-        raise DispatchError(
-            f"{len(values)} inputs for job {job.name!r} are {len(batch)} bytes encoded; the limit of one "
-            f"dispatch_many is {MAX_BATCH_BYTES}: split the batch"
-        )
-    return batch.decode()
+    batches = _batches_fast(job, values)
+    if batches is None:  # one of them may be refused: check each, to name it
+        batches = _batches(_encode_each(job, values))
+    return [batch.decode() for batch in batches]
 
 
-def _join_fast(job: Job[Any], values: list[Any]) -> bytes | None:
+def _batches_fast(job: Job[Any], values: list[Any]) -> list[bytes] | None:
     """The inputs encoded and joined at C speed, or None if one of them may be refused. (Checking each in
     Python, as _encode_each does, made a batch of small inputs cost 2.4 times as much to encode.)"""
     try:
         encoded = [msgspec.json.encode(convert_input(job, value)) for value in values]
     except (DispatchError, *_ENCODE_ERRORS):
         return None
-    joined = b",".join(encoded)
-    if _NUL_ESCAPE in joined or max(map(len, encoded), default=0) > MAX_INPUT_BYTES:
+    if max(map(len, encoded), default=0) > MAX_INPUT_BYTES:
         return None
-    return joined
+    batches = _batches(encoded)
+    return None if any(_NUL_ESCAPE in batch for batch in batches) else batches
+
+
+def _batches(encoded: list[bytes]) -> list[bytes]:
+    """`encoded` as consecutive JSON arrays of at most MAX_BATCH_BYTES each (one, "[]", for no input)."""
+    if sum(map(len, encoded)) + len(encoded) + 1 <= MAX_BATCH_BYTES:  # the usual case, at C speed
+        return [b"[" + b",".join(encoded) + b"]"]
+    batches, start, size = [], 0, 1  # size: the array's bytes so far, its "[" and each input with its "," or "]"
+    for index, item in enumerate(encoded):
+        if index > start and size + len(item) + 1 > MAX_BATCH_BYTES:
+            batches.append(b"[" + b",".join(encoded[start:index]) + b"]")
+            start, size = index, 1
+        size += len(item) + 1
+    batches.append(b"[" + b",".join(encoded[start:]) + b"]")
+    return batches
 
 
 def _encode_each(job: Job[Any], values: list[Any]) -> list[bytes]:
@@ -244,9 +280,8 @@ def _key_path(path: str, key: object) -> str:
     return f"{path}.{key}" if isinstance(key, str) and key.isidentifier() else f"{path}[{key!r}]"
 
 
-def _insert_params(
+def _insert_options(
     job: Job[Any],
-    encoded: str,
     at: datetime | None,
     delay: Any,
     priority: str | None,
@@ -256,9 +291,7 @@ def _insert_params(
         raise DispatchError("give at= or delay=, not both")
     rank = job.priority_rank if priority is None else _rank(priority)
     resources = None if job.resources is None else msgspec.json.encode(job.resources.to_json()).decode()
-    return (
-        job.name,
-        encoded,
+    return (  # $3 to $10 of insert_job and insert_jobs, after the job type and the input
         rank,
         job.retry.max_attempts,
         None if at is None else _check_at(at),

@@ -39,6 +39,11 @@ class WorkerCrashed(ForgeError):
     """The worker process running the job died (signal, os._exit, OOM killer)."""
 
 
+class WorkerDisconnected(WorkerCrashed):
+    """The job closed or broke its worker's socket to the supervisor (os.closerange(3, ...) closes it too), so
+    the worker could not report how the job ended and exited. Counted as a crash, as the job did it."""
+
+
 class UnknownJobType(ForgeError):
     """A row names a job type no job on this node is registered under."""
 

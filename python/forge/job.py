@@ -7,6 +7,7 @@ the row; nothing is ever imported by name from the database.
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
@@ -15,7 +16,7 @@ import msgspec
 
 from .errors import DispatchError, JobDefinitionError
 from .retry import Retry
-from .units import parse_duration, parse_size
+from .units import LONGEST_DEFINED_DURATION, parse_duration, parse_size
 
 #: Claim order: a lower number is claimed first.
 PRIORITIES: dict[str, int] = {"critical": 0, "high": 1, "normal": 2, "low": 3}
@@ -37,6 +38,14 @@ class Resources:
     cpu: float | None = None
     memory: int | None = None
     gpu: int | None = None
+
+    def __post_init__(self) -> None:
+        # Stored as jsonb, where NaN and infinity become null: a request for nothing, said nowhere.
+        if self.cpu is not None and not (math.isfinite(self.cpu) and self.cpu >= 0):
+            raise JobDefinitionError(f"resources.cpu={self.cpu!r}: must be a finite number >= 0")
+        for key, count in (("memory", self.memory), ("gpu", self.gpu)):
+            if count is not None and count < 0:
+                raise JobDefinitionError(f"resources.{key}={count!r}: must be >= 0")
 
     def to_json(self) -> dict[str, float | int]:
         return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory), ("gpu", self.gpu)) if v is not None}
@@ -112,7 +121,7 @@ def job(
     def register(func: Callable[..., Any]) -> Job[Any]:
         definition: Job[Any] = Job(
             func,
-            name=name or func.__name__,
+            name=_text_option(func.__name__ if name is None else name, "name"),
             input_type=_input_type(func),
             retry=retry if retry is not None else Retry(),
             timeout=_timeout(timeout),
@@ -172,7 +181,7 @@ def _optional_duration(value: Any, what: str) -> float | None:
     if value is None:
         return None
     try:
-        seconds = parse_duration(value, what=what)
+        seconds = parse_duration(value, what=what, at_most=LONGEST_DEFINED_DURATION)
     except ValueError as exc:
         raise JobDefinitionError(str(exc)) from None
     if seconds <= 0:
@@ -187,8 +196,20 @@ def _priority(value: str) -> str:
 
 
 def _capability(value: str) -> str:
+    return _text_option(value, "worker_capability")
+
+
+def _text_option(value: object, what: str) -> str:
+    """A name stored in a text column and read by the Rust core: PostgreSQL's text holds no NUL character, and
+    neither the database nor Rust holds a lone surrogate (it is not UTF-8)."""
     if not isinstance(value, str) or not value:
-        raise JobDefinitionError(f"worker_capability={value!r}: must be a non-empty string")
+        raise JobDefinitionError(f"{what}={value!r}: must be a non-empty string")
+    if "\x00" in value:
+        raise JobDefinitionError(f"{what}={value!r}: holds a NUL character, which PostgreSQL cannot store")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise JobDefinitionError(f"{what}={value!r}: is not valid UTF-8 text ({exc.reason})") from None
     return value
 
 

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from typing import Union
 
 from .errors import JobDefinitionError
-from .units import parse_duration
+from .units import LONGEST_DEFINED_DURATION, parse_duration
+
+#: The Rust core doubles an exponential delay at most this many times (rust/src/backoff.rs, MAX_EXPONENT).
+_MAX_DOUBLINGS = 60
 
 BACKOFFS = ("exponential", "linear", "fixed")
 
@@ -24,7 +27,9 @@ class Retry:
     on lists the errors that are retried, as exception classes (subclasses
     match) or class names (matched along the exception's class hierarchy);
     empty means every error is retried. The delays are computed by the Rust
-    core when a failure is recorded.
+    core when a failure is recorded. base, max_backoff and the longest delay
+    the policy computes (after attempt max_attempts, before jitter) may be at
+    most LONGEST_DEFINED_DURATION (100 years).
     """
 
     max_attempts: int
@@ -56,6 +61,22 @@ class Retry:
         object.__setattr__(self, "max_backoff", None if max_backoff is None else _duration(max_backoff, "max_backoff"))
         object.__setattr__(self, "jitter", float(jitter))
         object.__setattr__(self, "on", _matchers(on))
+        self._check_longest_delay()
+
+    def _check_longest_delay(self) -> None:
+        """The core computes a delay for every failure, the last attempt's too; a delay PostgreSQL cannot add
+        to now() would make that report fail for good, so it is refused here."""
+        n = self.max_attempts
+        growth = {"exponential": 2.0 ** min(n - 1, _MAX_DOUBLINGS), "linear": float(n), "fixed": 1.0}[self.backoff]
+        longest = self.base * growth
+        if self.max_backoff is not None:
+            longest = min(longest, self.max_backoff)
+        if longest > LONGEST_DEFINED_DURATION:
+            raise JobDefinitionError(
+                f"Retry(max_attempts={n}, backoff={self.backoff!r}, base={self.base:g}s, max_backoff=None): "
+                f"the delay after attempt {n} would be {longest:g}s, over the limit of "
+                f"{LONGEST_DEFINED_DURATION:g}s (100 years): set max_backoff, or fewer attempts"
+            )
 
     def retries(self, exc: BaseException) -> bool:
         """Whether `exc` is an error this policy retries (attempts aside)."""
@@ -72,7 +93,7 @@ class Retry:
 
 def _duration(value: object, what: str) -> float:
     try:
-        return parse_duration(value, what=f"Retry({what})")
+        return parse_duration(value, what=f"Retry({what})", at_most=LONGEST_DEFINED_DURATION)
     except ValueError as exc:
         raise JobDefinitionError(str(exc)) from None
 

@@ -10,7 +10,12 @@ import datetime
 import math
 import re
 
-__all__ = ["UnitError", "parse_duration", "parse_size"]
+__all__ = ["LONGEST_DEFINED_DURATION", "UnitError", "parse_duration", "parse_size"]
+
+#: The longest duration a job definition accepts (timeouts, retry delays, retention), in seconds: 100 years.
+#: Each ends up in PostgreSQL as an interval added to now() (microseconds in 64 bits: about 292,000 years) and in
+#: the Rust core as float milliseconds; 100 years leaves them ample room, a retry delay's jitter included.
+LONGEST_DEFINED_DURATION = 100 * 365.25 * 86400.0
 
 # Seconds per duration unit; the unit is required on strings except "0".
 _DURATION_UNITS: dict[str, float] = {
@@ -67,21 +72,33 @@ def _check_number(value: float, what: str, original: object, noun: str) -> float
     return value
 
 
-def parse_duration(value: object, *, what: str) -> float:
+def parse_duration(value: object, *, what: str, at_most: float | None = None) -> float:
     """Return `value` as float seconds.
 
     Accepts "250ms", "30s", "5m", "2h", "7d", "1w" (one number, one unit;
     "1.5h" is fine), a bare int/float of seconds, or a datetime.timedelta.
-    Negative, non-finite, boolean and unparseable values raise ValueError
-    naming `what` and the value (a UnitError, whose .detail omits `what`).
+    Negative, non-finite, boolean and unparseable values, and values over
+    `at_most` seconds if given, raise ValueError naming `what` and the value
+    (a UnitError, whose .detail omits `what`).
     """
+    seconds = _seconds(value, what)
+    if at_most is not None and seconds > at_most:
+        raise UnitError(what, f"{value!r} is longer than the limit of {_in_words(at_most)}")
+    return seconds
+
+
+def _seconds(value: object, what: str) -> float:
     expected = "duration like '30s', '5m', '250ms' or a number of seconds"
     if isinstance(value, bool):
         raise _fail(what, value, expected)
     if isinstance(value, datetime.timedelta):
         return _check_number(value.total_seconds(), what, value, "duration")
     if isinstance(value, (int, float)):
-        return _check_number(float(value), what, value, "duration")
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past the largest float: refused below as not finite
+            seconds = math.inf
+        return _check_number(seconds, what, value, "duration")
     if not isinstance(value, str):
         raise _fail(what, value, expected)
     match = _NUMBER_UNIT.match(value)
@@ -94,6 +111,11 @@ def parse_duration(value: object, *, what: str) -> float:
     if factor is None:
         raise _fail(what, value, expected)
     return _check_number(number * factor, what, value, "duration")
+
+
+def _in_words(seconds: float) -> str:
+    years = seconds / (365.25 * 86400)
+    return f"{years:g} years ({seconds:g}s)" if years >= 1 else f"{seconds:g}s"
 
 
 def parse_size(value: object, *, what: str) -> int:

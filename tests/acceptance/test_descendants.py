@@ -1,17 +1,18 @@
-"""What a worker leaves behind when it ends: no descendant outlives a killed worker, and every frame a dead worker
-wrote is read before its job's fate is decided."""
+"""What a worker leaves behind when it ends: no descendant outlives a killed, recycled or stopped worker, and
+every frame a dead worker wrote is read before its job's fate is decided."""
 
 from __future__ import annotations
 
 import os
 import signal
 
+import pytest
 from testapp import jobs
 
 import forge
 
 from ..supervisors import alive
-from .conftest import job_row, wait_for
+from .conftest import completed, job_row, wait_for
 
 
 def test_no_descendant_survives_its_workers_timeout_kill(supervisor, db, tmp_path):
@@ -56,3 +57,38 @@ def test_a_worker_that_exits_after_reporting_never_has_its_job_blamed(supervisor
     blamed = db.execute("SELECT id, last_error->>'message' FROM forge_jobs WHERE id = ANY(%s) AND status <> "
                         "'completed'", (ids,)).fetchall()
     assert blamed == []
+
+
+def _child_of_a_returned_job(db, tmp_path, *, new_session: bool) -> int:
+    """Run leaves_a_child to completion: the pid of the `sleep 60` it left running."""
+    pid_file = tmp_path / "child.pid"
+    job_id = forge.dispatch(db, jobs.leaves_a_child, jobs.ChildPid(pid_file=str(pid_file), new_session=new_session))
+    wait_for(lambda: completed(db, job_id), what="the job that leaves a child")
+    pid = int(pid_file.read_text())
+    assert job_row(db, job_id)["result"] == pid
+    return pid
+
+
+@pytest.mark.parametrize("new_session", [False, True], ids=["in-its-group", "setsid"])
+def test_a_returned_jobs_child_dies_when_its_worker_is_recycled(supervisor, db, tmp_path, new_session):
+    sup = supervisor(workers=1, max_jobs_per_worker=1)
+    pid = _child_of_a_returned_job(db, tmp_path, new_session=new_session)
+    try:
+        wait_for(lambda: not alive(pid), timeout=3, what=f"the child {pid} to die with its recycled worker")
+        assert sup.running()
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("new_session", [False, True], ids=["in-its-group", "setsid"])
+def test_a_returned_jobs_child_dies_at_a_clean_stop(supervisor, db, tmp_path, new_session):
+    sup = supervisor(workers=1)
+    pid = _child_of_a_returned_job(db, tmp_path, new_session=new_session)
+    try:
+        assert alive(pid)  # its worker lives on (no recycling): so does what the job left, until it ends
+        assert sup.stop(signal.SIGTERM) == 0
+        wait_for(lambda: not alive(pid), timeout=3, what=f"the child {pid} to die with its stopped supervisor")
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)

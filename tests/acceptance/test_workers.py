@@ -192,3 +192,22 @@ def test_short_jobs_run_with_prefetch_off(supervisor, db):
     wait_for(lambda: completed(db, *warm), what="the warm-up jobs")  # now known to be short
     ids = forge.dispatch_many(db, jobs.quick, [jobs.Crash(code=1)] * 400)
     wait_for(lambda: completed(db, *ids), timeout=20, what="short jobs with no prefetch")
+
+
+def test_a_job_that_closes_its_workers_socket_is_failed_saying_so(supervisor, db):
+    # os.closerange(3, ...) closes the worker's socket to the supervisor too: the job's outcome cannot be sent.
+    sup = supervisor(workers=1)
+    job_id = forge.dispatch(db, jobs.closes_its_fds, jobs.N(n=7))
+    wait_for(lambda: finished(db, job_id), what="the job that closes its worker's socket, 3 attempts")
+    row = job_row(db, job_id)
+    assert (row["status"], row["attempts"], row["crashes"]) == ("failed", 3, 3)  # retried, each a crash
+    assert row["last_error"]["type"] == "forge.errors.WorkerDisconnected"
+    assert row["last_error"]["message"] == (
+        f"the worker running job {job_id} exited with status 72 because the job closed or broke the worker's "
+        "socket to the supervisor (an os.close or os.closerange of the worker's file descriptors), so the worker "
+        "could not report how the job ended (the supervisor's log names the file descriptor)"
+    )
+    assert f"job {job_id} cannot be reported: the worker's socket to the supervisor (file descriptor" in sup.log()
+    after = forge.dispatch(db, jobs.double, jobs.N(n=2))
+    wait_for(lambda: completed(db, after), what="a job after it, on a fresh worker")
+    assert sup.running()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from datetime import datetime, timedelta, timezone
 
 import msgspec
@@ -11,6 +12,8 @@ import pytest
 
 import forge
 from forge.dispatch import MAX_BATCH_BYTES, MAX_INPUT_BYTES
+
+_DISPATCH = importlib.import_module("forge.dispatch")  # the module: forge.dispatch is the function
 
 
 class Order(msgspec.Struct):
@@ -182,13 +185,99 @@ def test_an_input_of_exactly_the_limit_is_accepted_and_one_byte_more_refused(dat
     assert _ids(database_url) == [job_id]
 
 
-def test_a_batch_over_the_limit_is_refused(database_url):
-    # PostgreSQL refuses a jsonb array whose elements take over 256 MiB (270 inputs of 1 MiB did).
+def test_a_batch_over_one_statements_limit_is_inserted_in_several(database_url):
+    # PostgreSQL refuses a jsonb array whose elements take over 256 MiB (270 inputs of 1 MiB did): a batch
+    # over MAX_BATCH_BYTES goes in statements of at most that, in the caller's transaction.
     count = MAX_BATCH_BYTES // MAX_INPUT_BYTES + 1
+    largest = "x" * (MAX_INPUT_BYTES - 2)
     with psycopg.connect(database_url) as conn:
-        with pytest.raises(forge.DispatchError, match=f"{count} inputs.*limit.*{MAX_BATCH_BYTES}"):
-            forge.dispatch_many(conn, text, ["x" * (MAX_INPUT_BYTES - 2)] * count)
-        assert conn.execute("SELECT 1").fetchone() == (1,)
+        ids = forge.dispatch_many(conn, text, [largest] * count)
+        conn.commit()
+        rows = conn.execute("SELECT id, octet_length(input #>> '{}'), cmin FROM forge_jobs ORDER BY id").fetchall()
+    assert ids == [row[0] for row in rows] and len(ids) == count
+    assert {row[1] for row in rows} == {MAX_INPUT_BYTES - 2}
+    assert len({row[2] for row in rows}) == 2  # cmin: the command of its transaction that inserted the row
+
+
+def test_a_batch_postgresql_would_refuse_in_one_statement_is_inserted(database_url):
+    # 270 inputs of 1 MiB: over 256 MiB in one jsonb array, which PostgreSQL refuses (ProgramLimitExceeded).
+    count, largest = 270, "x" * (MAX_INPUT_BYTES - 2)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="total size of jsonb array elements"):
+            conn.execute("SELECT jsonb_array_length(%s::jsonb)", (msgspec.json.encode([largest] * count).decode(),))
+        conn.rollback()
+        ids = forge.dispatch_many(conn, text, [largest] * count)
+        conn.commit()
+    assert len(ids) == count and _ids(database_url) == ids
+
+
+def _statements(conn: psycopg.Connection, ids: list[int]) -> list[list[int]]:
+    """The ids inserted by each command of their transaction (cmin), in order."""
+    rows = conn.execute("SELECT cmin::text::bigint, array_agg(id ORDER BY id) FROM forge_jobs WHERE id = ANY(%s) "
+                        "GROUP BY 1 ORDER BY 1", (ids,)).fetchall()
+    return [row[1] for row in rows]
+
+
+def test_a_split_batch_keeps_input_order_and_the_callers_transaction(database_url, monkeypatch):
+    monkeypatch.setattr(_DISPATCH, "MAX_BATCH_BYTES", 10)  # "[1,2,3,4]" is 9 bytes
+    with psycopg.connect(database_url) as conn:
+        ids = forge.dispatch_many(conn, anything, list(range(10)))
+        inputs = conn.execute("SELECT input FROM forge_jobs WHERE id = ANY(%s) ORDER BY id", (ids,)).fetchall()
+        assert [row[0] for row in inputs] == list(range(10)) and ids == sorted(ids)
+        assert [len(ids) for ids in _statements(conn, ids)] == [4, 4, 2]
+        assert _count(database_url) == 0  # not visible before the caller commits
+        conn.rollback()
+        assert _count(database_url) == 0  # gone with the caller's transaction, every statement of it
+        later = forge.dispatch_many(conn, anything, list(range(10)))
+        conn.commit()
+    assert _ids(database_url) == later
+
+
+def _refuse_99(url: str) -> None:
+    """A trigger that refuses the input 99: a statement the database refuses after others were sent."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse_99() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF NEW.input = '99' THEN RAISE EXCEPTION 'no 99'; END IF; RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER refuse_99 BEFORE INSERT ON forge_jobs FOR EACH ROW EXECUTE FUNCTION refuse_99()")
+
+
+def test_on_an_autocommit_connection_a_split_batch_is_inserted_whole_or_not_at_all(database_url, monkeypatch):
+    monkeypatch.setattr(_DISPATCH, "MAX_BATCH_BYTES", 10)
+    _refuse_99(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.RaiseException, match="no 99"):
+            forge.dispatch_many(conn, anything, [1, 2, 3, 4, 5, 6, 99])  # the second statement is refused
+        assert _count(database_url) == 0
+        ids = forge.dispatch_many(conn, anything, [1, 2, 3, 4, 5, 6])
+        assert _ids(database_url) == ids and len(_statements(conn, ids)) == 2
+
+
+def test_a_bad_input_in_a_later_statement_sends_nothing(database_url, monkeypatch):
+    monkeypatch.setattr(_DISPATCH, "MAX_BATCH_BYTES", 10)
+    with psycopg.connect(database_url) as conn:
+        kept = forge.dispatch(conn, anything, "kept")
+        with pytest.raises(forge.DispatchError, match=r"inputs\[6\]: input for job 'integration_any' is "
+                                                      rf"{MAX_INPUT_BYTES + 1} bytes encoded; the limit is"):
+            forge.dispatch_many(conn, anything, [1, 2, 3, 4, 5, 6, "x" * (MAX_INPUT_BYTES - 1)])
+        conn.commit()  # the caller's transaction is still usable: nothing of the batch was sent
+    assert _ids(database_url) == [kept]
+
+
+def test_dispatch_many_async_splits_a_batch_too(database_url, monkeypatch):
+    monkeypatch.setattr(_DISPATCH, "MAX_BATCH_BYTES", 10)
+    _refuse_99(database_url)
+
+    async def run() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.RaiseException, match="no 99"):
+                await forge.dispatch_many_async(conn, anything, [1, 2, 3, 4, 5, 6, 99])
+            assert _count(database_url) == 0  # whole or not at all, as on a sync connection
+            return await forge.dispatch_many_async(conn, anything, list(range(10)))
+
+    ids = asyncio.run(run())
+    with psycopg.connect(database_url) as conn:
+        assert [len(ids) for ids in _statements(conn, ids)] == [4, 4, 2]
+    assert _ids(database_url) == ids
 
 
 @pytest.mark.parametrize("inputs", [5, "abc", {"order_id": 1}], ids=["int", "str", "dict"])

@@ -12,6 +12,7 @@ import pytest
 import forge
 from forge.errors import JobDefinitionError
 from forge.job import registry
+from forge.units import LONGEST_DEFINED_DURATION
 
 
 class In(msgspec.Struct):
@@ -149,3 +150,77 @@ def test_importing_forge_does_not_load_the_database_driver():
     # and boots without psycopg (a third of a second); dispatch loads it.
     code = "import sys, forge, forge.supervisor.main; sys.exit('psycopg' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_retry_policy_that_wedged_the_reporter_is_refused():
+    # Its first failure asked PostgreSQL for now() + 100,000,000 weeks: "interval out of range", every flush.
+    with pytest.raises(JobDefinitionError, match=r"Retry\(base\): '100000000w' is longer than the limit of 100 years"):
+        forge.Retry(backoff="fixed", base="100000000w", max_backoff=None)
+
+
+_OVER = "5300w"  # a little over 100 years
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": _OVER}, "timeout: '5300w' is longer than the limit of 100 years"),
+        ({"heartbeat_timeout": _OVER}, "heartbeat_timeout: '5300w' is longer than the limit of 100 years"),
+        ({"dead_letter_retain": 1e20}, "dead_letter_retain: 1e\\+20 is longer than the limit of 100 years"),
+        ({"dead_letter_retain": timedelta.max}, "dead_letter_retain: .* is longer than the limit of 100 years"),
+        ({"timeout": 10**400}, "timeout: expected a finite duration >= 0"),
+        ({"name": "unit\x00nul"}, "name='unit\\\\x00nul': holds a NUL character"),
+        ({"name": "unit\ud800"}, "name=.*: is not valid UTF-8"),
+        ({"name": ""}, "name='': must be a non-empty string"),
+        ({"name": 5}, "name=5: must be a non-empty string"),
+        ({"worker_capability": "gpu\x00"}, "worker_capability=.*: holds a NUL character"),
+        ({"resources": {"cpu": float("nan")}}, "resources.cpu=nan: must be a finite number >= 0"),
+        ({"resources": {"cpu": "inf"}}, "resources.cpu=inf: must be a finite number >= 0"),
+        ({"resources": {"cpu": -1}}, "resources.cpu=-1.0: must be a finite number >= 0"),
+        ({"resources": {"gpu": -1}}, "resources.gpu=-1: must be >= 0"),
+    ],
+)
+def test_options_the_database_or_core_cannot_hold_are_refused_at_definition(options, message):
+    try:
+        with pytest.raises(JobDefinitionError, match=message):
+
+            @forge.job(**{"name": "unit_unholdable", **options})
+            def fn(ctx, input: In) -> None: ...
+
+        assert "unit_unholdable" not in registry()
+    finally:  # one accepted by mistake must not fail the next case as a duplicate
+        registry().pop("unit_unholdable", None)
+
+
+def test_resources_made_by_hand_are_checked_too():
+    with pytest.raises(JobDefinitionError, match="resources.memory=-1: must be >= 0"):
+        forge.Resources(memory=-1)
+
+
+def test_durations_of_exactly_the_limit_are_accepted():
+    @forge.job(name="unit_longest", timeout=LONGEST_DEFINED_DURATION, dead_letter_retain=LONGEST_DEFINED_DURATION,
+               retry=forge.Retry(backoff="fixed", base=LONGEST_DEFINED_DURATION, max_backoff=None))
+    def fn(ctx, input: In) -> None: ...
+
+    assert fn.timeout == fn.dead_letter_retain == fn.retry.base == LONGEST_DEFINED_DURATION
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"base": _OVER}, r"Retry\(base\): '5300w' is longer than the limit"),
+        ({"max_backoff": _OVER}, r"Retry\(max_backoff\): '5300w' is longer than the limit"),
+        # 2^60 s: the core doubles the base at most 60 times, so after attempt 61 and every later one
+        ({"max_attempts": 1000, "max_backoff": None}, "the delay after attempt 1000 would be 1.15292e\\+18s"),
+        ({"max_attempts": 10**6, "backoff": "linear", "base": "1h", "max_backoff": None},
+         "the delay after attempt 1000000 would be 3.6e\\+09s, over the limit of 3.15576e\\+09s"),
+    ],
+)
+def test_retry_delays_past_the_limit_are_refused(kwargs, message):
+    with pytest.raises(JobDefinitionError, match=message):
+        forge.Retry(**kwargs)
+
+
+def test_uncapped_delays_within_the_limit_are_accepted():
+    assert forge.Retry(max_attempts=20, max_backoff=None).base == 1.0  # the last delay: 2^19 s, six days
+    assert forge.Retry(max_attempts=1000, max_backoff="1h").max_backoff == 3600.0  # capped, whatever the count

@@ -9,9 +9,10 @@ import signal
 from typing import Any
 
 from .._core import ClaimedJob, Core
-from ..errors import JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed
+from ..errors import JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed, WorkerDisconnected
 from ..job import Job
 from .protocol import error_payload
+from .worker import EXIT_CANNOT_REPORT
 
 _log = logging.getLogger("forge.arbiter")
 
@@ -62,7 +63,10 @@ def killed_job_error(job: ClaimedJob, reason: str | None, status: int | None, de
             f"the lease of job {job.id} is no longer this node's (rescued by another node, changed by hand, or "
             "its row locked by another session until the node gave the lease up); its worker was killed"
         )
-    return WorkerCrashed(f"the worker running job {job.id} {describe_exit(status)}")
+    disconnected = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CANNOT_REPORT
+    return (WorkerDisconnected if disconnected else WorkerCrashed)(
+        f"the worker running job {job.id} {describe_exit(status)}"
+    )
 
 
 def describe_exit(status: int | None) -> str:
@@ -74,7 +78,12 @@ def describe_exit(status: int | None) -> str:
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
         hint = " (possibly the OOM killer)" if signum == signal.SIGKILL else ""
         return f"was killed by signal {signum} ({name}){hint}"
-    return f"exited with status {os.WEXITSTATUS(status)} in the middle of the job"
+    code = os.WEXITSTATUS(status)
+    if code == EXIT_CANNOT_REPORT:
+        return (f"exited with status {code} because the job closed or broke the worker's socket to the supervisor "
+                "(an os.close or os.closerange of the worker's file descriptors), so the worker could not report "
+                "how the job ended (the supervisor's log names the file descriptor)")
+    return f"exited with status {code} in the middle of the job"
 
 
 def error_json(error: BaseException, attempt: int) -> bytes:

@@ -4,7 +4,8 @@ A worker is forked by the zygote with the app already imported. It owns no
 state the supervisor needs: if it dies, the supervisor fails (or hands back)
 the one job it was running and the zygote forks a fresh one. It exits 0 when
 the supervisor closes its socket or when it retires itself (max_jobs_per_worker
-or max_worker_memory reached) right after reporting a job.
+or max_worker_memory reached) right after reporting a job, and with
+EXIT_CANNOT_REPORT when a job left its socket unusable.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 _log = logging.getLogger("forge.worker")
 _PAGE_SIZE = resource.getpagesize()
 
+#: The worker's exit status when it cannot send a job's outcome: the job closed or broke the worker's socket to
+#: the supervisor (os.closerange(3, ...), a close of the wrong fd), so nothing more can be said on it. The
+#: supervisor records the job's failure from this status (settle.killed_job_error), as a crash: the job did it.
+EXIT_CANNOT_REPORT = 72
+
 
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
@@ -56,7 +62,13 @@ def serve(sock: socket.socket, settings: WorkerSettings) -> int:
         outcome = runner.run(frame)
         done += 1
         outcome.retiring = _should_retire(settings, done)
-        sock.sendall(encode(outcome))
+        try:
+            sock.sendall(encode(outcome))
+        except OSError as exc:  # EBADF, ENOTSOCK (its fd closed, maybe reused), EPIPE, ECONNRESET...
+            _log.error("job %s cannot be reported: the worker's socket to the supervisor (file descriptor %s) is "
+                       "closed or broken (%s); the worker exits with status %s", frame.id, sock.fileno(), exc,
+                       EXIT_CANNOT_REPORT)
+            return EXIT_CANNOT_REPORT
         if outcome.retiring:
             return 0
 

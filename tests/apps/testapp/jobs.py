@@ -248,6 +248,30 @@ def keeps_a_daemon(ctx: forge.JobContext, input: Sleep) -> bool:
     return running
 
 
+class ChildPid(msgspec.Struct):
+    pid_file: str  # where the child's pid is written
+    new_session: bool = False  # the child calls setsid(): no signal to the worker's group reaches it
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def leaves_a_child(ctx: forge.JobContext, input: ChildPid) -> int:
+    """Starts `sleep 60`, writes its pid to input.pid_file, and returns without waiting for it: the pid."""
+    child = subprocess.Popen(["sleep", "60"], start_new_session=input.new_session)
+    partial = f"{input.pid_file}.partial"
+    with open(partial, "w") as handle:
+        handle.write(str(child.pid))
+    os.rename(partial, input.pid_file)  # the test reads the whole pid or nothing
+    return child.pid
+
+
+@forge.job(retry=forge.Retry(max_attempts=3))
+def closes_its_fds(ctx: forge.JobContext, input: N) -> int:
+    """Closes every file descriptor but stdin, stdout and stderr, as a careless os.closerange does (the worker's
+    socket to the supervisor among them), and returns input.n."""
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    return input.n
+
+
 # --- data PostgreSQL cannot store (tests/acceptance/test_bad_reports.py) ---------
 
 
