@@ -12,7 +12,6 @@ import time
 import uuid
 
 import msgspec
-
 from faultwork import Work, record, work
 
 import forge
