@@ -33,7 +33,7 @@ import traceback
 import msgspec
 
 from . import worker
-from .descendants import become_subreaper, kill_leftovers
+from .descendants import become_subreaper, kill_leftovers, signal_worker
 from .lease import LeaseClock, watch_period
 from .lease import now as lease_now
 from .protocol import Exited, Fenced, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
@@ -173,10 +173,7 @@ class _Server:
             pids = sorted(self.workers)
             self.sock.send(encode(Fenced(pids)))
             for pid in pids:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_worker(pid, signal.SIGKILL)
         self.fenced = stale
 
     def _reap(self) -> None:

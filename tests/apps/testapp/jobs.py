@@ -298,3 +298,19 @@ def progress_loop(ctx: forge.JobContext, input: Sleep) -> int:
         calls += 1
         ctx.progress(calls % 101, f"call {calls}")
     return calls
+
+
+# --- jobs whose processes try to outlive a kill (tests/acceptance/test_kills.py) ---------
+
+
+def _leave_group(ctx: forge.JobContext, input: Payload) -> None:
+    """Moves its worker into the zygote's process group (out of the one the supervisor signals), writes the
+    worker's pid to input.log, and runs input.seconds."""
+    os.setpgid(0, os.getpgid(os.getppid()))
+    with open(input.log, "a") as log:
+        log.write(f"{os.getpid()}\n")
+    time.sleep(input.seconds)
+
+
+leave_group = forge.job(name="leave_group", retry=forge.Retry(max_attempts=1))(_leave_group)
+leave_group_timed = forge.job(name="leave_group_timed", timeout="1s", retry=forge.Retry(max_attempts=1))(_leave_group)
