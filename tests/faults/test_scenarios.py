@@ -18,7 +18,7 @@ import pytest
 
 from . import ledger
 from .conftest import Results
-from .harness import DeathWatcher, FaultCluster, Node, alive, record, stopped, wait_for, watch_deaths
+from .harness import DeathWatcher, FaultCluster, Node, alive, children, record, stopped, wait_for, watch_deaths
 from .nemesis import Nemesis, seed_from_env
 from .proxy import Proxy
 from .scenarios import Producer, db_now, diagnose, enqueue, final_check, unfinished, wait_finished
@@ -457,18 +457,27 @@ def test_another_session_locking_job_rows(fault_db: str, make_node: MakeNode, re
 
 @pytest.mark.timeout(120)
 def test_killed_supervisor_leaves_no_processes(fault_db: str, make_node: MakeNode, results: Results) -> None:
+    """Nothing of a SIGKILLed supervisor runs on: not its zygote, workers, nor the jobs' children (one in a session
+    of its own), all gone within a second, long before the rescue (heartbeat_timeout) runs the jobs again."""
     a = make_node("a", workers=3).start()
-    ids = enqueue(fault_db, 2, ms=10000)
+    ids = enqueue(fault_db, 2, job_type="fault_with_children", ms=10000)
     with psycopg.connect(fault_db, autocommit=True) as conn:
         wait_for(lambda: conn.execute("SELECT count(*) FROM forge_jobs WHERE status = 'running'").fetchone()[0] == 2,
                  20, "two busy workers")
     zygote, workers = a.zygote(), a.workers()
     assert zygote is not None and len(workers) == 3
+
+    def running_children() -> list[int] | None:
+        kids = [kid for worker in workers for kid in children(worker)]
+        return kids if len(kids) == 4 else None
+
+    jobs_children: list[int] = wait_for(running_children, 10, "each job's two children")
     os.kill(a.pid, signal.SIGKILL)
     record(fault_db, "kill_supervisor", pid=a.pid, sup_pid=a.pid)
     a.reap()
-    deaths = watch_deaths(fault_db, [zygote, *workers], a.pid, timeout=5.0)
-    survivors = [p for p in [zygote, *workers] if alive(p)]
+    processes = [zygote, *workers, *jobs_children]
+    deaths = watch_deaths(fault_db, processes, a.pid, timeout=5.0)
+    survivors = [p for p in processes if alive(p)]
     for pid in survivors:  # do not leave them behind
         os.kill(pid, signal.SIGKILL)
     b = make_node("b", workers=2).start()  # rescues the two jobs
@@ -478,6 +487,7 @@ def test_killed_supervisor_leaves_no_processes(fault_db: str, make_node: MakeNod
     slowest = max(deaths.values(), default=None)
     results.write("supervisor-kill", {"zygote_gone_seconds": deaths.get(zygote),
                                       "workers_gone_seconds": [deaths.get(w) for w in workers],
+                                      "children_gone_seconds": [deaths.get(c) for c in jobs_children],
                                       "slowest_seconds": slowest, "survivors": survivors, **stop,
                                       **report.figures})
     assert not survivors, f"processes outlived their SIGKILLed supervisor by 5s: {survivors}"

@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from collections import namedtuple
+from collections import deque, namedtuple
 from typing import Any
 
 import pytest
@@ -50,6 +50,7 @@ class _Zygote:
     """Hands out socket pairs as spawned workers; says what the test tells it to."""
 
     def __init__(self) -> None:
+        self.pid = os.getpid()  # the parent of the real processes a test makes workers of
         self.said: list[Any] = []
         self.workers: list[socket.socket] = []  # the worker ends, as a worker holds them
 
@@ -144,3 +145,21 @@ def test_a_frame_the_worker_has_begun_to_read_is_not_taken_back(arbiter):
     assert [j.id for j in slot.jobs] == [1, 2] and [j.id for j in arbiter._queue.take_all()] == [3]
     rest = worker.recv(1 << 16)  # the rest of frame 2 was written again, and nothing of frame 3
     assert begun + rest == encode_padded(RunJob(2, 1, "arbiter_unit_job", b"{}", None))
+
+
+def test_a_killed_worker_gone_without_an_exit_report_frees_its_slot(arbiter):
+    slot = arbiter.slots[0]
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)  # reaped, by the "zygote" (this process), its Exited never sent
+    del arbiter._by_pid[4242]
+    slot.pid, arbiter._by_pid[gone] = gone, slot
+    worker = _hand_over(arbiter, 1)
+    FrameReader(RunJob).receive_one(worker)  # it ran the job
+    arbiter._kill(slot, "timeout")
+    assert slot.sigkill_at is not None
+    arbiter._enforce_deadlines(slot.sigkill_at)  # the SIGKILL is due: the worker is found gone
+    assert arbiter.core.calls == [("start", 1), ("fail", 1)]  # its job is settled
+    assert (slot.pid, slot.kill_reason, slot.jobs) == (None, None, deque())  # and the slot has a new worker coming
+    assert slot.sock is not None and len(arbiter.zygote.workers) == 2

@@ -4,8 +4,9 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
   1. waits for the zygote, the workers, the Rust core or a signal to speak;
   2. records what workers report (outcomes go to the core, which writes them
      in batches) and what the zygote reports (spawned and exited workers);
-  3. enforces deadlines: job timeouts (SIGTERM to the worker's process group,
-     SIGKILL after kill_grace), prefetched jobs held too long, the shutdown grace,
+  3. enforces deadlines: job timeouts (SIGTERM to the worker and its group,
+     SIGKILL after kill_grace, again until its exit is reported, its slot freed
+     should it vanish unreported), prefetched jobs held too long, the shutdown grace,
      and the lease: when the core has not renewed this node's leases for
      fence_after, or finds a lease lost, the workers concerned are SIGKILLed
      so that no job runs here while another node runs it; and the jobs queued
@@ -396,8 +397,8 @@ class Arbiter:
         _log.error("the zygote found the lease clock stale and killed workers %s", pids)
         for pid in pids:
             slot = self._by_pid.get(pid)
-            if slot is not None and slot.jobs:
-                slot.kill_reason = "fenced"
+            if slot is not None and slot.jobs and slot.kill_reason not in ("fenced", "lost"):
+                self._kill(slot, "fenced", at_once=True)  # again: repeated until it takes (Slot.escalate)
 
     # -- deadlines ------------------------------------------------------------
 
@@ -409,8 +410,9 @@ class Arbiter:
             elif slot.beat_deadline is not None and now >= slot.beat_deadline:
                 self._kill(slot, "hung")
             elif slot.sigkill_at is not None and now >= slot.sigkill_at:
-                slot.sigkill_at = None
-                slot.signal_group(signal.SIGKILL)
+                if (gone := slot.escalate(now, self.zygote.pid)) is not None:  # its exit unreported: free the slot
+                    self._by_pid.pop(gone, None)
+                    self._worker_gone(slot, None)
             elif take_back_at is not None and now >= take_back_at:  # the head turned out long
                 taken = slot.take_back_waiting()
                 log_take_back(slot.jobs[0], now - slot.head_since, taken)

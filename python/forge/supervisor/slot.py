@@ -11,7 +11,7 @@ behind it are taken back (take_back_waiting) for other workers.
 
 from __future__ import annotations
 
-import os
+import logging
 import signal
 import socket
 import time
@@ -19,8 +19,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .._core import ClaimedJob
+from .descendants import parent_of, signal_worker
 from .outbox import OUTBOX_LIMIT, Outbox
 from .protocol import FrameReader, FromWorker, RunJob, encode_padded
+
+_log = logging.getLogger("forge.arbiter")
 
 #: A job type is "short" when its recent runs average under this, in seconds.
 SHORT_JOB = 0.002
@@ -33,6 +36,9 @@ REFILL_AT = MAX_BATCH // 2
 #: Jobs queued behind a head running this long are taken back for other workers, in seconds: well past
 #: a short job (and the scheduling noise of a busy machine), well before a wait anyone would notice.
 TAKE_BACK_AFTER = 0.05
+#: A killed worker whose exit the zygote has not reported this long after a SIGKILL is looked at again, in
+#: seconds: SIGKILLed again if it still runs, its slot freed if it is gone. A SIGKILL takes milliseconds.
+KILL_RECHECK = 1.0
 #: Weight of the newest run in a type's moving average.
 _EMA_WEIGHT = 0.2
 
@@ -80,7 +86,7 @@ class Slot:
     deadline: float | None = None  # the head job's timeout, monotonic
     beat_deadline: float | None = None  # the head job's heartbeat timeout, monotonic
     kill_reason: str | None = None  # "timeout", "hung", "shutdown", "fenced" or "lost" once killed
-    sigkill_at: float | None = None
+    sigkill_at: float | None = None  # when a SIGKILL is due: kill_grace after the SIGTERM, then every KILL_RECHECK
     retiring: bool = False
     all_short: bool = True  # every job held was short when handed over
     stalled: bool = False  # the jobs behind the head were taken back: none are added until it reports
@@ -160,30 +166,42 @@ class Slot:
         return held
 
     def kill(self, reason: str, kill_grace: float, *, at_once: bool = False) -> None:
-        """SIGTERM the worker's process group (SIGKILL after kill_grace), or SIGKILL at once.
+        """SIGTERM the worker and its process group (SIGKILL after kill_grace), or SIGKILL at once.
 
         The worker's socket is half-closed first: that is how the worker tells
         this SIGTERM from one sent to a whole process group or cgroup (signals.py).
+        Until the zygote reports the worker's exit, the SIGKILL is repeated every
+        KILL_RECHECK (escalate).
         """
         self.kill_reason = reason
         self.deadline = self.beat_deadline = None
         if self.sock is not None:
             self.sock.shutdown(socket.SHUT_WR)
         if at_once:
-            self.sigkill_at = None
-            self.signal_group(signal.SIGKILL)
+            self.sigkill(time.monotonic())
         else:
             self.sigkill_at = time.monotonic() + kill_grace
-            self.signal_group(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
 
-    def signal_group(self, signum: int) -> None:
-        """Send `signum` to the worker's process group (the worker and whatever its job started), if it has one."""
-        if self.pid is None:
-            return
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
+    def escalate(self, now: float, zygote: int) -> int | None:
+        """A SIGKILL is due (again: the worker's exit is not reported yet): sent while the worker is still the child
+        of `zygote`. Once it is not (reaped, and its exit report lost, or on its way and then ignored) nothing will
+        report it: returns its pid, for the caller to free the slot."""
+        if self.pid is not None and parent_of(self.pid) != zygote:
+            _log.error("worker %d is gone but its exit was never reported; freeing slot %d", self.pid, self.index)
+            return self.pid
+        self.sigkill(now)
+        return None
+
+    def sigkill(self, now: float) -> None:
+        """SIGKILL the worker and its process group; look again in KILL_RECHECK if its exit is not reported."""
+        self.sigkill_at = now + KILL_RECHECK
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        """Send `signum` to the worker and its group (whatever its job started there), if it has a process."""
+        if self.pid is not None:
+            signal_worker(self.pid, signum)
 
     def reset(self) -> None:
         """Forget the worker (it is gone or being replaced)."""

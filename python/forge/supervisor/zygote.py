@@ -5,12 +5,19 @@ deadlock the child on a lock some other thread held. So the supervisor forks
 the zygote first, while it is still single-threaded and has only imported the
 app, and from then on every worker is forked by the zygote, never by the
 supervisor. The zygote runs no job code and opens no connection; it only:
-  - forks a worker for each Spawn frame, on the socket passed with it,
+  - forks a worker for each Spawn frame, on the socket passed with it; a fork
+    the kernel refuses (the pids limit, memory) is logged and retried with
+    backoff, and the node runs on with the workers it has meanwhile,
   - reaps its workers, kills what each left behind (descendants.py) and
     reports each exit status (Exited),
-  - dies with the supervisor (PR_SET_PDEATHSIG), and its workers die with it;
-    it ignores the supervisor's signals (signals.py), and when the supervisor
-    closes the channel it kills what is left of its workers, then exits;
+  - outlives the supervisor just long enough to kill every worker and all
+    they left: when the supervisor closes the channel, exits or dies in any
+    way (the channel's end of stream; PR_SET_PDEATHSIG wakes it too), it
+    SIGKILLs every worker and, a subreaper, every orphan re-parented to it,
+    until it has no child left, then exits. So nothing a job started runs on
+    once its supervisor is gone: not when another node rescues the job.
+    Workers die with the zygote (PR_SET_PDEATHSIG SIGKILL) should it be killed
+    itself; it ignores the supervisor's signals (signals.py);
   - once its first workers are up and it is idle, imports psycopg (which forge
     itself does not load at import), so workers forked later have ctx.db's
     driver loaded; the first ones load it on their first ctx.db.
@@ -29,21 +36,28 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 
 import msgspec
 
 from . import worker
-from .descendants import become_subreaper, kill_leftovers
+from .descendants import become_subreaper, kill_leftovers, signal_worker
 from .lease import LeaseClock, watch_period
 from .lease import now as lease_now
 from .protocol import Exited, Fenced, FrameReader, FromZygote, Spawn, Spawned, WorkerSettings, encode
 from .signals import worker_signals, zygote_signals
 
+_log = logging.getLogger("forge.zygote")
+
 _PR_SET_PDEATHSIG = 1
+#: What the kernel sends the zygote when the supervisor dies: only a wake-up (the loop then sees its parent
+#: changed), harmless from anyone else. Not SIGKILL: the zygote must live on to kill what the workers started.
+_SUPERVISOR_DIED = signal.SIGCHLD
+#: How long the zygote waits before it tries again a fork the kernel refused, first and at most, in seconds.
+FORK_RETRY_FIRST = 0.1
+FORK_RETRY_MAX = 5.0
 #: A worker that could not even start its loop exits with this code.
 EXIT_WORKER_BOOT_FAILED = 70
-#: How long the zygote, told to stop, waits for what is left of its workers to die, in seconds.
-_STOP_WAIT = 1.0
 
 
 class Zygote:
@@ -109,17 +123,17 @@ def ensure_single_threaded(who: str) -> None:
         raise RuntimeError(f"{who} must be single-threaded to fork, but runs {count} threads: {names}")
 
 
-def die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent exits."""
+def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send this process `signum` (by default SIGKILL) when its parent exits."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
 
 class _Server:
-    """The zygote's loop: spawn requests, child exits, the lease watch."""
+    """The zygote's loop: spawn requests, child exits, the lease watch, the supervisor's end."""
 
     def __init__(self, sock: socket.socket, lease: LeaseClock, fence_after: float) -> None:
         self.sock = sock
@@ -129,37 +143,78 @@ class _Server:
         self.workers: set[int] = set()
         self.fenced = False
         self.warmed = False
+        self.orphaned = False  # the supervisor's end of the channel is closed: it stopped or died
+        self.reader = FrameReader(Spawn)
+        self.spawns: deque[tuple[Spawn, int]] = deque()  # not forked yet, with their sockets' fds, in order
+        self.fork_at = 0.0  # monotonic: when to try forking again after the kernel refused
+        self.fork_backoff = FORK_RETRY_FIRST
+        self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def serve(self, parent: int) -> int:
-        die_with_parent(parent)
+        die_with_parent(parent, _SUPERVISOR_DIED)
         become_subreaper()
         zygote_signals()
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_r, wake_w = self.wake
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         selector = selectors.DefaultSelector()
         selector.register(self.sock, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
-        reader = FrameReader(Spawn)
         while True:
-            events = selector.select(self.watch_every)
+            events = selector.select(self._wait_time())
             if not events and self.workers and not self.warmed:
                 self._warm()
             for key, _ in events:
                 if key.fileobj is self.sock:
-                    data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
-                    if not data:
-                        self._stop()
-                        return 0
-                    for spawn in reader.feed(data):
-                        pid = _fork_worker(spawn, fds[0], self.sock, (wake_r, wake_w))
-                        os.close(fds[0])
-                        self.workers.add(pid)
-                        self.sock.send(encode(Spawned(spawn.slot, pid)))
+                    self._receive()
                 else:
                     _drain(wake_r)
                     self._reap()
+            if self.orphaned or os.getppid() != parent:  # re-parented: the supervisor died
+                break
+            self._fork_waiting()
             self._watch_lease()
+        self._stop()
+        return 0
+
+    def _wait_time(self) -> float:
+        """How long the loop may sleep: until the lease's next look, or the next try of a refused fork."""
+        if not self.spawns:
+            return self.watch_every
+        return max(0.0, min(self.watch_every, self.fork_at - time.monotonic()))
+
+    def _receive(self) -> None:
+        """Queue the Spawn request now readable (with its socket); the end of stream: the supervisor is gone."""
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
+        if not data:
+            self.orphaned = True
+        for spawn in self.reader.feed(data):
+            self.spawns.append((spawn, fds[0]))
+
+    def _fork_waiting(self) -> None:
+        """Fork a worker for each Spawn waiting, in order; one the kernel refuses is tried again after a backoff."""
+        while self.spawns and time.monotonic() >= self.fork_at:
+            spawn, fd = self.spawns[0]
+            try:
+                pid = _fork_worker(spawn, fd, self.sock, self.wake)
+            except OSError as exc:  # EAGAIN at the pids limit, ENOMEM: the workers running now run on
+                _log.error("could not fork a worker for slot %d: %s; trying again in %.1fs",
+                           spawn.slot, exc, self.fork_backoff)
+                self.fork_at = time.monotonic() + self.fork_backoff
+                self.fork_backoff = min(2 * self.fork_backoff, FORK_RETRY_MAX)
+                return
+            self.spawns.popleft()
+            os.close(fd)
+            self.fork_backoff = FORK_RETRY_FIRST
+            self.workers.add(pid)
+            self._tell(Spawned(spawn.slot, pid))
+
+    def _tell(self, frame: FromZygote) -> None:
+        """Send the supervisor a report; a supervisor that is gone can take none (the loop then stops)."""
+        try:
+            self.sock.send(encode(frame))
+        except (BrokenPipeError, ConnectionResetError):
+            self.orphaned = True
 
     def _warm(self) -> None:
         """Load what workers need for ctx.db, off the boot's critical path."""
@@ -171,12 +226,9 @@ class _Server:
         stale = self.lease.age(lease_now()) > self.fence_after
         if stale and not self.fenced and self.workers:
             pids = sorted(self.workers)
-            self.sock.send(encode(Fenced(pids)))
+            self._tell(Fenced(pids))
             for pid in pids:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_worker(pid, signal.SIGKILL)
         self.fenced = stale
 
     def _reap(self) -> None:
@@ -187,12 +239,15 @@ class _Server:
         if ended:  # a leftover that ended may have left children of its own
             kill_leftovers(self.workers)
         for exited in exits:
-            self.sock.send(encode(exited))
+            self._tell(exited)
 
     def _stop(self) -> None:
-        """The supervisor is done: kill the workers still here and all they left, and reap them, briefly."""
-        deadline = time.monotonic() + _STOP_WAIT
-        while kill_leftovers(()) and time.monotonic() < deadline:
+        """The supervisor is done or dead: SIGKILL the workers (and their groups) and all they left, reaping, until
+        no child is left. No time limit: a supervisor that stops kills the zygote after a while (Zygote.stop);
+        one that died leaves no one else to kill what the jobs started before another node runs them again."""
+        for pid in self.workers:
+            signal_worker(pid, signal.SIGKILL)
+        while kill_leftovers(()):  # each round: what the last one killed left, re-parented here
             _ended_children()
             time.sleep(0.01)
 

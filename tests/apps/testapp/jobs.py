@@ -322,3 +322,38 @@ def progress_loop(ctx: forge.JobContext, input: Sleep) -> int:
         calls += 1
         ctx.progress(calls % 101, f"call {calls}")
     return calls
+
+
+# --- jobs whose processes try to outlive a kill (tests/acceptance/test_kills.py) ---------
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def spawn_children(ctx: forge.JobContext, input: Payload) -> None:
+    """Starts three long-running children, writes their pids to input.log, then runs input.seconds.
+
+    One in the worker's process group (subprocess), one in a session of its own, one a daemon (double fork).
+    """
+    with open(input.log, "ab", buffering=0) as log:
+        child = subprocess.Popen(["sleep", "60"])
+        log.write(f"{child.pid}\n".encode())
+        if os.fork() == 0:
+            _descendant(log.fileno())
+            os._exit(0)
+        if os.fork() == 0:
+            if os.fork() == 0:
+                _descendant(log.fileno())
+            os._exit(0)
+    time.sleep(input.seconds)
+
+
+def _leave_group(ctx: forge.JobContext, input: Payload) -> None:
+    """Moves its worker into the zygote's process group (out of the one the supervisor signals), writes the
+    worker's pid to input.log, and runs input.seconds."""
+    os.setpgid(0, os.getpgid(os.getppid()))
+    with open(input.log, "a") as log:
+        log.write(f"{os.getpid()}\n")
+    time.sleep(input.seconds)
+
+
+leave_group = forge.job(name="leave_group", retry=forge.Retry(max_attempts=1))(_leave_group)
+leave_group_timed = forge.job(name="leave_group_timed", timeout="1s", retry=forge.Retry(max_attempts=1))(_leave_group)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 import time
 import uuid
 
@@ -16,13 +17,24 @@ from faultwork import Work, record, work
 
 import forge
 
-__all__ = ["CrashOnce", "Work", "fault_crash_once", "fault_hang", "fault_segfault", "fault_work"]
+__all__ = ["CrashOnce", "Work", "fault_crash_once", "fault_hang", "fault_segfault", "fault_with_children", "fault_work"]
 
 
 @forge.job(retry=forge.Retry(max_attempts=25, backoff="fixed", base="0.1s"), timeout="5m")
 def fault_work(ctx: forge.JobContext, input: Work) -> None:
     """The plain workload: sleeps input.ms. Many attempts, so only the crash cap can fail it."""
     work(ctx, input)
+
+
+@forge.job(retry=forge.Retry(max_attempts=25, backoff="fixed", base="0.1s"), timeout="5m")
+def fault_with_children(ctx: forge.JobContext, input: Work) -> None:
+    """fault_work with two children working as long: one in the worker's process group, one in a session of its
+    own. An execution is its whole process tree: none of it may outlive its node's death."""
+    seconds = str(input.ms / 1000)
+    children = [subprocess.Popen(["sleep", seconds]), subprocess.Popen(["sleep", seconds], start_new_session=True)]
+    work(ctx, input)
+    for child in children:
+        child.wait()
 
 
 @forge.job(retry=forge.Retry(max_attempts=10, backoff="fixed", base="0.1s"))
