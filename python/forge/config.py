@@ -27,7 +27,7 @@ import msgspec
 
 from forge.errors import ConfigError, DatabaseError
 from forge.supervisor.lease import MIN_SLACK, fence_after, refresh_period, renewal_slack
-from forge.units import UnitError, parse_duration, parse_size
+from forge.units import LONGEST_DEFINED_DURATION, UnitError, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from forge.db.embedded import EmbeddedPostgres
@@ -196,12 +196,11 @@ def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[st
     return config
 
 
-#: What the Rust core accepts (rust/src/lib.rs, CoreSettings): its loops wait at least 1 ms, each duration it
-#: holds fits in 2^64 s, and its counts in an i32 (claim_batch: a u32). Refused here, with the key, not at boot.
+#: What the Rust core accepts (rust/src/lib.rs, CoreSettings): its loops wait at least 1 ms, and its counts fit
+#: in an i32 (claim_batch: a u32). Refused here, with the key, not at boot. (Every duration is at most 100
+#: years, _dec_hook, far below the 2^64 s the core holds.)
 _CORE_INTERVALS = ("poll_interval", "heartbeat_interval", "heartbeat_timeout", "maintenance_interval")
-_CORE_DURATIONS = (*_CORE_INTERVALS, "dead_letter_after", "dead_letter_retain", "unknown_type_grace")
 _CORE_MIN_INTERVAL = 0.001
-_CORE_MAX_SECONDS = 2.0**64
 _CORE_MAX_COUNTS = {"workers": 2**31 - 1, "max_crashes": 2**31 - 1, "claim_batch": 2**32 - 1}
 
 
@@ -212,12 +211,10 @@ def _check_relations(config: Config, source: _Source) -> None:
 
 
 def _check_core_limits(node: NodeConfig, source: _Source) -> None:
-    for key in _CORE_DURATIONS:
+    for key in _CORE_INTERVALS:
         seconds = getattr(node, key)
-        if key in _CORE_INTERVALS and seconds < _CORE_MIN_INTERVAL:
+        if seconds < _CORE_MIN_INTERVAL:
             raise _invalid(source, key, f"{seconds:g}s is below 1ms, the shortest interval the core runs a loop at")
-        if seconds >= _CORE_MAX_SECONDS:
-            raise _invalid(source, key, f"{seconds:g}s is longer than the core can hold (2^64 s)")
     for key, most in _CORE_MAX_COUNTS.items():
         if getattr(node, key) > most:
             raise _invalid(source, key, f"{getattr(node, key)} is more than the core can hold ({most})")
@@ -253,7 +250,8 @@ def _dec_hook(kind: type, value: Any) -> Any:
     """Parse Duration and Size values; a ValueError here becomes a ValidationError with the key path."""
     try:
         if issubclass(kind, Duration):
-            seconds = parse_duration(value, what="value")
+            # 100 years at most, as for job options: PostgreSQL's timestamps cannot hold now() minus much more
+            seconds = parse_duration(value, what="value", at_most=LONGEST_DEFINED_DURATION)
             if issubclass(kind, PositiveDuration) and seconds <= 0:
                 raise ValueError(f"expected a duration > 0, got {value!r}")
             return kind(seconds)

@@ -256,3 +256,17 @@ def test_unknown_type_grace_is_a_duration(tmp_path):
     assert config.node.unknown_type_grace == 90.0
     message = error_of(tmp_path, MINIMAL + '[node]\nunknown_type_grace = "later"\n')
     assert "node.unknown_type_grace" in message and "forge.toml:4" in message
+
+
+@pytest.mark.parametrize("key", ["dead_letter_after", "dead_letter_retain", "unknown_type_grace", "shutdown_grace"])
+def test_a_duration_past_100_years_is_refused_with_its_key(tmp_path, key):
+    # 2,000,000 weeks (38,000 years): fits the core's 2^64 s, but now() minus it is before 4713 BC, out of
+    # PostgreSQL's timestamp range, so every maintenance sweep would fail on it.
+    message = error_of(tmp_path, MINIMAL + f'[node]\n{key} = "2000000w"\n')
+    assert f"'node.{key}'" in message and "100 years" in message, message
+
+
+def test_a_duration_of_100_years_is_accepted(tmp_path):
+    path = tmp_path / "forge.toml"
+    path.write_text(MINIMAL + f"[node]\ndead_letter_retain = {100 * 365.25 * 86400}\n")
+    assert load_config(path).node.dead_letter_retain == 100 * 365.25 * 86400
