@@ -148,7 +148,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the cluster (fast shutdown) if it runs, and remove the URL file.
 
-        DatabaseError, leaving it running, while another process holds used().
+        DatabaseError, leaving it running, while any process (this one too) holds used().
         """
         if not self.data_dir.parent.exists():
             return
