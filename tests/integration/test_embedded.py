@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -122,3 +124,11 @@ def test_stop_refuses_while_the_cluster_is_used(folder):
         assert cluster.url == url
     cluster.stop()
     assert not cluster.running()
+
+
+def test_a_stop_just_after_the_postmaster_died_finds_it_stopped(folder):
+    cluster = EmbeddedPostgres(folder / "pg", durable=False)
+    cluster.start()
+    os.kill(postmaster_pid(cluster), signal.SIGKILL)
+    cluster.stop()  # pg_ctl stop finds the postmaster gone and its pid file left: "server does not shut down"
+    assert not cluster.running() and not cluster.url_file.exists()

@@ -159,7 +159,7 @@ class EmbeddedPostgres:
                     f"holds {self.users_file}; stop them first"
                 )
             if self._running_port() is not None:
-                self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(START_TIMEOUT))
+                self._pg_ctl_stop()
             self.url_file.unlink(missing_ok=True)
 
     @contextlib.contextmanager
@@ -295,6 +295,15 @@ class EmbeddedPostgres:
             "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", str(START_TIMEOUT)
         )
         self._wait_connectable(port)
+
+    def _pg_ctl_stop(self) -> None:
+        try:
+            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(START_TIMEOUT))
+        except DatabaseError:
+            # A postmaster that died (killed) meanwhile leaves its pid file, which pg_ctl reports as a server
+            # that "does not shut down": it is stopped all the same.
+            if self._running_port() is not None:
+                raise
 
     def _saved_port(self) -> int | None:
         """The port forge.conf says (written before the cluster's first start), None before that start."""
