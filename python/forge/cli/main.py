@@ -64,7 +64,7 @@ def config_option(func: Any) -> Any:
 @contextlib.contextmanager
 def database_url(config: Config) -> Iterator[str]:
     """The database URL for a command; the embedded cluster is started if needed, used while inside (so
-    `forge db stop` waits) and left running: it outlives whoever started it."""
+    `forge db stop` refuses meanwhile) and left running: it outlives whoever started it."""
     if url := config.database_url():
         yield url
         return
@@ -105,11 +105,11 @@ def db() -> None:
     """
 
 
-def embedded(config: Config) -> EmbeddedPostgres:
+def _embedded(config: Config) -> EmbeddedPostgres:
     """The embedded cluster of `config`'s folder; ConfigError if a database url is configured instead."""
     if config.database_url():
         raise ConfigError(
-            f"forge db manages the embedded PostgreSQL only, but a database url is configured "
+            "forge db manages the embedded PostgreSQL only, but a database url is configured "
             f"(${DATABASE_URL_ENV} or [database] url in {config.path})"
         )
     return embedded_postgres(config)
@@ -119,14 +119,14 @@ def embedded(config: Config) -> EmbeddedPostgres:
 @config_option
 def db_start(config: Config) -> None:
     """Start the embedded PostgreSQL unless it runs (initdb first if needed); print its URL."""
-    click.echo(embedded(config).start())
+    click.echo(_embedded(config).start())
 
 
 @db.command("stop")
 @config_option
 def db_stop(config: Config) -> None:
     """Stop the embedded PostgreSQL; refused (exit 1) while a forge-supervisor or forge command uses it."""
-    embedded(config).stop()
+    _embedded(config).stop()
     click.echo("stopped")
 
 
@@ -134,7 +134,7 @@ def db_stop(config: Config) -> None:
 @config_option
 def db_status(config: Config) -> None:
     """Print `running at <url>` (`, in use` while a supervisor or command uses it) or `stopped`."""
-    cluster = embedded(config)
+    cluster = _embedded(config)
     if (url := cluster.url) is None:
         click.echo("stopped")
     else:
