@@ -1,5 +1,7 @@
 """`make run`: start forge-supervisor on this example, dispatch jobs, watch them finish, stop it.
 
+The embedded PostgreSQL the supervisor started outlives it; this script stops it too (`forge db stop`).
+
 The supervisor is the real thing (`forge-supervisor -c examples/hello/forge.toml`);
 this script only plays the part of the application that dispatches jobs.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 import forge
-from forge.config import load_config, resolve_database_url
+from forge.config import embedded_postgres, load_config, resolve_database_url
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "forge.toml"
@@ -33,7 +35,8 @@ def main() -> int:
     finally:
         supervisor.send_signal(signal.SIGTERM)
         code = supervisor.wait(60)
-    print(f"supervisor stopped with exit status {code}")
+        embedded_postgres(load_config(CONFIG)).stop()
+    print(f"supervisor stopped with exit status {code}; its embedded PostgreSQL too")
     return code
 
 
@@ -43,7 +46,7 @@ def _wait_for_database() -> str:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            url, _ = resolve_database_url(config, start_embedded=False)
+            url, _ = resolve_database_url(config)
             with psycopg.connect(url, connect_timeout=2) as conn:
                 if conn.execute("SELECT count(*) FROM forge_nodes WHERE stopped_at IS NULL").fetchone()[0]:
                     return url

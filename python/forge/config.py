@@ -464,23 +464,21 @@ def embedded_postgres(config: Config) -> EmbeddedPostgres:
 
 
 def resolve_database_url(
-    config: Config, *, start_embedded: bool, environ: Mapping[str, str] | None = None
+    config: Config, *, environ: Mapping[str, str] | None = None
 ) -> tuple[str, EmbeddedPostgres | None]:
     """The URL to use, and the embedded cluster when that is where it points.
 
     $FORGE_DATABASE_URL > [database] url > the embedded cluster under
-    <config folder>/.forge/postgres, started here if start_embedded, else used
-    only if some process (forge-supervisor) already runs it.
+    <config folder>/.forge/postgres if it runs (forge-supervisor, `forge db
+    start` and `forge migrate` start it); DatabaseError if it does not.
     """
     if url := config.database_url(environ):
         return url, None
     embedded = embedded_postgres(config)
-    if start_embedded:
-        return embedded.start(), embedded
     if (url := embedded.url) is not None:
         return url, embedded
     raise DatabaseError(
         f"no database configured and the embedded PostgreSQL at {embedded.data_dir} is not running: "
-        f"start forge-supervisor -c {config.path}, set database.url in {config.path}, "
+        f"start it with forge db start -c {config.path} (or forge-supervisor), set database.url in {config.path}, "
         f"or set {DATABASE_URL_ENV}"
     )

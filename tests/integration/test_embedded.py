@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from forge.db.embedded import EmbeddedPostgres
+from forge.errors import DatabaseError
 
 
 @pytest.fixture
@@ -89,3 +94,41 @@ def test_concurrent_first_starts_share_one_cluster(folder):
     assert len(set(urls)) == 1
     with psycopg.connect(urls[0]) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_restarted_cluster_keeps_its_port(folder):
+    cluster = EmbeddedPostgres(folder / "pg", durable=False)
+    url = cluster.start()
+    cluster.stop()
+    assert cluster.start() == url, "the restarted cluster took another port: its clients lost it"
+
+
+def test_a_start_names_its_port_when_another_program_took_it(folder):
+    cluster = EmbeddedPostgres(folder / "pg", durable=False)
+    port = urlsplit(cluster.start()).port
+    cluster.stop()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(DatabaseError, match=f"port {port} .* is in use by another program"):
+            cluster.start()
+    assert not cluster.running()
+
+
+def test_stop_refuses_while_the_cluster_is_used(folder):
+    cluster = EmbeddedPostgres(folder / "pg", durable=False)
+    url = cluster.start()
+    with cluster.used(), EmbeddedPostgres(folder / "pg").used():  # users share the cluster
+        with pytest.raises(DatabaseError, match="in use"):
+            cluster.stop()
+        assert cluster.url == url
+    cluster.stop()
+    assert not cluster.running()
+
+
+def test_a_stop_just_after_the_postmaster_died_finds_it_stopped(folder):
+    cluster = EmbeddedPostgres(folder / "pg", durable=False)
+    cluster.start()
+    os.kill(postmaster_pid(cluster), signal.SIGKILL)
+    cluster.stop()  # pg_ctl stop finds the postmaster gone and its pid file left: "server does not shut down"
+    assert not cluster.running() and not cluster.url_file.exists()

@@ -136,15 +136,15 @@ def test_forge_database_url_env_overrides_config(tmp_path):
     config = load_config(write(tmp_path, '[database]\nurl = "postgresql://from-file/app"\n' + MINIMAL), environ={})
     assert config.database_url(environ={}) == "postgresql://from-file/app"
     assert config.database_url(environ={DATABASE_URL_ENV: "postgresql://from-env/app"}) == "postgresql://from-env/app"
-    url, embedded = resolve_database_url(config, start_embedded=False, environ={DATABASE_URL_ENV: "postgresql://e/a"})
+    url, embedded = resolve_database_url(config, environ={DATABASE_URL_ENV: "postgresql://e/a"})
     assert (url, embedded) == ("postgresql://e/a", None)
 
 
 def test_without_url_and_no_running_cluster_resolution_explains(tmp_path):
     config = load_config(write(tmp_path, MINIMAL), environ={})
     assert config.database_url(environ={}) is None
-    with pytest.raises(DatabaseError, match="forge-supervisor"):
-        resolve_database_url(config, start_embedded=False, environ={})
+    with pytest.raises(DatabaseError, match="forge db start"):
+        resolve_database_url(config, environ={})
 
 
 def test_missing_app_modules(tmp_path):

@@ -1,6 +1,11 @@
 """The `forge` command: operations on a Forge database, configured by forge.toml.
 
-Exit codes: 0 success; 1 a database problem (DatabaseError); 2 a bad
+`forge db start|stop|status` manage the embedded PostgreSQL (no database url
+configured), which outlives whoever started it; `forge db stop` refuses
+while a forge-supervisor or another forge command uses it.
+
+Exit codes: 0 success; 1 a database problem (DatabaseError, also a refused
+`forge db stop`); 2 a bad
 config file or bad command line (ConfigError, usage errors); 3 a database
 whose schema is newer than this Forge (SchemaTooNew); each with a one-line
 message on stderr.
@@ -10,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from forge.config import Config, embedded_postgres, load_config
+from forge.config import DATABASE_URL_ENV, Config, embedded_postgres, load_config
 from forge.errors import ConfigError, DatabaseError, SchemaTooNew
+
+if TYPE_CHECKING:
+    from forge.db.embedded import EmbeddedPostgres
 
 __all__ = ["cli", "config_option", "database_url", "main"]
 
@@ -55,18 +63,14 @@ def config_option(func: Any) -> Any:
 
 @contextlib.contextmanager
 def database_url(config: Config) -> Iterator[str]:
-    """The database URL for a command; starts the embedded cluster if needed and stops it afterwards if it did."""
+    """The database URL for a command; the embedded cluster is started if needed, used while inside (so
+    `forge db stop` refuses meanwhile) and left running: it outlives whoever started it."""
     if url := config.database_url():
         yield url
         return
     embedded = embedded_postgres(config)
-    was_running = embedded.running()
-    url = embedded.start()
-    try:
-        yield url
-    finally:
-        if not was_running:
-            embedded.stop()
+    with embedded.used():
+        yield embedded.start()
 
 
 @click.group(cls=_ForgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,6 +94,51 @@ def migrate(config: Config) -> None:
         click.echo(f"applied migrations: {', '.join(f'{v:04d}' for v in applied)}")
     else:
         click.echo("database schema is up to date")
+
+
+@cli.group()
+def db() -> None:
+    """The embedded PostgreSQL under .forge/postgres beside forge.toml (no database url configured).
+
+    It outlives whoever started it (forge-supervisor, forge migrate, forge db
+    start), and keeps its port; only `forge db stop` stops it.
+    """
+
+
+def _embedded(config: Config) -> EmbeddedPostgres:
+    """The embedded cluster of `config`'s folder; ConfigError if a database url is configured instead."""
+    if config.database_url():
+        raise ConfigError(
+            "forge db manages the embedded PostgreSQL only, but a database url is configured "
+            f"(${DATABASE_URL_ENV} or [database] url in {config.path})"
+        )
+    return embedded_postgres(config)
+
+
+@db.command("start")
+@config_option
+def db_start(config: Config) -> None:
+    """Start the embedded PostgreSQL unless it runs (initdb first if needed); print its URL."""
+    click.echo(_embedded(config).start())
+
+
+@db.command("stop")
+@config_option
+def db_stop(config: Config) -> None:
+    """Stop the embedded PostgreSQL; refused (exit 1) while a forge-supervisor or forge command uses it."""
+    _embedded(config).stop()
+    click.echo("stopped")
+
+
+@db.command("status")
+@config_option
+def db_status(config: Config) -> None:
+    """Print `running at <url>` (`, in use` while a supervisor or command uses it) or `stopped`."""
+    cluster = _embedded(config)
+    if (url := cluster.url) is None:
+        click.echo("stopped")
+    else:
+        click.echo(f"running at {url}" + (", in use" if cluster.in_use() else ""))
 
 
 def main() -> None:

@@ -5,18 +5,24 @@ Layout, for a data directory `<dir>/postgres` (forge uses `<config folder>/.forg
     <dir>/postgres/        the cluster (initdb), owned by the postgres user when run as root
     <dir>/postgres.url     the URL of the running cluster, for other processes to find
     <dir>/postgres.lock    fcntl lock held while starting or stopping
+    <dir>/postgres.users   fcntl lock each user holds shared while it uses the cluster (used())
     <dir>/postgres.log     the server log (pg_ctl -l)
 
-The server listens on 127.0.0.1 only, on a free port picked at start, with
-trust authentication for user `postgres`, and no unix socket (socket paths
-have a 107-byte limit that deep project folders exceed). PostgreSQL refuses
-to run as root, so when the caller is root every binary runs through
+The server listens on 127.0.0.1 only, with trust authentication for user
+`postgres`, and no unix socket (socket paths have a 107-byte limit that deep
+project folders exceed). Its port is a free one picked at the first start and
+kept in the cluster's forge.conf: every later start uses it again, so a
+restarted cluster has the same URL and its clients reconnect. The cluster
+outlives whoever started it; stop() refuses while any process holds used(),
+a lock the kernel drops when its holder dies. PostgreSQL refuses to run as
+root, so when the caller is root every binary runs through
 `runuser -u postgres --` and the data directory is chowned to that user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -38,7 +44,8 @@ __all__ = ["EmbeddedPostgres", "create_database", "drop_database", "find_bin_dir
 
 SERVICE_USER = "postgres"
 START_TIMEOUT = 60  # seconds pg_ctl waits for the server to accept connections
-START_ATTEMPTS = 3  # a picked free port can be taken before postgres binds it
+START_ATTEMPTS = 3  # at the first start, a picked free port can be taken before postgres binds it
+SETTINGS_FILE = "forge.conf"  # in the data directory, included by postgresql.conf
 
 # Settings for throwaway clusters: crash safety traded for speed.
 NON_DURABLE_SETTINGS = {
@@ -71,6 +78,20 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]  # an AF_INET socket's name is (host, port)
         return port
+
+
+def _port_taken(port: int) -> bool:
+    """Whether a program listens on 127.0.0.1:`port`. SO_REUSEADDR as postgres sets it: connections of an
+    earlier run of the cluster that linger in TIME_WAIT do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 def _is_postmaster(pid: int) -> bool:
@@ -108,6 +129,7 @@ class EmbeddedPostgres:
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
         self.url_file = self.data_dir.with_name(self.data_dir.name + ".url")
         self.lock_file = self.data_dir.with_name(self.data_dir.name + ".lock")
+        self.users_file = self.data_dir.with_name(self.data_dir.name + ".users")
         self.log_file = self.data_dir.with_name(self.data_dir.name + ".log")
 
     def __repr__(self) -> str:
@@ -124,13 +146,36 @@ class EmbeddedPostgres:
             return self._publish(self._start_server())
 
     def stop(self) -> None:
-        """Stop the cluster (fast shutdown) if it runs, and remove the URL file."""
+        """Stop the cluster (fast shutdown) if it runs, and remove the URL file.
+
+        DatabaseError, leaving it running, while any process (this one too) holds used().
+        """
         if not self.data_dir.parent.exists():
             return
-        with self._locked():
+        with self._locked(), self._flock(self.users_file, fcntl.LOCK_EX | fcntl.LOCK_NB) as unused:
+            if not unused:
+                raise DatabaseError(
+                    f"embedded PostgreSQL at {self.data_dir} is in use: a forge-supervisor or forge command "
+                    f"holds {self.users_file}; stop them first"
+                )
             if self._running_port() is not None:
-                self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(START_TIMEOUT))
+                self._pg_ctl_stop()
             self.url_file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def used(self) -> Iterator[None]:
+        """Mark the cluster used while inside (a shared lock on the users file): stop() refuses meanwhile.
+
+        Waits while a stop is under way. The lock is this open file's, so it is not inherited by the
+        programs the holder runs, and the kernel drops it when the holder dies.
+        """
+        with self._as_owner(), self._flock(self.users_file, fcntl.LOCK_SH):
+            yield
+
+    def in_use(self) -> bool:
+        """Whether some process holds used()."""
+        with self._locked(), self._flock(self.users_file, fcntl.LOCK_EX | fcntl.LOCK_NB) as unused:
+            return not unused
 
     def running(self) -> bool:
         """Whether a postmaster owns the data directory right now."""
@@ -156,19 +201,33 @@ class EmbeddedPostgres:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the folder's lock file (one starter or stopper at a time, across processes)."""
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._as_owner(), self._flock(self.lock_file, fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def _as_owner(self) -> Iterator[None]:
+        """Turn the PermissionError of a cluster that belongs to another user into a DatabaseError saying so."""
         try:
-            with open(self.lock_file, "a+") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
         except PermissionError as exc:
             raise DatabaseError(
                 f"embedded PostgreSQL at {self.data_dir} belongs to another user ({exc}); "
                 "run forge as that user or set database.url"
             ) from exc
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _flock(path: Path, operation: int) -> Iterator[bool]:
+        """Hold flock `operation` on `path` while inside (closing the file drops it): True, or False (holding
+        nothing) when a LOCK_NB `operation` finds the lock taken."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, operation)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
 
     def _running_port(self) -> int | None:
         """Port of the live postmaster per postmaster.pid (line 1 pid, line 4 port), else None.
@@ -203,27 +262,64 @@ class EmbeddedPostgres:
         self._run("initdb", *args)
         conf = self.data_dir / "postgresql.conf"
         with open(conf, "a") as handle:
-            handle.write("\n# Forge writes its settings (port, ...) to forge.conf before each start.\n")
-            handle.write("include_if_exists = 'forge.conf'\n")
+            handle.write(f"\n# Forge writes its settings (port, ...) to {SETTINGS_FILE} before each start.\n")
+            handle.write(f"include_if_exists = '{SETTINGS_FILE}'\n")
 
     def _start_server(self) -> int:
-        """pg_ctl start on a free port, retried if the port was taken meanwhile; returns the port."""
+        """pg_ctl start on the cluster's port, and return it: the one saved in forge.conf, or at the first start
+        a free one (another one if it was taken before postgres bound it)."""
+        if (port := self._saved_port()) is not None:
+            if _port_taken(port):
+                raise DatabaseError(
+                    f"embedded PostgreSQL at {self.data_dir} cannot start: its port {port} (kept in "
+                    f"{self.data_dir / SETTINGS_FILE} since its first start) is in use by another program; "
+                    "stop that program, or set another port there"
+                )
+            self._start_on(port)
+            return port
         last_error: DatabaseError | None = None
         for _ in range(START_ATTEMPTS):
             port = _free_port()
-            self._write_settings(port)
             try:
-                self._run(
-                    "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file),
-                    "-w", "-t", str(START_TIMEOUT),
-                )
+                self._start_on(port)
             except DatabaseError as exc:
                 last_error = exc
                 continue
-            self._wait_connectable(port)
             return port
         assert last_error is not None
         raise last_error
+
+    def _start_on(self, port: int) -> None:
+        self._write_settings(port)
+        self._run(
+            "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", str(START_TIMEOUT)
+        )
+        self._wait_connectable(port)
+
+    def _pg_ctl_stop(self) -> None:
+        try:
+            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(START_TIMEOUT))
+        except DatabaseError:
+            # A postmaster that died (killed) meanwhile leaves its pid file, which pg_ctl reports as a server
+            # that "does not shut down": it is stopped all the same.
+            if self._running_port() is not None:
+                raise
+
+    def _saved_port(self) -> int | None:
+        """The port forge.conf says (written before the cluster's first start), None before that start."""
+        path = self.data_dir / SETTINGS_FILE
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            name, equals, value = line.partition("=")
+            if equals and name.strip() == "port":
+                try:
+                    return int(value.strip())
+                except ValueError:
+                    raise DatabaseError(f"{path}: port must be a number, not {value.strip()!r}") from None
+        return None
 
     def _write_settings(self, port: int) -> None:
         settings = {
@@ -234,8 +330,9 @@ class EmbeddedPostgres:
             **self.settings,
         }
         lines = [f"{name} = {value}\n" for name, value in settings.items()]
-        path = self.data_dir / "forge.conf"
-        path.write_text("# Written by forge before each start; edits are overwritten.\n" + "".join(lines))
+        path = self.data_dir / SETTINGS_FILE
+        header = "# Written by forge before each start; edits are overwritten, but port is read back and kept.\n"
+        path.write_text(header + "".join(lines))
         self._hand_over(path, mode=0o600)
 
     def _wait_connectable(self, port: int) -> None:

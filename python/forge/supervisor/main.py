@@ -2,7 +2,10 @@
 
 Start-up order matters for fork safety: the app is imported and the zygote
 forked while this process is still single-threaded; only then are the
-database reached and the Rust core (which runs a thread) started.
+database reached and the Rust core (which runs a thread) started. Without a
+database url, the embedded cluster is started if it is not running, kept up
+while the node runs (a thread restarts it if it dies: db/embedded_watch.py)
+and left running at the stop: `forge db stop` stops it.
 
 Exit status: 0 after a clean stop, 2 for a bad configuration, 3 when the
 app's job modules cannot be imported, 4 when the database cannot be reached
@@ -14,6 +17,7 @@ a stop left job outcomes the database did not take within shutdown_grace
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
@@ -24,7 +28,8 @@ import click
 
 from .. import logs
 from .._core import Core, CoreSettings, JobPolicy
-from ..config import Config, NodeConfig, import_app_modules, load_config, resolve_database_url
+from ..config import Config, NodeConfig, embedded_postgres, import_app_modules, load_config
+from ..db.embedded_watch import kept_up
 from ..db.migrate import migrate
 from ..errors import ConfigError, DatabaseError, SchemaTooNew
 from ..job import Job, registry
@@ -78,24 +83,22 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
     """Boot the node, run the arbiter until stopped, tear down; the exit status."""
     lease = LeaseClock()
     zygote = Zygote.start(lease, fence_after(config.node.heartbeat_timeout))
-    embedded = None
     try:
-        try:
-            dsn, embedded = resolve_database_url(config, start_embedded=True)
-            applied = migrate(dsn)
-            if applied:
-                _log.info("applied migrations %s", applied)
-        except SchemaTooNew as exc:
-            _log.error("%s", exc)
-            return EXIT_SCHEMA_TOO_NEW
-        except (DatabaseError, ConfigError) as exc:
-            _log.error("%s", exc)
-            return EXIT_DATABASE
-        return _serve(config, jobs, zygote, lease, dsn)
+        with contextlib.ExitStack() as database:
+            try:
+                dsn = config.database_url() or database.enter_context(kept_up(embedded_postgres(config)))
+                applied = migrate(dsn)
+                if applied:
+                    _log.info("applied migrations %s", applied)
+            except SchemaTooNew as exc:
+                _log.error("%s", exc)
+                return EXIT_SCHEMA_TOO_NEW
+            except (DatabaseError, ConfigError) as exc:
+                _log.error("%s", exc)
+                return EXIT_DATABASE
+            return _serve(config, jobs, zygote, lease, dsn)
     finally:
         zygote.stop()
-        if embedded is not None:
-            embedded.stop()
 
 
 def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
