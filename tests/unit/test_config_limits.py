@@ -13,6 +13,7 @@ import pytest
 from forge.config import Config, load_config
 from forge.errors import ConfigError
 from forge.supervisor.main import core_settings
+from forge.units import LONGEST_DEFINED_DURATION
 
 MINIMAL = '[app]\nmodules = ["myapp.jobs"]\n[node]\n'
 
@@ -45,8 +46,6 @@ def _core_accepts(folder: Path, key: str, value: float) -> bool:
         ("poll_interval", 0.0005, 0.001),
         ("heartbeat_interval", 0.0005, 0.001),
         ("maintenance_interval", 0.0005, 0.001),
-        ("dead_letter_after", 2.0**64, 2.0**63),
-        ("dead_letter_retain", 2.0**64, 2.0**63),
         ("workers", 2**31, 2**31 - 1),
         ("max_crashes", 2**31, 2**31 - 1),
         ("claim_batch", 2**32, 2**32 - 1),
@@ -58,6 +57,14 @@ def test_config_refuses_exactly_what_the_core_refuses(tmp_path, key, refused, ac
     assert getattr(_load(tmp_path, f"{key} = {accepted!r}").node, key) == accepted
     assert not _core_accepts(tmp_path, key, refused)
     assert _core_accepts(tmp_path, key, accepted)
+
+
+@pytest.mark.parametrize("key", ["dead_letter_after", "dead_letter_retain"])
+def test_durations_are_refused_past_100_years_well_before_the_cores_limit(tmp_path, key):
+    century = LONGEST_DEFINED_DURATION
+    assert "100 years" in _refusal(tmp_path, f"{key} = {century + 1!r}")
+    assert getattr(_load(tmp_path, f"{key} = {century!r}").node, key) == century
+    assert _core_accepts(tmp_path, key, century) and not _core_accepts(tmp_path, key, 2.0**64)
 
 
 def test_an_interval_below_a_millisecond_is_named_as_such(tmp_path):
