@@ -29,6 +29,7 @@ from ..db.migrate import migrate
 from ..errors import ConfigError, DatabaseError, SchemaTooNew
 from ..job import Job, registry
 from ..retry import Retry
+from . import log_queue
 from .arbiter import Arbiter
 from .lease import LeaseClock, fence_after
 from .protocol import WorkerSettings
@@ -78,6 +79,8 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
     """Boot the node, run the arbiter until stopped, tear down; the exit status."""
     lease = LeaseClock()
     zygote = Zygote.start(lease, fence_after(config.node.heartbeat_timeout))
+    # Only now, with the zygote forked, the log queue's thread: neither the zygote nor its workers may inherit it.
+    queued_logs = log_queue.start()
     embedded = None
     try:
         try:
@@ -96,6 +99,7 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
         zygote.stop()
         if embedded is not None:
             embedded.stop()
+        log_queue.stop(queued_logs)
 
 
 def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
