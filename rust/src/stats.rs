@@ -133,9 +133,6 @@ mod tests {
         s.add(Stat::Held, 2);
         assert_eq!(s.snapshot()[Stat::Held as usize], ("held", 2));
         s.add(Stat::LoopUnseen, 1);
-        assert_eq!(
-            s.snapshot()[Stat::LoopUnseen as usize],
-            ("loop_unseen", 1)
-        );
+        assert_eq!(s.snapshot()[Stat::LoopUnseen as usize], ("loop_unseen", 1));
     }
 }

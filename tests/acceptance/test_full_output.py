@@ -5,6 +5,11 @@ inherit it), so it is soon full and every write to it blocks. Its long jobs must
 or rescued by another node, never held by a node whose workers are gone; once the pipe is drained, the node runs
 jobs again. (Before the supervisor's log queue, its loop blocked on its next log line, the zygote killed every
 worker at the fence limit, and the core's heartbeat went on renewing their leases: stranded.)
+
+The log queue keeps the loop out of that write, so the second test freezes the loop in a log write the queue does
+not cover (a handler of the app's own, testapp/frozen_loop.py, on a full FIFO): the zygote kills the workers and
+the core stops renewing their leases, so another node rescues the jobs. A real freeze of the loop alone, with the
+core's thread running on, is what the rule is for; SIGSTOP would stop the core's thread too.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Any
 
 import psycopg
 from testapp import jobs
+from testapp.frozen_loop import FROZEN_LOG
 
 import forge
+from forge.job import registry
 
 from ..supervisors import alive
 from .conftest import completed, finished, wait_for
@@ -36,6 +43,7 @@ STRANDED_MAX = 6.0
 #: STRANDED_MAX, and past the long jobs' end.
 FULL_FOR = 20.0
 NAP = 12.0
+FROZEN_MODULES = ["testapp.jobs", "testapp.frozen_loop"]
 F_GETPIPE_SZ = 1032
 
 
@@ -126,3 +134,53 @@ def _drain(fd: int) -> None:
     """Read the pipe to its end (every writer gone)."""
     while os.read(fd, 65536):
         pass
+
+
+def _running(db: psycopg.Connection[Any], ids: list[int]) -> int:
+    return db.execute("SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status = 'running'",
+                      (ids,)).fetchone()[0]
+
+
+def test_a_frozen_loops_jobs_are_rescued_by_another_node_never_held_without_their_workers(supervisor, db,
+                                                                                          tmp_path):
+    fifo = tmp_path / "app.log"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, so the supervisor's open for writing does not wait
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while os.write(filler, b"z" * 4096):
+            pass
+    except BlockingIOError:
+        pass  # full
+    os.close(filler)
+    frozen = supervisor(modules=FROZEN_MODULES, workers=3, env={FROZEN_LOG: str(fifo)}, **LEASES)
+    naps = forge.dispatch_many(db, jobs.nap, [jobs.Sleep(seconds=8.0)] * 2)
+    executions = Executions(db, naps)
+    wait_for(lambda: _running(db, naps) == 2, what="both naps running")
+    first_workers = set(frozen.workers())
+    failing = forge.dispatch(db, registry()["picky"], jobs.Fail(error="ValidationProblem"))  # its failure is logged
+    wait_for(lambda: executions.look() or db.execute(
+        "SELECT count(*) FROM test_events WHERE job_id = %s AND event = 'end'", (failing,)).fetchone()[0],
+        what="the job whose failure the loop logs to run")
+    rescuer = supervisor(workers=2, **LEASES)
+
+    wait_for(lambda: executions.look() or completed(db, *naps), timeout=30,
+             what="the frozen node's naps rescued and run by another node")
+    rows = db.execute("SELECT crashes, last_error->>'type' FROM forge_jobs WHERE id = ANY(%s)", (naps,)).fetchall()
+    assert rows == [(1, "forge.errors.NodeLost")] * 2, rows  # the started attempt, killed with its worker
+    ends = {row[0] for row in db.execute("SELECT pid FROM test_events WHERE job_id = ANY(%s) AND event = 'end'",
+                                         (naps,))}
+    assert ends <= set(rescuer.workers()), f"the naps ended in {ends}, not on the rescuer {rescuer.workers()}"
+    assert set(frozen.workers()) & first_workers == set(), "the frozen node's workers were not killed"
+
+    os.set_blocking(reader, True)
+    drain = threading.Thread(target=_drain, args=(reader,), daemon=True)
+    drain.start()  # the loop runs again
+    wait_for(lambda: "leases are no longer renewed" in frozen.log_path.read_text(), timeout=10,
+             what="the frozen node's log to say its leases were not renewed")
+    rescuer.stop()
+    again = forge.dispatch_many(db, jobs.nap, [jobs.Sleep(seconds=0.1)] * 2)
+    wait_for(lambda: executions.look() or completed(db, *again), what="the thawed node to run jobs again")
+    assert frozen.stop(signal.SIGTERM) == 0
+    drain.join(10)
+    os.close(reader)

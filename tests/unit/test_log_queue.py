@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TextIO
 
 from forge.supervisor import log_queue
@@ -34,8 +34,9 @@ def root_logging_to_a_pipe() -> Iterator[tuple[int, logging.StreamHandler[TextIO
     finally:
         root.handlers[:] = saved
         root.setLevel(level)
-        handler.stream.close()
-        os.close(read_end)
+        os.close(read_end)  # first: a write still blocked on the pipe then fails instead of blocking the close
+        with suppress(BrokenPipeError):
+            handler.stream.close()
 
 
 def test_logging_to_a_full_pipe_drops_and_counts_lines_instead_of_blocking():
@@ -44,7 +45,8 @@ def test_logging_to_a_full_pipe_drops_and_counts_lines_instead_of_blocking():
         logged = log_queue.QUEUE_SIZE * 2
         line = "y" * 1000  # the pipe takes some 64 of them, the queue QUEUE_SIZE: the rest are dropped
         started = time.monotonic()
-        logging_thread = threading.Thread(target=lambda: [_log.info("%d %s", i, line) for i in range(logged)])
+        logging_thread = threading.Thread(target=lambda: [_log.info("%d %s", i, line) for i in range(logged)],
+                                          daemon=True)
         logging_thread.start()
         logging_thread.join(10)
         assert not logging_thread.is_alive(), "logging blocked on the full pipe"
