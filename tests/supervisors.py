@@ -159,12 +159,13 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self, *, env: Mapping[str, str] | None = None, start_new_session: bool = False, wait: bool = True,
-              wait_workers: bool = False) -> Self:
+              wait_workers: bool = False, output: int | None = None) -> Self:
         """Start a run, appending a line that says so to the log.
 
         env: variables added to this process's environment (from which FORGE_DATABASE_URL is dropped: the
         config's url is the one); start_new_session: in a session (and process group) of its own; wait: until
-        it registers in forge_nodes; wait_workers: and then until its workers are forked.
+        it registers in forge_nodes; wait_workers: and then until its workers are forked; output: a file
+        descriptor for its stdout and stderr instead of the log (e.g. a pipe the test reads, or does not).
         """
         inherited = {k: v for k, v in os.environ.items() if k != "FORGE_DATABASE_URL"}
         pythonpath = os.pathsep.join(p for p in (str(self.app_path), inherited.get("PYTHONPATH", "")) if p)
@@ -172,7 +173,8 @@ class Supervisor:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [SUPERVISOR, "-c", str(self.config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                [SUPERVISOR, "-c", str(self.config)], stdout=log if output is None else output,
+                stderr=log if output is None else output, stdin=subprocess.DEVNULL,
                 env={**inherited, "PYTHONPATH": pythonpath, **(env or {})}, start_new_session=start_new_session,
             )
         self._procs.append(self.proc)

@@ -168,7 +168,13 @@ class Core:
         written was sent (on its own connection; a lease whose row another
         session has locked is skipped, not waited for); counted from the
         Core's start before the first round. Grows while the database is
-        unreachable: the caller fences itself on it."""
+        unreachable: the caller fences itself on it.
+
+        Calling it is also the supervisor loop's proof of life, so call it
+        every pass of the loop: once it has not been called for fence_after
+        (a frozen loop, whose workers the zygote kills), the heartbeat renews
+        only the leases of jobs whose end was reported, the age grows and
+        other nodes rescue the running jobs (stat loop_unseen)."""
     def lost(self) -> list[tuple[int, int]]:
         """The (id, attempt) leases the heartbeat found lost (rescued or taken
         by another node), or gave up because another session kept their rows
@@ -184,7 +190,8 @@ class Core:
         """Counters: claimed, claims, started, completed, failed, retried, released,
         progress, fenced, flushes, statements, heartbeats, lost, errors,
         poisoned, rescued, dead_lettered, pruned, unknown_failed, nodes_reaped,
-        sweeps, connects, claims_closed, claims_pruned, refused, held.
+        sweeps, connects, claims_closed, claims_pruned, refused, held,
+        loop_unseen.
 
         poisoned counts this node's failures that the crash cap stopped from
         being retried (also counted in failed). rescued (started or only
@@ -206,6 +213,8 @@ class Core:
         another session held their job's row locked past a short wait: they
         are tried again every 100 ms without waiting, the rest is written
         meanwhile, and flush() returns True only once they are written too.
+        loop_unseen counts heartbeat rounds that renewed no running job's
+        lease because lease_age_ms() had not been called for fence_after.
         While reports cannot be written at all the
         core claims nothing, and holds at most one progress report per job
         (the latest)."""

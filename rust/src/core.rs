@@ -269,9 +269,13 @@ impl Core {
         }))
     }
 
-    /// Milliseconds since the last heartbeat round that succeeded was sent.
+    /// Milliseconds since the last heartbeat round that renewed the running
+    /// jobs' leases was sent. Reading it is also the supervisor loop's proof
+    /// of life: the loop reads it every pass to fence itself on, and the
+    /// heartbeat renews running jobs' leases only while it does.
     pub fn lease_age_ms(&self) -> Result<u64, CoreError> {
         self.check()?;
+        *lock(&self.shared.loop_seen_at) = Instant::now();
         let at = *lock(&self.shared.renewed_at);
         Ok(at.elapsed().as_millis() as u64)
     }

@@ -2,6 +2,12 @@
 //! one pipelined round per heartbeat interval, on its own connection, moves
 //! the lease clock the supervisor fences itself on, and reports the leases
 //! found lost, or given up because another session kept their rows locked.
+//!
+//! A running job's lease is renewed only while the supervisor's loop is seen
+//! running (it reads the lease clock every pass): a loop frozen past the
+//! fence limit has had its workers killed by the zygote, so its running
+//! jobs' leases are left to expire and other nodes rescue them, instead of
+//! this thread keeping them held by a node that runs nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,6 +19,7 @@ use tokio_postgres::Row;
 
 use crate::db::Db;
 use crate::errors::CoreError;
+use crate::leases::Renew;
 use crate::shared::{lock, Shared};
 use crate::sql;
 use crate::stats::Stat;
@@ -29,29 +36,69 @@ pub async fn heartbeat(db: Arc<Db>) {
     let mut tick = tokio::time::interval(db.config().heartbeat_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut watched = Renew::All;
     loop {
         tick.tick().await;
-        match beat(&db).await {
+        let unseen = lock(&shared.loop_seen_at).elapsed();
+        let renewing = renew(unseen, db.config().fence_after);
+        if renewing != watched {
+            log_watch(shared, renewing, unseen, db.config().fence_after);
+            watched = renewing;
+        }
+        match beat(&db, renewing).await {
             Ok(()) => streak.ok(shared),
             Err(e) => streak.failed(shared, &e),
         }
     }
 }
 
-/// One round: every held lease, then the node's registration, pipelined.
-/// A round whose lease renewal was written moves the lease clock, to the
-/// instant the round was sent (the database's now() is at or after it),
-/// whatever became of the registration's (other nodes judge leases by the
-/// jobs' rows only). Leases not renewed leave the in-flight set for
-/// Python's lost(), and the wake fd is signalled so the supervisor acts on
-/// them at once.
-async fn beat(db: &Db) -> Result<(), CoreError> {
+/// Which held leases a round renews when the supervisor's loop was last
+/// seen `unseen` ago: all while it runs; once that passes the fence limit
+/// (the age of the lease clock at which the zygote kills every worker of a
+/// frozen loop, supervisor/zygote.py) only the ending ones, whose outcome
+/// waits for the reporter, not for a worker.
+fn renew(unseen: Duration, fence_after: Duration) -> Renew {
+    if unseen > fence_after {
+        Renew::Ending
+    } else {
+        Renew::All
+    }
+}
+
+/// One line when the loop stops being seen, and one when it is seen again.
+fn log_watch(shared: &Shared, renewing: Renew, unseen: Duration, fence_after: Duration) {
+    match renewing {
+        Renew::Ending => shared.log(
+            "error",
+            format!(
+                "the supervisor's loop has not run for {:.1} s (fence limit {:.1} s): running jobs' \
+                 leases are no longer renewed, so other nodes rescue them",
+                unseen.as_secs_f64(),
+                fence_after.as_secs_f64()
+            ),
+        ),
+        Renew::All => shared.log(
+            "warning",
+            "the supervisor's loop runs again: running jobs' leases are renewed".to_string(),
+        ),
+    }
+}
+
+/// One round: the held leases `renewing` picks, then the node's
+/// registration, pipelined. A round that renewed every lease moves the lease
+/// clock, to the instant the round was sent (the database's now() is at or
+/// after it), whatever became of the registration's (other nodes judge
+/// leases by the jobs' rows only); one that left the running leases out
+/// does not, and counts as loop_unseen. Leases not renewed leave the
+/// in-flight set for Python's lost(), and the wake fd is signalled so the
+/// supervisor acts on them at once.
+async fn beat(db: &Db, renewing: Renew) -> Result<(), CoreError> {
     let conn = db.heartbeat_client().await?;
     let shared = db.shared();
     let config = db.config();
     let owner = &config.owner;
     let sent_at = Instant::now();
-    let sent = lock(&shared.inflight).snapshot();
+    let sent = lock(&shared.inflight).snapshot(renewing);
     let leases: [&(dyn ToSql + Sync); 3] = [&sent.ids, &sent.attempts, owner];
     let node: [&(dyn ToSql + Sync); 1] = [owner];
     let (rows, node) = tokio::join!(
@@ -60,9 +107,11 @@ async fn beat(db: &Db) -> Result<(), CoreError> {
     );
     let held = held(&rows?)?;
     shared.stats.add(Stat::Heartbeats, 1);
-    {
+    if renewing == Renew::All {
         let mut at = lock(&shared.renewed_at);
         *at = (*at).max(sent_at);
+    } else {
+        shared.stats.add(Stat::LoopUnseen, 1);
     }
     let given_up: HashSet<i64> = held
         .iter()
@@ -144,6 +193,16 @@ fn report_lost(shared: &Shared, lost: &[(i64, i32)], why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_leases_are_renewed_only_while_the_loop_was_seen_within_the_fence_limit() {
+        let ms = Duration::from_millis;
+        let fence = ms(4500);
+        assert_eq!(renew(ms(0), fence), Renew::All);
+        assert_eq!(renew(ms(4500), fence), Renew::All);
+        assert_eq!(renew(ms(4501), fence), Renew::Ending);
+        assert_eq!(renew(ms(60_000), fence), Renew::Ending);
+    }
 
     #[test]
     fn a_locked_lease_is_given_up_while_the_next_round_could_still_come_in_time() {

@@ -10,6 +10,10 @@
 //! through Core.lost()). An ending lease is never reported lost: its job is
 //! over, and not being renewed is what its written end does to it.
 //!
+//! While the supervisor's loop is not seen running (heartbeat.rs), only the
+//! ending leases are renewed (Renew::Ending): a running job's lease is kept
+//! only while the loop that watches its worker runs.
+//!
 //! The set also counts, per forge_claims row, the jobs of that claim still
 //! held: the end of the last one says the row can be closed. A claim whose
 //! last job was a lost lease is left to the maintenance sweep (prune_claims).
@@ -33,6 +37,16 @@ impl Pairs {
     fn len(&self) -> usize {
         self.ids.len()
     }
+}
+
+/// Which held leases a heartbeat round renews.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Renew {
+    /// Every held lease.
+    All,
+    /// Only those whose end Python reported: their outcome waits for the
+    /// reporter, not for a worker.
+    Ending,
 }
 
 #[derive(Debug)]
@@ -135,11 +149,13 @@ impl InFlight {
         self.jobs.len()
     }
 
-    /// The heartbeat statement's columns.
-    pub fn snapshot(&self) -> Pairs {
+    /// The heartbeat statement's columns: the held leases `renew` picks.
+    pub fn snapshot(&self, renew: Renew) -> Pairs {
         let mut pairs = Pairs::default();
         for (id, lease) in &self.jobs {
-            pairs.push(*id, lease.attempt);
+            if renew == Renew::All || lease.ending {
+                pairs.push(*id, lease.attempt);
+            }
         }
         pairs
     }
@@ -195,14 +211,14 @@ mod tests {
         f.add(1, 1, "a".into(), 1);
         f.add(2, 1, "a".into(), 1);
         f.end(1, 1);
-        let sent = f.snapshot();
+        let sent = f.snapshot(Renew::All);
         assert_eq!(sent.len(), 2); // the heartbeat still renews job 1
                                    // the end of job 1 was written before the heartbeat ran: not renewed, yet not lost
         let renewed: HashSet<i64> = [2].into();
         assert_eq!(f.take_lost(&sent, &renewed), []);
         assert_eq!(f.len(), 2);
         assert_eq!(f.finish(1, 1), None); // job 2 still holds the claim
-        assert_eq!(f.snapshot().ids, [2]);
+        assert_eq!(f.snapshot(Renew::All).ids, [2]);
     }
 
     #[test]
@@ -224,7 +240,7 @@ mod tests {
         f.add(2, 1, "a".into(), 1);
         f.add(3, 1, "a".into(), 1);
         f.add(4, 1, "a".into(), 1);
-        let sent = f.snapshot();
+        let sent = f.snapshot(Renew::All);
         assert_eq!(sent.len(), 4);
         ended(&mut f, 3, 1); // completed while the heartbeat ran
         ended(&mut f, 4, 1); // released, then claimed again while the heartbeat ran
@@ -234,11 +250,24 @@ mod tests {
         assert_eq!(f.take_lost(&sent, &renewed), []);
         assert_eq!(f.len(), 2);
         // the next heartbeat no longer sends the lost lease
-        let mut next = f.snapshot().ids;
+        let mut next = f.snapshot(Renew::All).ids;
         next.sort();
         assert_eq!(next, [1, 4]);
         // a late report of the lost attempt finds nothing held
         assert_eq!(f.end(2, 1), None);
+    }
+
+    #[test]
+    fn only_ending_leases_are_sent_when_asked_and_the_others_are_not_lost() {
+        let mut f = InFlight::default();
+        f.add(1, 1, "a".into(), 1);
+        f.add(2, 1, "a".into(), 1);
+        f.end(2, 1);
+        let sent = f.snapshot(Renew::Ending);
+        assert_eq!(sent.ids, [2]);
+        // job 1 was not sent: not renewing it does not make it lost
+        assert_eq!(f.take_lost(&sent, &HashSet::new()), []);
+        assert_eq!(f.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The state the Python thread and the runtime thread share: claimed jobs
 //! and log lines waiting for Python, the leases in flight, the claim state,
-//! the lease clock and the report sequence that flush() waits on.
+//! the lease clock, when the Python loop was last seen and the report
+//! sequence that flush() waits on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -35,6 +36,10 @@ pub struct Shared {
     /// When the last heartbeat round that renewed everything was sent (the
     /// core's start before the first one).
     pub renewed_at: Mutex<Instant>,
+    /// When the supervisor's loop last read the lease clock (lease_age_ms(),
+    /// every pass): its proof of life, which the heartbeat renews running
+    /// jobs' leases by (the core's start before the first pass).
+    pub loop_seen_at: Mutex<Instant>,
     pub claim: Mutex<ClaimState>,
     /// Wakes the producer: credits granted, NOTIFY, retry scheduled.
     pub claim_wake: Notify,
@@ -55,6 +60,7 @@ impl Shared {
             inflight: Mutex::default(),
             lost: Mutex::default(),
             renewed_at: Mutex::new(Instant::now()),
+            loop_seen_at: Mutex::new(Instant::now()),
             claim: Mutex::new(claim),
             claim_wake: Notify::new(),
             written: Mutex::new(0),

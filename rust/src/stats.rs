@@ -54,9 +54,12 @@ pub enum Stat {
     /// Reports set aside because another session held their job's row
     /// locked (counted once, when their statement first met the lock).
     Held,
+    /// Heartbeat rounds that renewed no running job's lease because the
+    /// supervisor's loop had not been seen for the fence limit (heartbeat.rs).
+    LoopUnseen,
 }
 
-const NAMES: [&str; 26] = [
+const NAMES: [&str; 27] = [
     "claimed",
     "claims",
     "started",
@@ -83,6 +86,7 @@ const NAMES: [&str; 26] = [
     "claims_pruned",
     "refused",
     "held",
+    "loop_unseen",
 ];
 
 #[derive(Debug, Default)]
@@ -128,5 +132,7 @@ mod tests {
         assert_eq!(s.snapshot()[Stat::Refused as usize], ("refused", 1));
         s.add(Stat::Held, 2);
         assert_eq!(s.snapshot()[Stat::Held as usize], ("held", 2));
+        s.add(Stat::LoopUnseen, 1);
+        assert_eq!(s.snapshot()[Stat::LoopUnseen as usize], ("loop_unseen", 1));
     }
 }

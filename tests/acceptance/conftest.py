@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import psycopg
 import pytest
@@ -46,16 +46,17 @@ def supervisor(app_db: str, tmp_path: Path) -> Iterator[Callable[..., Supervisor
     """Factory: supervisor(workers=1, ...) starts one; every one is stopped at the end.
 
     modules: the app modules it imports; url: where it reaches PostgreSQL (e.g. a proxy), if not directly;
-    new_session: in a session and process group of its own.
+    new_session: in a session and process group of its own; output: a file descriptor for its stdout and
+    stderr instead of its log file; env: variables added to its environment.
     """
     started: list[Supervisor] = []
 
     def start(*, modules: Sequence[str] = ("testapp.jobs",), url: str | None = None, new_session: bool = False,
-              **node: Any) -> Supervisor:
+              output: int | None = None, env: Mapping[str, str] | None = None, **node: Any) -> Supervisor:
         sup = Supervisor(tmp_path / f"node{len(started)}", url or app_db, modules=modules, direct_url=app_db,
                          node={**DEFAULT_NODE, **node}, app_path=APPS, start_timeout=15.0)
         started.append(sup)
-        return sup.start(start_new_session=new_session)
+        return sup.start(start_new_session=new_session, output=output, env=env)
 
     yield start
     for sup in started:

@@ -34,6 +34,7 @@ from ..db.migrate import migrate
 from ..errors import ConfigError, DatabaseError, SchemaTooNew
 from ..job import Job, registry
 from ..retry import Retry
+from . import log_queue
 from .arbiter import Arbiter
 from .lease import LeaseClock, fence_after
 from .protocol import WorkerSettings
@@ -83,6 +84,8 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
     """Boot the node, run the arbiter until stopped, tear down; the exit status."""
     lease = LeaseClock()
     zygote = Zygote.start(lease, fence_after(config.node.heartbeat_timeout))
+    # Only now, with the zygote forked, the log queue's thread: neither the zygote nor its workers may inherit it.
+    queued_logs = log_queue.start()
     try:
         with contextlib.ExitStack() as database:
             try:
@@ -99,6 +102,7 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
             return _serve(config, jobs, zygote, lease, dsn)
     finally:
         zygote.stop()
+        log_queue.stop(queued_logs)
 
 
 def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:

@@ -124,6 +124,16 @@ def nap(ctx: forge.JobContext, input: Sleep) -> float:
     return input.seconds
 
 
+class Print(msgspec.Struct):
+    size: int = 4096
+
+
+@forge.job(retry=forge.Retry(backoff="fixed", base="0.1s"))
+def chatty(ctx: forge.JobContext, input: Print) -> None:
+    """Prints `size` bytes to the stdout its worker inherited from the supervisor (blocking while that is full)."""
+    print("x" * (input.size - 1), flush=True)
+
+
 @forge.job
 def report_progress(ctx: forge.JobContext, input: N) -> None:
     for step in range(1, input.n + 1):
