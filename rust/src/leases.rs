@@ -21,17 +21,22 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-/// The heartbeat statement's columns: ($1 ids, $2 attempts).
+/// The heartbeat statement's columns ($1 ids, $2 attempts), and the claim
+/// each lease came from (not sent). A job handed back unrun gets its attempt
+/// back (the release statement), so a later claim of it by this node holds
+/// the same (id, attempt): only the claim tells the two leases apart.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Pairs {
     pub ids: Vec<i64>,
     pub attempts: Vec<i32>,
+    claims: Vec<i64>,
 }
 
 impl Pairs {
-    pub fn push(&mut self, id: i64, attempt: i32) {
+    fn push(&mut self, id: i64, attempt: i32, claim: i64) {
         self.ids.push(id);
         self.attempts.push(attempt);
+        self.claims.push(claim);
     }
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -127,11 +132,11 @@ impl InFlight {
         self.release_claim(lease.claim)
     }
 
-    /// Whether (id, attempt) is held and its end not reported.
-    fn running(&self, id: i64, attempt: i32) -> bool {
+    /// Whether (id, attempt) is held from `claim` and its end not reported.
+    fn running(&self, id: i64, attempt: i32, claim: i64) -> bool {
         self.jobs
             .get(&id)
-            .is_some_and(|l| l.attempt == attempt && !l.ending)
+            .is_some_and(|l| l.attempt == attempt && l.claim == claim && !l.ending)
     }
 
     /// One job of `claim` is no longer held; Some(claim) if it was the last.
@@ -154,7 +159,7 @@ impl InFlight {
         let mut pairs = Pairs::default();
         for (id, lease) in &self.jobs {
             if renew == Renew::All || lease.ending {
-                pairs.push(*id, lease.attempt);
+                pairs.push(*id, lease.attempt, lease.claim);
             }
         }
         pairs
@@ -162,12 +167,12 @@ impl InFlight {
 
     /// After a heartbeat that sent `sent` and renewed `renewed`: the leases
     /// found lost, removed from the set. Jobs whose end was reported
-    /// meanwhile are not running, and a job re-claimed meanwhile holds
-    /// another attempt, so neither is mistaken for a loss.
+    /// meanwhile are not running, and a job claimed again meanwhile holds a
+    /// lease of another claim, so neither is mistaken for a loss.
     pub fn take_lost(&mut self, sent: &Pairs, renewed: &HashSet<i64>) -> Vec<(i64, i32)> {
         let mut lost = Vec::new();
-        for (id, attempt) in sent.ids.iter().zip(&sent.attempts) {
-            if !renewed.contains(id) && self.running(*id, *attempt) {
+        for ((id, attempt), claim) in sent.ids.iter().zip(&sent.attempts).zip(&sent.claims) {
+            if !renewed.contains(id) && self.running(*id, *attempt, *claim) {
                 self.remove(*id, *attempt);
                 lost.push((*id, *attempt));
             }
@@ -243,8 +248,8 @@ mod tests {
         let sent = f.snapshot(Renew::All);
         assert_eq!(sent.len(), 4);
         ended(&mut f, 3, 1); // completed while the heartbeat ran
-        ended(&mut f, 4, 1); // released, then claimed again while the heartbeat ran
-        f.add(4, 2, "a".into(), 2);
+        ended(&mut f, 4, 1); // released (its attempt given back), then claimed again while the heartbeat ran
+        f.add(4, 1, "a".into(), 2);
         let renewed: HashSet<i64> = [1].into();
         assert_eq!(f.take_lost(&sent, &renewed), [(2, 1)]);
         assert_eq!(f.take_lost(&sent, &renewed), []);
@@ -255,6 +260,21 @@ mod tests {
         assert_eq!(next, [1, 4]);
         // a late report of the lost attempt finds nothing held
         assert_eq!(f.end(2, 1), None);
+    }
+
+    #[test]
+    fn a_job_handed_back_and_claimed_again_with_the_same_attempt_is_not_lost() {
+        let mut f = InFlight::default();
+        f.add(1, 1, "a".into(), 7);
+        let sent = f.snapshot(Renew::All);
+        // the heartbeat's statement runs after the release is written: the row is nobody's
+        ended(&mut f, 1, 1);
+        f.add(1, 1, "a".into(), 8); // the next claim takes it again, at the same attempt
+        assert_eq!(f.take_lost(&sent, &HashSet::new()), []);
+        // still held, still renewed; and the new claim's own lease, unrenewed, is lost as any
+        assert_eq!(f.snapshot(Renew::All).ids, [1]);
+        let sent = f.snapshot(Renew::All);
+        assert_eq!(f.take_lost(&sent, &HashSet::new()), [(1, 1)]);
     }
 
     #[test]

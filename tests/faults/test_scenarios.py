@@ -530,6 +530,9 @@ def _crash_batch(fault_db: str, make_node: MakeNode, results: Results, *, name: 
     assert not wrong, "jobs recorded wrongly (id, crasher, status, attempts, crashes, error, executions):\n" + \
         "\n".join(map(str, wrong))
     assert all(code == 0 for code in stop["exit_codes"].values()), f"the node did not stop cleanly: {stop}"
+    # No fault but the crashes: a lease found lost means the node took its own lease for another's (a job
+    # handed back and claimed again at the same attempt, once mistaken for a loss and rescued).
+    assert stop["core_totals"]["lost"] == 0, stop["core_totals"]
     assert report.ok, report.text
 
 
