@@ -7,7 +7,9 @@
 //! waiting), or poll_interval since the last claim (catches anything missed).
 //! After a failed claim it waits a capped, doubling backoff. While the
 //! reporter cannot write this node's reports it claims nothing: every job
-//! claimed then would only add to the reports waiting in memory.
+//! claimed then would only add to the reports waiting in memory. Nor while
+//! the supervisor's loop has not been seen past the fence limit (heartbeat.rs):
+//! no worker would get the jobs, and they would wait for a rescue.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -47,6 +49,8 @@ pub struct ClaimState {
     paused: bool,
     /// The reporter's last write failed: no claim until one succeeds.
     reports_stalled: bool,
+    /// The supervisor's loop is not seen (frozen): no claim until it is again.
+    loop_unseen: bool,
     max_batch: u64,
     poll_interval: Duration,
     last_claim: Option<Instant>,
@@ -66,6 +70,7 @@ impl ClaimState {
             credits: 0,
             paused: false,
             reports_stalled: false,
+            loop_unseen: false,
             max_batch: max_batch.max(1),
             poll_interval,
             last_claim: None,
@@ -96,6 +101,12 @@ impl ClaimState {
         self.reports_stalled = stalled;
     }
 
+    /// Whether the supervisor's loop has gone unseen past the fence limit.
+    /// The reasons to claim are kept, as above.
+    pub fn set_loop_unseen(&mut self, unseen: bool) {
+        self.loop_unseen = unseen;
+    }
+
     /// A NOTIFY arrived: the job is due `delay_ms` from now (0: now).
     pub fn notified(&mut self, delay_ms: u64, now: Instant) {
         if delay_ms == 0 {
@@ -116,7 +127,7 @@ impl ClaimState {
 
     /// Whether to claim now, or until when to sleep.
     pub fn decide(&self, now: Instant) -> Decision {
-        if self.credits == 0 || self.reports_stalled {
+        if self.credits == 0 || self.reports_stalled || self.loop_unseen {
             return Decision::Wait(None);
         }
         if let Some(at) = self.retry_at.filter(|at| *at > now) {
@@ -218,6 +229,17 @@ mod tests {
         assert_eq!(s.decide(now), Decision::Wait(None));
         s.set_reports_stalled(false);
         assert_eq!(s.decide(now), Decision::Claim(15)); // the NOTIFY was kept
+    }
+
+    #[test]
+    fn no_claim_while_the_supervisors_loop_is_unseen() {
+        let now = Instant::now();
+        let mut s = idle(now);
+        s.notified(0, now);
+        s.set_loop_unseen(true);
+        assert_eq!(s.decide(now + POLL), Decision::Wait(None));
+        s.set_loop_unseen(false);
+        assert_eq!(s.decide(now), Decision::Claim(10)); // the NOTIFY was kept
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub async fn heartbeat(db: Arc<Db>) {
         let renewing = renew(unseen, db.config().fence_after);
         if renewing != watched {
             log_watch(shared, renewing, unseen, db.config().fence_after);
+            // claiming stops with the renewals, and resumes with them (within a heartbeat interval)
+            shared.claim_event(|c| c.set_loop_unseen(renewing == Renew::Ending));
             watched = renewing;
         }
         match beat(&db, renewing).await {
@@ -72,14 +74,15 @@ fn log_watch(shared: &Shared, renewing: Renew, unseen: Duration, fence_after: Du
             "error",
             format!(
                 "the supervisor's loop has not run for {:.1} s (fence limit {:.1} s): running jobs' \
-                 leases are no longer renewed, so other nodes rescue them",
+                 leases are no longer renewed and no job is claimed, so other nodes rescue them",
                 unseen.as_secs_f64(),
                 fence_after.as_secs_f64()
             ),
         ),
         Renew::All => shared.log(
             "warning",
-            "the supervisor's loop runs again: running jobs' leases are renewed".to_string(),
+            "the supervisor's loop runs again: running jobs' leases are renewed, claiming resumes"
+                .to_string(),
         ),
     }
 }
