@@ -4,23 +4,29 @@
 kill: each start is a new run, with a new node id), wait until it registered in forge_nodes (and until its
 workers are forked), stop, read its log and the core totals each run logged, and read its process tree
 (supervisor -> zygote -> workers) from /proc. The acceptance suite uses it as it is; the fault suite's
-`Node` (tests/faults/harness.py) adds what the faults need. Every wait is bounded.
+`Node` (tests/faults/harness.py) adds what the faults need. Every wait is bounded. `embedded_folder` is a
+config folder for supervisors on the embedded default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self, TypeAlias, TypeVar
 
 import psycopg
+
+from forge.db.embedded import EmbeddedPostgres
 
 from .polling import wait_for
 from .supervisor_log import core_totals
@@ -126,6 +132,18 @@ def children(pid: int) -> list[int]:
 
 
 # --- a supervisor ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def embedded_folder(prefix: str) -> Iterator[Path]:
+    """A short /tmp config folder for supervisors on the embedded default; its cluster (which outlives them)
+    is stopped before the folder is removed."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        EmbeddedPostgres(path / ".forge" / "postgres").stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Supervisor:

@@ -6,11 +6,9 @@ stops it, which it refuses while a supervisor uses it."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import forge
 from forge.cli.main import cli
 from forge.db.embedded import EmbeddedPostgres
 
-from ..supervisors import START_TIMEOUT, Supervisor, alive
+from ..supervisors import START_TIMEOUT, Supervisor, alive, embedded_folder
 from .conftest import APPS, DEFAULT_NODE, EVENTS_TABLE, completed, wait_for
 
 FORGE = str(Path(sys.executable).with_name("forge"))
@@ -33,12 +31,8 @@ NO_URL = {"FORGE_DATABASE_URL": None}  # the embedded default, whatever the test
 @pytest.fixture
 def folder() -> Iterator[Path]:
     """The supervisors' config folder, a short /tmp one; the cluster is stopped before the folder is removed."""
-    path = Path(tempfile.mkdtemp(prefix="forge-default-"))
-    try:
+    with embedded_folder("forge-default-") as path:
         yield path
-    finally:
-        EmbeddedPostgres(path / ".forge" / "postgres").stop()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ stopped and restarted in turn, and the postmaster is SIGKILLed, under load. The 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 from forge.db.embedded import EmbeddedPostgres
 from forge.db.migrate import migrate
 
+from ..supervisors import embedded_folder
 from . import ledger
 from .conftest import Results
 from .harness import Node, record, wait_for
@@ -30,12 +29,8 @@ LEASE = {"heartbeat_interval": "1s", "heartbeat_timeout": "15s"}
 @pytest.fixture
 def folder() -> Iterator[Path]:
     """The nodes' config folder (a short /tmp one); its cluster is stopped before it is removed."""
-    path = Path(tempfile.mkdtemp(prefix="forge-fault-emb-"))
-    try:
+    with embedded_folder("forge-fault-emb-") as path:
         yield path
-    finally:
-        EmbeddedPostgres(path / ".forge" / "postgres").stop()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

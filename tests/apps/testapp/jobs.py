@@ -207,6 +207,17 @@ def usually_short(ctx: forge.JobContext, input: Payload) -> int:
     return len(input.data)
 
 
+def _fork_descendants(report: int) -> None:
+    """A child in a session of its own and a daemon (double fork: orphaned at once), each reporting its pid."""
+    if os.fork() == 0:
+        _descendant(report)
+        os._exit(0)
+    if os.fork() == 0:
+        if os.fork() == 0:
+            _descendant(report)
+        os._exit(0)
+
+
 def _descendant(report: int) -> None:
     """In a forked child: leave the worker's session and process group, report this pid, hang."""
     os.setsid()
@@ -221,13 +232,7 @@ def leave_descendants(ctx: forge.JobContext, input: Payload) -> None:
     Each writes its pid to input.log (no database round trip: the job has 1 s before its timeout kill).
     """
     with open(input.log, "ab", buffering=0) as log:
-        if os.fork() == 0:
-            _descendant(log.fileno())
-            os._exit(0)
-        if os.fork() == 0:
-            if os.fork() == 0:
-                _descendant(log.fileno())
-            os._exit(0)
+        _fork_descendants(log.fileno())
     time.sleep(3600)
 
 
@@ -346,13 +351,7 @@ def spawn_children(ctx: forge.JobContext, input: Payload) -> None:
     with open(input.log, "ab", buffering=0) as log:
         child = subprocess.Popen(["sleep", "60"])
         log.write(f"{child.pid}\n".encode())
-        if os.fork() == 0:
-            _descendant(log.fileno())
-            os._exit(0)
-        if os.fork() == 0:
-            if os.fork() == 0:
-                _descendant(log.fileno())
-            os._exit(0)
+        _fork_descendants(log.fileno())
     time.sleep(input.seconds)
 
 
