@@ -31,21 +31,27 @@ _UNSET: Any = object()
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Resources:
-    """What one run of a job needs from its worker: CPUs, bytes of memory, GPUs."""
+    """What one run of a job needs from its worker: CPUs, bytes of memory (or a size such as "8Gi"), GPUs."""
 
-    cpu: float | None = None
-    memory: int | None = None
-    gpu: int | None = None
+    cpu: float | None
+    memory: int | None
+    gpu: int | None
 
-    def __post_init__(self) -> None:
+    def __init__(self, cpu: float | None = None, memory: int | str | None = None, gpu: int | None = None) -> None:
         # Stored as jsonb, where NaN and infinity become null: a request for nothing, said nowhere.
-        if self.cpu is not None and not (math.isfinite(self.cpu) and self.cpu >= 0):
-            raise JobDefinitionError(f"resources.cpu={self.cpu!r}: must be a finite number >= 0")
-        for key, count in (("memory", self.memory), ("gpu", self.gpu)):
-            if count is not None and count < 0:
-                raise JobDefinitionError(f"resources.{key}={count!r}: must be >= 0")
+        if cpu is not None and not (_is_number(cpu) and math.isfinite(cpu) and cpu >= 0):
+            raise JobDefinitionError(f"resources.cpu={cpu!r}: must be a finite number >= 0")
+        if gpu is not None and not (isinstance(gpu, int) and not isinstance(gpu, bool) and gpu >= 0):
+            raise JobDefinitionError(f"resources.gpu={gpu!r}: must be a whole number >= 0")
+        try:
+            size = None if memory is None else parse_size(memory, what="resources.memory")
+        except ValueError as exc:
+            raise JobDefinitionError(str(exc)) from None
+        object.__setattr__(self, "cpu", None if cpu is None else float(cpu))
+        object.__setattr__(self, "memory", size)
+        object.__setattr__(self, "gpu", gpu)
 
     def to_json(self) -> dict[str, float | int]:
         return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory), ("gpu", self.gpu)) if v is not None}
@@ -219,15 +225,11 @@ def _resources(value: Resources | dict[str, Any] | None) -> Resources | None:
     unknown = set(value) - {"cpu", "memory", "gpu"}
     if unknown:
         raise JobDefinitionError(f"resources: unknown key(s) {sorted(unknown)}; use cpu, memory, gpu")
-    try:
-        memory = value.get("memory")
-        return Resources(
-            cpu=None if value.get("cpu") is None else float(value["cpu"]),
-            memory=None if memory is None else parse_size(memory, what="resources.memory"),
-            gpu=None if value.get("gpu") is None else int(value["gpu"]),
-        )
-    except (TypeError, ValueError) as exc:
-        raise JobDefinitionError(f"resources: {exc}") from None
+    return Resources(cpu=value.get("cpu"), memory=value.get("memory"), gpu=value.get("gpu"))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _where(func: Callable[..., Any]) -> str:

@@ -175,9 +175,10 @@ _OVER = "5300w"  # a little over 100 years
         ({"name": 5}, "name=5: must be a non-empty string"),
         ({"worker_capability": "gpu\x00"}, "worker_capability=.*: holds a NUL character"),
         ({"resources": {"cpu": float("nan")}}, "resources.cpu=nan: must be a finite number >= 0"),
-        ({"resources": {"cpu": "inf"}}, "resources.cpu=inf: must be a finite number >= 0"),
-        ({"resources": {"cpu": -1}}, "resources.cpu=-1.0: must be a finite number >= 0"),
-        ({"resources": {"gpu": -1}}, "resources.gpu=-1: must be >= 0"),
+        ({"resources": {"cpu": float("inf")}}, "resources.cpu=inf: must be a finite number >= 0"),
+        ({"resources": {"cpu": "1"}}, "resources.cpu='1': must be a finite number >= 0"),
+        ({"resources": {"cpu": -1}}, "resources.cpu=-1: must be a finite number >= 0"),
+        ({"resources": {"gpu": -1}}, "resources.gpu=-1: must be a whole number >= 0"),
     ],
 )
 def test_options_the_database_or_core_cannot_hold_are_refused_at_definition(options, message):
@@ -193,8 +194,16 @@ def test_options_the_database_or_core_cannot_hold_are_refused_at_definition(opti
 
 
 def test_resources_made_by_hand_are_checked_too():
-    with pytest.raises(JobDefinitionError, match="resources.memory=-1: must be >= 0"):
+    with pytest.raises(JobDefinitionError, match="resources.memory: expected a finite size >= 0, got -1"):
         forge.Resources(memory=-1)
+
+
+def test_resources_made_by_hand_parse_a_memory_size():
+    assert forge.Resources(cpu=4, memory="8Gi", gpu=1) == forge.Resources(cpu=4.0, memory=8 * 1024**3, gpu=1)
+    with pytest.raises(JobDefinitionError, match="resources.memory: expected a size like"):
+        forge.Resources(memory="lots")
+    with pytest.raises(JobDefinitionError, match="resources.cpu='4': must be a finite number"):
+        forge.Resources(cpu="4")  # type: ignore[arg-type]
 
 
 def test_durations_of_exactly_the_limit_are_accepted():
