@@ -13,8 +13,7 @@ def test_best_priority_first_then_arrival():
     queue = Waiting()
     for job, at in [(Job(1, 1, 5), 0.0), (Job(2, 1, 0), 1.0), (Job(3, 1, 5), 2.0), (Job(4, 1, 0), 3.0)]:
         queue.push(job, at)
-    assert queue.first().id == 2
-    assert queue.pop_if(lambda job: job.id != 2) is None and len(queue) == 4  # refused: it stays
+    assert queue.pop_if(lambda job: job.id != 2) is None and len(queue) == 4  # job 2 is next; refused, it stays
     assert [queue.pop_if(lambda job: True).id for _ in range(len(queue))] == [2, 4, 1, 3]
     assert queue.oldest() is None and queue.pop_if(lambda job: True) is None
 
@@ -26,7 +25,7 @@ def test_jobs_leave_by_age_by_attempt_or_all():
     assert queue.oldest() == 1.0
     assert [j.id for j in queue.take_held_since(2.0)] == [1, 2]
     assert queue.take(4, 2) == [] and [j.id for j in queue.take(4, 1)] == [4]
-    assert queue.oldest() == 3.0 and queue.first().id == 3
+    assert queue.oldest() == 3.0 and queue.pop_if(lambda job: job.id != 3) is None  # job 3 is next
     assert sorted(j.id for j in queue.take_all()) == [3, 5] and len(queue) == 0 and queue.oldest() is None
 
 

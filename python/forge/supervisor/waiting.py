@@ -33,10 +33,6 @@ class Waiting:
         heapq.heappush(self._heap, (job.priority, self._seq, now, job))
         self._arrivals[now] = self._arrivals.get(now, 0) + 1
 
-    def first(self) -> ClaimedJob:
-        """The job to hand out next (the queue is not empty)."""
-        return self._heap[0][3]
-
     def pop_if(self, accept: Callable[[ClaimedJob], bool]) -> ClaimedJob | None:
         """Remove and return the job to hand out next if `accept` takes it; None if it does not or none waits."""
         if not self._heap or not accept(self._heap[0][3]):
