@@ -1,13 +1,19 @@
 """Idle nodes woken by NOTIFY: what each dispatch costs the database as nodes are added.
 
-Every dispatch sends one NOTIFY, and every listening node with room claims on
-it, so with N idle nodes a job costs up to N claim statements, N - 1 of them
-empty. This section runs N Rust cores (Sizes.wakeup_nodes) (the engine of N supervisors, without
-their workers: each job is completed as soon as it is taken) in this
-process, dispatches single jobs at a steady rate, and measures claims per
-job and the database's CPU per job (the bench cluster's postmaster and the
-backends that live through the measurement: the cores' connections, not the
-dispatcher's, so the figure is what waking the nodes costs, not the inserts).
+Every dispatch sends one NOTIFY, which every listening node receives. It
+announces the job (rust/src/announce.rs): about one of the idle nodes that
+run it claims at once, and the others claim only if no cleared notice of a
+peer's claim arrives within their share of a short wait. (Before, every node
+claimed on every NOTIFY: with N idle nodes a job cost N claim statements,
+N - 1 of them empty.) This section runs N Rust cores (Sizes.wakeup_nodes)
+(the engine of N supervisors, without their workers: each job is completed
+as soon as it is taken) in this process, dispatches single jobs at a steady
+rate, and measures claims per job and the database's CPU per job (the bench
+cluster's postmaster and the backends that live through the measurement: the
+cores' connections, not the dispatcher's, so the figure is what waking the
+nodes costs, not the inserts). It includes what the idle nodes cost anyway
+(heartbeats, one poll a second each, maintenance), which at 10 dispatches a
+second is most of it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ CREDITS = 1_000  # room each node holds: idle nodes always claim when woken
 
 def run(bench: Bench) -> None:
     postmaster = int((bench.scratch / "pg" / "postmaster.pid").read_text().split()[0])
+    for nodes in bench.sizes.wakeup_nodes:
+        runs = bench.repeat_run(lambda _run: _measure(bench, postmaster, nodes, 0))
+        bench.record(f"wakeups.n{nodes}.idle.db_cpu_share", f"{nodes} idle node(s), no dispatches: database CPU",
+                     "% of a core", [r["db_cpu_percent"] for r in runs], section=SECTION)
     for rate in RATES:
         for nodes in bench.sizes.wakeup_nodes:
             runs = bench.repeat_run(lambda _run: _measure(bench, postmaster, nodes, rate))
@@ -47,18 +57,23 @@ def run(bench: Bench) -> None:
 
 
 def _measure(bench: Bench, postmaster: int, nodes: int, rate: int) -> dict:
+    """One run: `rate` dispatches a second (0: none, what the idle nodes cost on their own)."""
     with bench.database(f"wakeups_n{nodes}_r{rate}") as url:
         cores = [_idle_core(url) for _ in range(nodes)]
         stop = threading.Event()
         runner = threading.Thread(target=_complete_what_is_taken, args=(cores, stop), daemon=True)
         runner.start()
         try:
-            time.sleep(1.0)  # registered, LISTENing, first empty claims made
+            time.sleep(3.0)  # registered, LISTENing, first empty claims made, peers read by a heartbeat (2 s)
             claims_before = _claims(cores)
             cpu_before = _database_cpu(postmaster)
             began = time.monotonic()
-            count = _dispatch_steadily(url, rate, bench.sizes.wakeup_seconds)
-            _wait_completed(url, count)
+            if rate:
+                count = _dispatch_steadily(url, rate, bench.sizes.wakeup_seconds)
+                _wait_completed(url, count)
+            else:
+                count = 0
+                time.sleep(bench.sizes.wakeup_seconds)
             wall = time.monotonic() - began
             claims = _claims(cores) - claims_before
             cpu = _database_cpu(postmaster) - cpu_before
@@ -68,8 +83,8 @@ def _measure(bench: Bench, postmaster: int, nodes: int, rate: int) -> dict:
             for core in cores:
                 core.close()
     return {
-        "claims_per_job": claims / count,
-        "db_cpu_ms_per_job": 1000 * cpu / count,
+        "claims_per_job": claims / max(count, 1),
+        "db_cpu_ms_per_job": 1000 * cpu / max(count, 1),
         "db_cpu_percent": 100 * cpu / wall,
     }
 

@@ -1,10 +1,12 @@
 //! When to claim: the producer's demand/credit state machine, free of I/O.
 //!
 //! The core claims min(credits, max_batch) jobs when it holds credits and has
-//! a reason: the first claim after start, a NOTIFY that a job is due now, a
-//! known due time that has passed (from NOTIFY payloads or retries the core
-//! scheduled itself), a previous claim that came back full (more are likely
-//! waiting), or poll_interval since the last claim (catches anything missed).
+//! a reason: the first claim after start, a wake-up NOTIFY, an announced job
+//! whose wait (announce.rs: this node's rank among those that run it) has
+//! passed and that no peer has cleared since, a known due time that has
+//! passed (retries the core scheduled itself), a previous claim that came
+//! back full (more are likely waiting), or poll_interval since the last
+//! claim (catches anything missed).
 //! After a failed claim it waits a capped, doubling backoff. While the
 //! reporter cannot write this node's reports it claims nothing: every job
 //! claimed then would only add to the reports waiting in memory. Nor while
@@ -14,11 +16,33 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::announce::{Announced, Audience, Cleared};
 use crate::backoff::RetryDelay;
 
 /// Known due times kept; beyond this the latest are forgotten and the poll
 /// interval finds those jobs instead.
 const MAX_DUE_TIMES: usize = 4096;
+
+/// Announcements waited on; past this they are all replaced by one claim now.
+const MAX_WAITING: usize = 4096;
+
+/// A node's share of the wait for an announcement (announce.rs) is twice the
+/// time a peer's cleared notice has taken to arrive after it (a moving
+/// average), within these bounds; it starts at FIRST_SHARE.
+const FIRST_SHARE: Duration = Duration::from_millis(4);
+const MIN_SHARE: Duration = Duration::from_millis(1);
+const MAX_SHARE: Duration = Duration::from_millis(50);
+
+/// An announcement this node waits on: claim at `claim_at` unless a claim
+/// (its own, or a peer's cleared notice) has taken its jobs by then.
+#[derive(Debug, Clone)]
+struct Waiting {
+    arrived: Instant,
+    /// When its jobs are due, on this node's clock.
+    due: Instant,
+    claim_at: Instant,
+    job: Announced,
+}
 
 /// A job that the claim statement returned, held for Python's take().
 #[derive(Debug, Clone, PartialEq)]
@@ -55,17 +79,22 @@ pub struct ClaimState {
     poll_interval: Duration,
     last_claim: Option<Instant>,
     last_full: bool,
-    /// When the latest NOTIFY (or resync) for a job due now arrived. A claim
-    /// that started before it may have missed that job's commit, so only a
-    /// claim started after it uses it up.
+    /// When the latest wake-up NOTIFY (or resync) arrived. A claim that
+    /// started before it may have missed that job's commit, so only a claim
+    /// started after it uses it up.
     notified_at: Option<Instant>,
+    /// This node and its live peers, for the announcements.
+    audience: Audience,
+    waiting: Vec<Waiting>,
+    /// The current wait share (see FIRST_SHARE).
+    share: Duration,
     due: BTreeSet<Instant>,
     retry_at: Option<Instant>,
     retry: RetryDelay,
 }
 
 impl ClaimState {
-    pub fn new(max_batch: u64, poll_interval: Duration) -> Self {
+    pub fn new(max_batch: u64, poll_interval: Duration, audience: Audience) -> Self {
         ClaimState {
             credits: 0,
             paused: false,
@@ -76,6 +105,9 @@ impl ClaimState {
             last_claim: None,
             last_full: false,
             notified_at: None,
+            audience,
+            waiting: Vec::new(),
+            share: FIRST_SHARE,
             due: BTreeSet::new(),
             retry_at: None,
             retry: RetryDelay::default(),
@@ -107,12 +139,70 @@ impl ClaimState {
         self.loop_unseen = unseen;
     }
 
-    /// A NOTIFY arrived: the job is due `delay_ms` from now (0: now).
+    /// A wake-up NOTIFY arrived: claim `delay_ms` from now (0: now).
     pub fn notified(&mut self, delay_ms: u64, now: Instant) {
         if delay_ms == 0 {
             self.notified_at = Some(now);
         } else {
             self.schedule(now + Duration::from_millis(delay_ms));
+        }
+    }
+
+    /// The live peers changed (each heartbeat reads them).
+    pub fn set_peers(&mut self, peers: Vec<crate::announce::Peer>) {
+        self.audience.peers = peers;
+    }
+
+    /// Whether a claim now, if less than full, should tell the peers: only
+    /// if there are any, and the claim is for announced jobs (so peers may
+    /// be waiting on them too). A poll's claim tells nobody: every notice
+    /// wakes every listening node, and costs each about a fifth of an empty
+    /// claim (benches/wakeups.py).
+    pub fn tells_peers(&self) -> bool {
+        !self.audience.peers.is_empty() && !self.waiting.is_empty()
+    }
+
+    /// A dispatch announced jobs: wait this node's rank's share past their
+    /// due time, unless it does not run them.
+    pub fn announced(&mut self, job: Announced, now: Instant) {
+        let needed = job.count.div_ceil(self.max_batch);
+        let Some(wait) = self.audience.wait_for(&job, needed, self.share) else {
+            return;
+        };
+        if self.waiting.len() >= MAX_WAITING {
+            self.waiting.clear();
+            self.notified_at = Some(now);
+            return;
+        }
+        let due = now + Duration::from_millis(job.delay_ms);
+        self.waiting.push(Waiting {
+            arrived: now,
+            due,
+            claim_at: due + wait,
+            job,
+        });
+    }
+
+    /// A peer's claim took every job it could claim in its snapshot: drop
+    /// the announcements it covers (seen by that snapshot, due by then, and
+    /// of a type and capability that peer runs).
+    pub fn cleared(&mut self, notice: &Cleared, now: Instant) {
+        let Some(peer) = self.audience.peer(&notice.by) else {
+            return; // ourselves, or a node not yet seen: its types are unknown
+        };
+        let mut took = None;
+        self.waiting.retain(|w| {
+            let covered = notice.snapshot.sees(w.job.xid)
+                && w.job.due_ms <= notice.at_ms
+                && peer.runs(&w.job.job_type, &w.job.capability);
+            if covered {
+                took = Some(now.saturating_duration_since(w.arrived));
+            }
+            !covered
+        });
+        if let Some(took) = took {
+            let average = (self.share / 2 * 4 + took) / 5;
+            self.share = (average * 2).clamp(MIN_SHARE, MAX_SHARE);
         }
     }
 
@@ -135,7 +225,8 @@ impl ClaimState {
         }
         let poll_at = self.last_claim.map(|t| t + self.poll_interval);
         let due_at = self.due.first().copied();
-        let timer = [poll_at, due_at].into_iter().flatten().min();
+        let announced_at = self.waiting.iter().map(|w| w.claim_at).min();
+        let timer = [poll_at, due_at, announced_at].into_iter().flatten().min();
         let urgent = self.last_claim.is_none() || self.notified_at.is_some() || self.last_full;
         if urgent || timer.is_some_and(|t| t <= now) {
             Decision::Claim(self.credits.min(self.max_batch) as i64)
@@ -150,6 +241,9 @@ impl ClaimState {
         self.credits = self.credits.saturating_sub(got as u64);
         self.last_full = got as i64 >= asked;
         self.notified_at = self.notified_at.filter(|at| *at > started);
+        // it saw every job announced before it started and due by then
+        self.waiting
+            .retain(|w| w.arrived >= started || w.due > started);
         self.last_claim = Some(started);
         self.due = self.due.split_off(&(started + Duration::from_nanos(1)));
         self.retry_at = None;
@@ -170,26 +264,65 @@ impl ClaimState {
     }
 }
 
-/// A NOTIFY payload: milliseconds until the job is due; "0", empty or
-/// unparsable mean now (claiming early costs one empty claim at most).
-pub fn parse_delay(payload: &str) -> u64 {
-    payload
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|d| d.is_finite() && *d > 0.0)
-        .map_or(0, |d| d.ceil() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::announce::{Peer, Snapshot};
+    use uuid::Uuid;
+
     const POLL: Duration = Duration::from_millis(1000);
+    const ME: u128 = 1;
+
+    fn node(n: u128, job_type: &str) -> Peer {
+        Peer {
+            id: Uuid::from_u128(n),
+            capabilities: vec!["default".into()],
+            job_types: vec![job_type.into()],
+        }
+    }
+
+    fn state() -> ClaimState {
+        ClaimState::new(100, POLL, Audience::alone(node(ME, "mail")))
+    }
+
+    fn job(xid: u64, job_type: &str) -> Announced {
+        Announced {
+            delay_ms: 0,
+            due_ms: 1_000,
+            count: 1,
+            xid,
+            job_type: job_type.into(),
+            capability: "default".into(),
+        }
+    }
+
+    fn cleared_by(n: u128, snapshot: &str, at_ms: i64) -> Cleared {
+        Cleared {
+            by: Uuid::from_u128(n),
+            snapshot: Snapshot::parse(snapshot).unwrap(),
+            at_ms,
+        }
+    }
+
+    /// An idle state among `peers` other nodes running mail, and an xid for
+    /// which this node is ranked after all of them.
+    fn last_of(peers: u128) -> (ClaimState, u64) {
+        let now = Instant::now();
+        let mut s = idle(now);
+        s.set_peers((2..2 + peers).map(|n| node(n, "mail")).collect());
+        let xid = (0..)
+            .find(|x| {
+                s.audience.wait_for(&job(*x, "mail"), 1, FIRST_SHARE)
+                    == Some(FIRST_SHARE * peers as u32)
+            })
+            .unwrap();
+        (s, xid)
+    }
 
     /// A state that has claimed once, not full, so it has no reason left.
     fn idle(now: Instant) -> ClaimState {
-        let mut s = ClaimState::new(100, POLL);
+        let mut s = state();
         s.grant(10);
         s.claimed(10, 0, now);
         s
@@ -198,7 +331,7 @@ mod tests {
     #[test]
     fn no_credits_means_no_claim() {
         let now = Instant::now();
-        let mut s = ClaimState::new(100, POLL);
+        let mut s = state();
         s.notified(0, now);
         assert_eq!(s.decide(now), Decision::Wait(None));
         s.grant(3);
@@ -208,7 +341,7 @@ mod tests {
     #[test]
     fn pause_drops_credits_and_ignores_later_grants() {
         let now = Instant::now();
-        let mut s = ClaimState::new(100, POLL);
+        let mut s = state();
         s.grant(5);
         s.pause();
         assert_eq!(s.decide(now), Decision::Wait(None));
@@ -245,7 +378,7 @@ mod tests {
     #[test]
     fn first_claim_is_immediate_and_capped_by_max_batch() {
         let now = Instant::now();
-        let mut s = ClaimState::new(100, POLL);
+        let mut s = state();
         s.grant(250);
         assert_eq!(s.decide(now), Decision::Claim(100));
     }
@@ -272,7 +405,7 @@ mod tests {
     #[test]
     fn full_claim_claims_again_when_credits_come() {
         let now = Instant::now();
-        let mut s = ClaimState::new(100, POLL);
+        let mut s = state();
         s.grant(5);
         s.claimed(5, 5, now);
         assert_eq!(s.decide(now), Decision::Wait(None));
@@ -346,12 +479,136 @@ mod tests {
     }
 
     #[test]
-    fn parses_notify_payloads() {
-        assert_eq!(parse_delay(""), 0);
-        assert_eq!(parse_delay("0"), 0);
-        assert_eq!(parse_delay(" 1500 "), 1500);
-        assert_eq!(parse_delay("2.5"), 3);
-        assert_eq!(parse_delay("-4"), 0);
-        assert_eq!(parse_delay("soon"), 0);
+    fn alone_an_announcement_is_claimed_at_once_and_a_claim_uses_it_up() {
+        let now = Instant::now();
+        let mut s = idle(now);
+        s.announced(job(10, "mail"), now);
+        assert_eq!(s.decide(now), Decision::Claim(10));
+        s.claimed(10, 1, now + Duration::from_millis(1));
+        assert_eq!(
+            s.decide(now + Duration::from_millis(1)),
+            Decision::Wait(Some(now + Duration::from_millis(1) + POLL))
+        );
+    }
+
+    #[test]
+    fn an_announcement_of_a_type_this_node_does_not_run_is_ignored() {
+        let now = Instant::now();
+        let mut s = idle(now);
+        s.announced(job(10, "report"), now);
+        let mut other = job(11, "mail");
+        other.capability = "gpu".into();
+        s.announced(other, now);
+        assert_eq!(s.decide(now), Decision::Wait(Some(now + POLL)));
+    }
+
+    #[test]
+    fn a_node_ranked_last_claims_after_its_share_unless_a_peer_cleared_the_job() {
+        let (mut s, xid) = last_of(3);
+        let now = Instant::now();
+        s.announced(job(xid, "mail"), now);
+        let at = now + FIRST_SHARE * 3;
+        assert_eq!(s.decide(now), Decision::Wait(Some(at)));
+        assert_eq!(s.decide(at), Decision::Claim(10)); // nobody cleared it: claim
+
+        let (mut s, xid) = last_of(3);
+        s.announced(job(xid, "mail"), now);
+        s.cleared(
+            &cleared_by(2, &format!("{}:{}:", xid + 1, xid + 1), 1_000),
+            now + Duration::from_millis(2),
+        );
+        assert_eq!(
+            s.decide(at),
+            Decision::Wait(Some(s.last_claim.unwrap() + POLL))
+        );
+    }
+
+    #[test]
+    fn a_cleared_notice_covers_only_what_its_claim_could_have_taken() {
+        let now = Instant::now();
+        for unseen in ["{x}:{x}:", "{x}:{y}:{x}"] {
+            // committed after the snapshot was taken; in progress in it
+            let (mut s, xid) = last_of(3);
+            s.announced(job(xid, "mail"), now);
+            let snapshot = unseen
+                .replace("{x}", &xid.to_string())
+                .replace("{y}", &(xid + 10).to_string());
+            s.cleared(&cleared_by(2, &snapshot, 1_000), now);
+            assert_eq!(
+                s.waiting.len(),
+                1,
+                "snapshot {snapshot} did not see xid {xid}"
+            );
+        }
+        // a peer that does not run the type, a claim made before the jobs were
+        // due, or an unknown node: none clears them
+        let (mut s, xid) = last_of(3);
+        s.set_peers(vec![
+            node(2, "mail"),
+            node(3, "mail"),
+            node(4, "mail"),
+            node(9, "report"),
+        ]);
+        s.announced(job(xid, "mail"), now);
+        let seen = format!("{}:{}:", xid + 1, xid + 1);
+        s.cleared(&cleared_by(9, &seen, 1_000), now);
+        s.cleared(&cleared_by(2, &seen, 999), now);
+        s.cleared(&cleared_by(77, &seen, 1_000), now);
+        s.cleared(&cleared_by(ME, &seen, 1_000), now);
+        assert_eq!(s.waiting.len(), 1);
+        s.cleared(&cleared_by(3, &seen, 1_000), now);
+        assert!(s.waiting.is_empty());
+    }
+
+    #[test]
+    fn the_share_follows_how_long_cleared_notices_take() {
+        let (mut s, _) = last_of(3);
+        let now = Instant::now();
+        for xid in 0..30 {
+            s.announced(job(xid, "mail"), now);
+            s.cleared(
+                &cleared_by(2, "100:100:", 1_000),
+                now + Duration::from_millis(10),
+            );
+        }
+        assert!(
+            s.share > Duration::from_millis(18) && s.share <= Duration::from_millis(20),
+            "{:?}",
+            s.share
+        );
+        for xid in 0..100 {
+            s.announced(job(xid, "mail"), now);
+            s.cleared(
+                &cleared_by(2, "100:100:", 1_000),
+                now + Duration::from_secs(1),
+            );
+        }
+        assert_eq!(s.share, MAX_SHARE);
+    }
+
+    #[test]
+    fn a_claim_started_after_an_announcement_uses_it_up_unless_not_yet_due() {
+        let (mut s, xid) = last_of(3);
+        let now = Instant::now();
+        s.announced(job(xid, "mail"), now);
+        let mut later = job(xid, "mail");
+        later.delay_ms = 500;
+        s.announced(later, now);
+        s.claimed(10, 0, now + Duration::from_millis(1));
+        assert_eq!(s.waiting.len(), 1);
+        assert_eq!(s.waiting[0].due, now + Duration::from_millis(500));
+    }
+
+    #[test]
+    fn too_many_announcements_waited_on_become_one_claim_now() {
+        let (mut s, _) = last_of(1);
+        let now = Instant::now();
+        for xid in 0..(MAX_WAITING as u64 + 1) {
+            let mut j = job(xid, "mail");
+            j.delay_ms = 10_000;
+            s.announced(j, now);
+        }
+        assert!(s.waiting.is_empty());
+        assert_eq!(s.decide(now), Decision::Claim(10));
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::announce::{Audience, Peer};
 use crate::batch::{Complete, Fail, Progress, Release, Report, Start};
 use crate::claim::{ClaimState, Claimed};
 use crate::config::{Config, Policies};
@@ -65,7 +66,16 @@ impl Core {
     /// Starts the runtime thread and waits for both connections (blocking).
     pub fn new(config: Config, policies: Policies) -> Result<Core, CoreError> {
         let wake = Wake::new().map_err(|e| CoreError::Internal(format!("eventfd: {e}")))?;
-        let claim = ClaimState::new(config.claim_batch, config.poll_interval);
+        let me = Peer {
+            id: config.owner,
+            capabilities: config.capabilities.clone(),
+            job_types: config.job_types.clone(),
+        };
+        let claim = ClaimState::new(
+            config.claim_batch,
+            config.poll_interval,
+            Audience::alone(me),
+        );
         let shared = Arc::new(Shared::new(wake, claim));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();

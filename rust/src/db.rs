@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
-use crate::claim::parse_delay;
+use crate::announce::{self, Notice};
 use crate::config::Config;
 use crate::errors::{describe, CoreError};
 use crate::pacing::{ConnKind, Outage, Pacer};
@@ -290,8 +290,12 @@ impl Db {
         let driver = tokio::spawn(async move {
             while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {
                 if let AsyncMessage::Notification(n) = message {
-                    let delay = parse_delay(n.payload());
-                    shared.claim_event(|c| c.notified(delay, Instant::now()));
+                    let notice = announce::parse(n.payload());
+                    shared.claim_event(|c| match notice {
+                        Notice::Wake { delay_ms } => c.notified(delay_ms, Instant::now()),
+                        Notice::Announced(job) => c.announced(job, Instant::now()),
+                        Notice::Cleared(cleared) => c.cleared(&cleared, Instant::now()),
+                    });
                 }
             }
         });

@@ -1,5 +1,6 @@
 //! The heartbeat: renews every lease this node holds and its registration in
-//! one pipelined round per heartbeat interval, on its own connection, moves
+//! one pipelined round per heartbeat interval, on its own connection (with
+//! the live peers, for announce.rs), moves
 //! the lease clock the supervisor fences itself on, and reports the leases
 //! found lost, or given up because another session kept their rows locked.
 //!
@@ -17,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::announce::Peer;
 use crate::db::Db;
 use crate::errors::CoreError;
 use crate::leases::Renew;
@@ -104,10 +106,16 @@ async fn beat(db: &Db, renewing: Renew) -> Result<(), CoreError> {
     let sent = lock(&shared.inflight).snapshot(renewing);
     let leases: [&(dyn ToSql + Sync); 3] = [&sent.ids, &sent.attempts, owner];
     let node: [&(dyn ToSql + Sync); 1] = [owner];
-    let (rows, node) = tokio::join!(
+    let live_ms = config.heartbeat_timeout.as_secs_f64() * 1000.0;
+    let live: [&(dyn ToSql + Sync); 2] = [owner, &live_ms];
+    let (rows, node, peers) = tokio::join!(
         db.query(&conn, sql::HEARTBEAT, &leases),
-        db.query(&conn, sql::NODE_HEARTBEAT, &node)
+        db.query(&conn, sql::NODE_HEARTBEAT, &node),
+        db.query(&conn, sql::PEERS, &live)
     );
+    if let Ok(peers) = peers.and_then(|rows| rows.iter().map(peer).collect()) {
+        lock(&shared.claim).set_peers(peers);
+    }
     let held = held(&rows?)?;
     shared.stats.add(Stat::Heartbeats, 1);
     if renewing == Renew::All {
@@ -172,6 +180,16 @@ fn held(rows: &[Row]) -> Result<HashMap<i64, Option<Duration>>, CoreError> {
         held.insert(id, age);
     }
     Ok(held)
+}
+
+/// A live peer, from the peers statement (kept as it was when that fails).
+fn peer(row: &Row) -> Result<Peer, CoreError> {
+    let bad = |e: tokio_postgres::Error| CoreError::Database(format!("peers row: {e}"));
+    Ok(Peer {
+        id: row.try_get("id").map_err(bad)?,
+        capabilities: row.try_get("capabilities").map_err(bad)?,
+        job_types: row.try_get("job_types").map_err(bad)?,
+    })
 }
 
 /// Hands leases no longer held to Python's lost(), with one log line saying why.

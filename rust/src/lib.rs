@@ -2,6 +2,7 @@
 //! pyo3-free modules. Argument conversion and GIL release live here; the
 //! logic lives in the modules.
 
+mod announce;
 mod backlog;
 mod backoff;
 mod batch;

@@ -52,15 +52,31 @@ async fn wait_for_claim_event(shared: &Shared, until: Option<Instant>) {
 async fn claim(db: &Db, n: i64) -> Result<Vec<Claimed>, CoreError> {
     let conn = db.claim_client().await?;
     let config = db.config();
+    let tell_peers = lock(&db.shared().claim).tells_peers();
     let rows = db
         .query(
             &conn,
             sql::CLAIM,
-            &[&n, &config.capabilities, &config.owner, &config.job_types],
+            &[
+                &n,
+                &config.capabilities,
+                &config.owner,
+                &config.job_types,
+                &tell_peers,
+            ],
         )
         .await?;
     db.shared().stats.add(Stat::Claims, 1);
-    rows.iter().map(claimed_from_row).collect()
+    rows.iter()
+        .filter(|r| !no_job(r))
+        .map(claimed_from_row)
+        .collect()
+}
+
+/// The claim statement returns one row of nulls when it took nothing (so
+/// that it always runs its cleared notice, see engine.sql).
+fn no_job(row: &Row) -> bool {
+    matches!(row.try_get::<_, Option<i64>>("id"), Ok(None))
 }
 
 fn claimed_from_row(row: &Row) -> Result<Claimed, CoreError> {

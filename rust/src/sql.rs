@@ -27,7 +27,7 @@ const fn query(name: &'static str, params: usize) -> Query {
     Query { name, params }
 }
 
-pub const CLAIM: Query = query("claim", 4);
+pub const CLAIM: Query = query("claim", 5);
 pub const START: Query = query("start", 4);
 pub const COMPLETE: Query = query("complete", 6);
 pub const FAIL: Query = query("fail", 10);
@@ -40,6 +40,7 @@ pub const REGISTER_NODE: Query = query("register_node", 7);
 pub const STOP_NODE: Query = query("stop_node", 1);
 pub const NODE_HEARTBEAT: Query = query("node_heartbeat", 1);
 pub const NOTIFY: Query = query("notify", 0);
+pub const PEERS: Query = query("peers", 2);
 pub const RESCUE: Query = query("rescue", 2);
 pub const PRUNE_CLAIMS: Query = query("prune_claims", 1);
 pub const DEAD_LETTER: Query = query("dead_letter", 1);
@@ -70,7 +71,8 @@ pub const MAIN_CONNECTION: &[Query] = &[
 
 /// Prepared on the heartbeat connection (lease renewal and the node's
 /// row), so a renewal never queues behind a report that waits for a lock.
-pub const HEARTBEAT_CONNECTION: &[Query] = &[HEARTBEAT, NODE_HEARTBEAT, REGISTER_NODE, STOP_NODE];
+pub const HEARTBEAT_CONNECTION: &[Query] =
+    &[HEARTBEAT, NODE_HEARTBEAT, PEERS, REGISTER_NODE, STOP_NODE];
 
 /// Prepared on the maintenance connection, so a slow sweep never delays a
 /// claim, report or heartbeat pipelined on the main one.

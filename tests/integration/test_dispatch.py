@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 from datetime import datetime, timedelta, timezone
 
 import msgspec
@@ -46,15 +47,27 @@ def test_the_job_exists_only_if_the_transaction_commits(database_url):
     assert row == (job_id, "integration_charge", "pending", 1, 7, 0, {"order_id": 2, "note": ""})
 
 
-def test_a_commit_notifies_listeners_with_the_delay(database_url):
+def test_a_commit_announces_its_jobs_to_listeners(database_url):
+    """The payload the Rust core's announce.rs reads: kind, count, due time and delay, type, capability, xid."""
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute("LISTEN forge_jobs")
         with psycopg.connect(database_url) as conn:
             forge.dispatch(conn, charge, Order(order_id=1))
             forge.dispatch(conn, charge, Order(order_id=2), delay="10s")
-        payloads = sorted(int(n.payload) for n in listener.notifies(timeout=1, stop_after=2))
-    assert payloads[0] == 0
-    assert 9000 <= payloads[1] <= 10000
+            xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+            due = conn.execute("SELECT floor(extract(epoch FROM max(scheduled_at)) * 1000)::bigint FROM forge_jobs"
+                               ).fetchone()[0]
+        with psycopg.connect(database_url) as conn:
+            forge.dispatch_many(conn, charge, [Order(order_id=3), Order(order_id=4)])
+        payloads = [json.loads(n.payload) for n in listener.notifies(timeout=1, stop_after=3)]
+    now, later, many = sorted(payloads, key=lambda p: (p["n"], p["d"]))
+    for p in (now, later, many):
+        assert (p["k"], p["t"], p["c"]) == ("a", "integration_charge", "general")
+    assert (now["n"], now["d"], now["x"]) == (1, 0, str(xid))
+    assert (later["n"], later["x"], later["at"]) == (1, str(xid), due)
+    assert 9000 <= later["d"] <= 10000
+    assert (many["n"], many["d"]) == (2, 0)
+    assert int(many["x"]) > xid
 
 
 @forge.job(name="integration_any")

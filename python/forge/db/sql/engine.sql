@@ -27,6 +27,13 @@
 -- taken are recorded in one forge_claims row of the owner, in the same
 -- statement, so no job is ever held without one; its id comes back with
 -- every row (for close_claims).
+-- A claim that took fewer than $1 took every job it could claim in its
+-- snapshot: when $5 (the node has live peers) it says so on forge_jobs
+-- with its owner, snapshot and now(), so peers waiting on announced jobs
+-- (the Rust core's announce.rs) need not claim them too. That notice must
+-- go out for an empty claim as well, hence the one-row `told` joined to the
+-- claimed rows: a claim that took nothing returns one row of nulls. A
+-- snapshot too long for a payload sends nothing (peers claim after their wait).
 WITH due AS (
     SELECT id FROM forge_jobs
     WHERE claimed_by IS NULL AND failed_at IS NULL
@@ -48,11 +55,17 @@ WITH due AS (
     INSERT INTO forge_claims (owner, job_ids)
     SELECT $3, array_agg(id) FROM claimed HAVING count(*) > 0
     RETURNING id
+), notice AS (
+    SELECT json_build_object('k', 'c', 'o', $3::text, 's', pg_current_snapshot()::text,
+                             'at', floor(extract(epoch FROM now()) * 1000)::bigint)::text AS cleared
+    WHERE $5::boolean AND (SELECT count(*) FROM claimed) < $1
+), told AS (
+    SELECT count(pg_notify('forge_jobs', cleared)) FROM notice WHERE octet_length(cleared) < 7900
 )
-SELECT id, job_type, attempts, max_attempts, priority, input, parent_id,
+SELECT c.id, c.job_type, c.attempts, c.max_attempts, c.priority, c.input, c.parent_id,
        (SELECT id FROM recorded) AS claim_id
-FROM claimed
-ORDER BY priority, scheduled_at, id;
+FROM told LEFT JOIN claimed AS c ON true
+ORDER BY c.priority, c.scheduled_at, c.id;
 
 -- name: start
 -- Jobs handed to a worker: claimed -> running. started_at is when the
@@ -238,6 +251,13 @@ WHERE id IN (SELECT id FROM forge_nodes WHERE id = $1 FOR UPDATE SKIP LOCKED);
 -- name: notify
 -- Wake other nodes after jobs were handed back or rescued.
 SELECT pg_notify('forge_jobs', '0');
+
+-- name: peers
+-- The other live nodes (registered, not stopped, heartbeat within $2 ms),
+-- with what they claim: who else may take an announced job (announce.rs).
+SELECT id, capabilities, job_types FROM forge_nodes
+WHERE id <> $1 AND stopped_at IS NULL
+  AND heartbeat_at > now() - $2::float8 * interval '1 millisecond';
 
 -- name: rescue
 -- Jobs whose node stopped renewing their lease (heartbeat_at older than the
