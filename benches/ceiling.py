@@ -93,12 +93,13 @@ def _drain(url: str, rows: int) -> float:
 def _claimer(url: str, ready, results) -> None:
     """One connection's loop: claim a batch, complete it, until nothing is left."""
     owner = uuid.uuid4()
-    claim = (CLAIM_BATCH, ["general"], owner, ["noop"])
+    claim = (CLAIM_BATCH, ["general"], owner, ["noop"], False)  # False: no peers to tell (engine.sql claim)
     done = 0
     with psycopg.connect(url, autocommit=True, options=SESSION_OPTIONS) as conn, psycopg.RawCursor(conn) as cur:
         ready.wait()
         while True:
-            batch = cur.execute(_SQL["claim"], claim, prepare=True).fetchall()
+            # a claim that took nothing returns one row of nulls
+            batch = [row for row in cur.execute(_SQL["claim"], claim, prepare=True).fetchall() if row[0] is not None]
             if not batch:
                 break
             ids, attempts = [row[0] for row in batch], [row[2] for row in batch]

@@ -16,33 +16,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::announce::{Announced, Audience, Cleared};
+use crate::announce::{Announced, Cleared, Peer};
+use crate::awaited::Awaited;
 use crate::backoff::RetryDelay;
 
 /// Known due times kept; beyond this the latest are forgotten and the poll
 /// interval finds those jobs instead.
 const MAX_DUE_TIMES: usize = 4096;
-
-/// Announcements waited on; past this they are all replaced by one claim now.
-const MAX_WAITING: usize = 4096;
-
-/// A node's share of the wait for an announcement (announce.rs) is twice the
-/// time a peer's cleared notice has taken to arrive after it (a moving
-/// average), within these bounds; it starts at FIRST_SHARE.
-const FIRST_SHARE: Duration = Duration::from_millis(4);
-const MIN_SHARE: Duration = Duration::from_millis(1);
-const MAX_SHARE: Duration = Duration::from_millis(50);
-
-/// An announcement this node waits on: claim at `claim_at` unless a claim
-/// (its own, or a peer's cleared notice) has taken its jobs by then.
-#[derive(Debug, Clone)]
-struct Waiting {
-    arrived: Instant,
-    /// When its jobs are due, on this node's clock.
-    due: Instant,
-    claim_at: Instant,
-    job: Announced,
-}
 
 /// A job that the claim statement returned, held for Python's take().
 #[derive(Debug, Clone, PartialEq)]
@@ -83,18 +63,15 @@ pub struct ClaimState {
     /// started before it may have missed that job's commit, so only a claim
     /// started after it uses it up.
     notified_at: Option<Instant>,
-    /// This node and its live peers, for the announcements.
-    audience: Audience,
-    waiting: Vec<Waiting>,
-    /// The current wait share (see FIRST_SHARE).
-    share: Duration,
+    /// Announced jobs this node waits to claim.
+    awaited: Awaited,
     due: BTreeSet<Instant>,
     retry_at: Option<Instant>,
     retry: RetryDelay,
 }
 
 impl ClaimState {
-    pub fn new(max_batch: u64, poll_interval: Duration, audience: Audience) -> Self {
+    pub fn new(max_batch: u64, poll_interval: Duration, awaited: Awaited) -> Self {
         ClaimState {
             credits: 0,
             paused: false,
@@ -105,9 +82,7 @@ impl ClaimState {
             last_claim: None,
             last_full: false,
             notified_at: None,
-            audience,
-            waiting: Vec::new(),
-            share: FIRST_SHARE,
+            awaited,
             due: BTreeSet::new(),
             retry_at: None,
             retry: RetryDelay::default(),
@@ -149,61 +124,25 @@ impl ClaimState {
     }
 
     /// The live peers changed (each heartbeat reads them).
-    pub fn set_peers(&mut self, peers: Vec<crate::announce::Peer>) {
-        self.audience.peers = peers;
+    pub fn set_peers(&mut self, peers: Vec<Peer>) {
+        self.awaited.set_peers(peers);
     }
 
-    /// Whether a claim now, if less than full, should tell the peers: only
-    /// if there are any, and the claim is for announced jobs (so peers may
-    /// be waiting on them too). A poll's claim tells nobody: every notice
-    /// wakes every listening node, and costs each about a fifth of an empty
-    /// claim (benches/wakeups.py).
+    /// Whether a claim now, if less than full, should tell the peers.
     pub fn tells_peers(&self) -> bool {
-        !self.audience.peers.is_empty() && !self.waiting.is_empty()
+        self.awaited.tells_peers()
     }
 
-    /// A dispatch announced jobs: wait this node's rank's share past their
-    /// due time, unless it does not run them.
+    /// A dispatch announced jobs.
     pub fn announced(&mut self, job: Announced, now: Instant) {
-        let needed = job.count.div_ceil(self.max_batch);
-        let Some(wait) = self.audience.wait_for(&job, needed, self.share) else {
-            return;
-        };
-        if self.waiting.len() >= MAX_WAITING {
-            self.waiting.clear();
-            self.notified_at = Some(now);
-            return;
+        if !self.awaited.announced(job, self.max_batch, now) {
+            self.notified_at = Some(now); // too many waited on: claim now instead
         }
-        let due = now + Duration::from_millis(job.delay_ms);
-        self.waiting.push(Waiting {
-            arrived: now,
-            due,
-            claim_at: due + wait,
-            job,
-        });
     }
 
-    /// A peer's claim took every job it could claim in its snapshot: drop
-    /// the announcements it covers (seen by that snapshot, due by then, and
-    /// of a type and capability that peer runs).
+    /// A peer's claim cleared the jobs it could take.
     pub fn cleared(&mut self, notice: &Cleared, now: Instant) {
-        let Some(peer) = self.audience.peer(&notice.by) else {
-            return; // ourselves, or a node not yet seen: its types are unknown
-        };
-        let mut took = None;
-        self.waiting.retain(|w| {
-            let covered = notice.snapshot.sees(w.job.xid)
-                && w.job.due_ms <= notice.at_ms
-                && peer.runs(&w.job.job_type, &w.job.capability);
-            if covered {
-                took = Some(now.saturating_duration_since(w.arrived));
-            }
-            !covered
-        });
-        if let Some(took) = took {
-            let average = (self.share / 2 * 4 + took) / 5;
-            self.share = (average * 2).clamp(MIN_SHARE, MAX_SHARE);
-        }
+        self.awaited.cleared(notice, now);
     }
 
     /// A job becomes claimable at `at` (a retry this core scheduled, or a
@@ -225,7 +164,7 @@ impl ClaimState {
         }
         let poll_at = self.last_claim.map(|t| t + self.poll_interval);
         let due_at = self.due.first().copied();
-        let announced_at = self.waiting.iter().map(|w| w.claim_at).min();
+        let announced_at = self.awaited.next_claim_at();
         let timer = [poll_at, due_at, announced_at].into_iter().flatten().min();
         let urgent = self.last_claim.is_none() || self.notified_at.is_some() || self.last_full;
         if urgent || timer.is_some_and(|t| t <= now) {
@@ -241,9 +180,7 @@ impl ClaimState {
         self.credits = self.credits.saturating_sub(got as u64);
         self.last_full = got as i64 >= asked;
         self.notified_at = self.notified_at.filter(|at| *at > started);
-        // it saw every job announced before it started and due by then
-        self.waiting
-            .retain(|w| w.arrived >= started || w.due > started);
+        self.awaited.used_up_by(started);
         self.last_claim = Some(started);
         self.due = self.due.split_off(&(started + Duration::from_nanos(1)));
         self.retry_at = None;
@@ -268,56 +205,18 @@ impl ClaimState {
 mod tests {
     use super::*;
 
-    use crate::announce::{Peer, Snapshot};
+    use crate::announce::Peer;
     use uuid::Uuid;
 
     const POLL: Duration = Duration::from_millis(1000);
-    const ME: u128 = 1;
-
-    fn node(n: u128, job_type: &str) -> Peer {
-        Peer {
-            id: Uuid::from_u128(n),
-            capabilities: vec!["default".into()],
-            job_types: vec![job_type.into()],
-        }
-    }
 
     fn state() -> ClaimState {
-        ClaimState::new(100, POLL, Audience::alone(node(ME, "mail")))
-    }
-
-    fn job(xid: u64, job_type: &str) -> Announced {
-        Announced {
-            delay_ms: 0,
-            due_ms: 1_000,
-            count: 1,
-            xid,
-            job_type: job_type.into(),
-            capability: "default".into(),
-        }
-    }
-
-    fn cleared_by(n: u128, snapshot: &str, at_ms: i64) -> Cleared {
-        Cleared {
-            by: Uuid::from_u128(n),
-            snapshot: Snapshot::parse(snapshot).unwrap(),
-            at_ms,
-        }
-    }
-
-    /// An idle state among `peers` other nodes running mail, and an xid for
-    /// which this node is ranked after all of them.
-    fn last_of(peers: u128) -> (ClaimState, u64) {
-        let now = Instant::now();
-        let mut s = idle(now);
-        s.set_peers((2..2 + peers).map(|n| node(n, "mail")).collect());
-        let xid = (0..)
-            .find(|x| {
-                s.audience.wait_for(&job(*x, "mail"), 1, FIRST_SHARE)
-                    == Some(FIRST_SHARE * peers as u32)
-            })
-            .unwrap();
-        (s, xid)
+        let me = Peer {
+            id: Uuid::from_u128(1),
+            capabilities: vec!["default".into()],
+            job_types: vec!["mail".into()],
+        };
+        ClaimState::new(100, POLL, Awaited::new(me))
     }
 
     /// A state that has claimed once, not full, so it has no reason left.
@@ -479,136 +378,21 @@ mod tests {
     }
 
     #[test]
-    fn alone_an_announcement_is_claimed_at_once_and_a_claim_uses_it_up() {
+    fn an_announced_job_makes_a_claim_when_its_wait_ends_and_the_claim_uses_it_up() {
         let now = Instant::now();
         let mut s = idle(now);
-        s.announced(job(10, "mail"), now);
+        let job = crate::announce::Announced {
+            delay_ms: 0,
+            due_ms: 0,
+            count: 1,
+            xid: 7,
+            job_type: "mail".into(),
+            capability: "default".into(),
+        };
+        s.announced(job, now);
         assert_eq!(s.decide(now), Decision::Claim(10));
-        s.claimed(10, 1, now + Duration::from_millis(1));
-        assert_eq!(
-            s.decide(now + Duration::from_millis(1)),
-            Decision::Wait(Some(now + Duration::from_millis(1) + POLL))
-        );
-    }
-
-    #[test]
-    fn an_announcement_of_a_type_this_node_does_not_run_is_ignored() {
-        let now = Instant::now();
-        let mut s = idle(now);
-        s.announced(job(10, "report"), now);
-        let mut other = job(11, "mail");
-        other.capability = "gpu".into();
-        s.announced(other, now);
-        assert_eq!(s.decide(now), Decision::Wait(Some(now + POLL)));
-    }
-
-    #[test]
-    fn a_node_ranked_last_claims_after_its_share_unless_a_peer_cleared_the_job() {
-        let (mut s, xid) = last_of(3);
-        let now = Instant::now();
-        s.announced(job(xid, "mail"), now);
-        let at = now + FIRST_SHARE * 3;
-        assert_eq!(s.decide(now), Decision::Wait(Some(at)));
-        assert_eq!(s.decide(at), Decision::Claim(10)); // nobody cleared it: claim
-
-        let (mut s, xid) = last_of(3);
-        s.announced(job(xid, "mail"), now);
-        s.cleared(
-            &cleared_by(2, &format!("{}:{}:", xid + 1, xid + 1), 1_000),
-            now + Duration::from_millis(2),
-        );
-        assert_eq!(
-            s.decide(at),
-            Decision::Wait(Some(s.last_claim.unwrap() + POLL))
-        );
-    }
-
-    #[test]
-    fn a_cleared_notice_covers_only_what_its_claim_could_have_taken() {
-        let now = Instant::now();
-        for unseen in ["{x}:{x}:", "{x}:{y}:{x}"] {
-            // committed after the snapshot was taken; in progress in it
-            let (mut s, xid) = last_of(3);
-            s.announced(job(xid, "mail"), now);
-            let snapshot = unseen
-                .replace("{x}", &xid.to_string())
-                .replace("{y}", &(xid + 10).to_string());
-            s.cleared(&cleared_by(2, &snapshot, 1_000), now);
-            assert_eq!(
-                s.waiting.len(),
-                1,
-                "snapshot {snapshot} did not see xid {xid}"
-            );
-        }
-        // a peer that does not run the type, a claim made before the jobs were
-        // due, or an unknown node: none clears them
-        let (mut s, xid) = last_of(3);
-        s.set_peers(vec![
-            node(2, "mail"),
-            node(3, "mail"),
-            node(4, "mail"),
-            node(9, "report"),
-        ]);
-        s.announced(job(xid, "mail"), now);
-        let seen = format!("{}:{}:", xid + 1, xid + 1);
-        s.cleared(&cleared_by(9, &seen, 1_000), now);
-        s.cleared(&cleared_by(2, &seen, 999), now);
-        s.cleared(&cleared_by(77, &seen, 1_000), now);
-        s.cleared(&cleared_by(ME, &seen, 1_000), now);
-        assert_eq!(s.waiting.len(), 1);
-        s.cleared(&cleared_by(3, &seen, 1_000), now);
-        assert!(s.waiting.is_empty());
-    }
-
-    #[test]
-    fn the_share_follows_how_long_cleared_notices_take() {
-        let (mut s, _) = last_of(3);
-        let now = Instant::now();
-        for xid in 0..30 {
-            s.announced(job(xid, "mail"), now);
-            s.cleared(
-                &cleared_by(2, "100:100:", 1_000),
-                now + Duration::from_millis(10),
-            );
-        }
-        assert!(
-            s.share > Duration::from_millis(18) && s.share <= Duration::from_millis(20),
-            "{:?}",
-            s.share
-        );
-        for xid in 0..100 {
-            s.announced(job(xid, "mail"), now);
-            s.cleared(
-                &cleared_by(2, "100:100:", 1_000),
-                now + Duration::from_secs(1),
-            );
-        }
-        assert_eq!(s.share, MAX_SHARE);
-    }
-
-    #[test]
-    fn a_claim_started_after_an_announcement_uses_it_up_unless_not_yet_due() {
-        let (mut s, xid) = last_of(3);
-        let now = Instant::now();
-        s.announced(job(xid, "mail"), now);
-        let mut later = job(xid, "mail");
-        later.delay_ms = 500;
-        s.announced(later, now);
-        s.claimed(10, 0, now + Duration::from_millis(1));
-        assert_eq!(s.waiting.len(), 1);
-        assert_eq!(s.waiting[0].due, now + Duration::from_millis(500));
-    }
-
-    #[test]
-    fn too_many_announcements_waited_on_become_one_claim_now() {
-        let (mut s, _) = last_of(1);
-        let now = Instant::now();
-        for xid in 0..(MAX_WAITING as u64 + 1) {
-            let mut j = job(xid, "mail");
-            j.delay_ms = 10_000;
-            s.announced(j, now);
-        }
-        assert!(s.waiting.is_empty());
-        assert_eq!(s.decide(now), Decision::Claim(10));
+        let later = now + Duration::from_millis(1);
+        s.claimed(10, 1, later);
+        assert_eq!(s.decide(later), Decision::Wait(Some(later + POLL)));
     }
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::announce::{Audience, Peer};
+use crate::announce::Peer;
+use crate::awaited::Awaited;
 use crate::batch::{Complete, Fail, Progress, Release, Report, Start};
 use crate::claim::{ClaimState, Claimed};
 use crate::config::{Config, Policies};
@@ -71,11 +72,7 @@ impl Core {
             capabilities: config.capabilities.clone(),
             job_types: config.job_types.clone(),
         };
-        let claim = ClaimState::new(
-            config.claim_batch,
-            config.poll_interval,
-            Audience::alone(me),
-        );
+        let claim = ClaimState::new(config.claim_batch, config.poll_interval, Awaited::new(me));
         let shared = Arc::new(Shared::new(wake, claim));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();

@@ -3,6 +3,7 @@
 //! logic lives in the modules.
 
 mod announce;
+mod awaited;
 mod backlog;
 mod backoff;
 mod batch;

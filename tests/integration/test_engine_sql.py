@@ -4,6 +4,7 @@ completion a HOT update (migration 0003)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 
@@ -37,8 +38,8 @@ def dispatch(db, count: int) -> list[int]:
 
 def claim(db, owner: uuid.UUID, limit: int = 100) -> list[tuple]:
     """(id, attempt, claim_id) of each job the claim statement took."""
-    rows = db.execute(SQL["claim"], (limit, ["general"], owner, ["noop"]), prepare=True).fetchall()
-    return [(r[0], r[2], r[7]) for r in rows]
+    rows = db.execute(SQL["claim"], (limit, ["general"], owner, ["noop"], False), prepare=True).fetchall()
+    return [(r[0], r[2], r[7]) for r in rows if r[0] is not None]  # nothing taken: one row of nulls
 
 
 def complete(db, owner: uuid.UUID, jobs: list[tuple]) -> int:
@@ -75,6 +76,29 @@ def test_a_claim_records_its_jobs_in_one_claim_row_of_its_owner(db):
     assert (claim_id, row_owner, sorted(job_ids)) == (jobs[0][2], owner, sorted(j[0] for j in jobs))
     assert claim(db, owner) == []  # an empty claim writes no row
     assert len(claim_rows(db)) == 1
+
+
+def _cleared_notices(database_url: str, owner: uuid.UUID, limit: int, tell: bool) -> list[dict]:
+    """The cleared notices one claim of `limit` sends (announce.rs reads them), seen by a listener."""
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN forge_jobs")
+        with psycopg.connect(database_url, autocommit=True, cursor_factory=psycopg.RawCursor) as conn:
+            conn.execute(SQL["claim"], (limit, ["general"], owner, ["noop"], tell))
+        return [json.loads(n.payload) for n in listener.notifies(timeout=0.5)]
+
+
+def test_a_claim_that_took_less_than_it_asked_tells_peers_its_snapshot_when_asked_to(db, database_url):
+    owner = uuid.uuid4()
+    dispatch(db, 3)
+    assert _cleared_notices(database_url, owner, 3, tell=True) == []  # full: more may be waiting
+    dispatch(db, 2)
+    assert _cleared_notices(database_url, owner, 3, tell=False) == []  # no peers
+    [notice] = _cleared_notices(database_url, owner, 3, tell=True)  # empty, so less than asked
+    assert (notice["k"], notice["o"]) == ("c", str(owner))
+    xmin, xmax, _in_progress = notice["s"].split(":")
+    assert int(xmin) <= int(xmax)
+    now_ms = db.execute("SELECT floor(extract(epoch FROM now()) * 1000)::bigint").fetchone()[0]
+    assert 0 <= now_ms - notice["at"] < 5_000
 
 
 def test_a_claim_row_is_closed_only_when_none_of_its_jobs_is_held(db):
