@@ -179,7 +179,10 @@ def test_a_child_that_outlives_its_worker_into_the_next_execution_is_an_overlap(
 
 
 def test_a_child_whose_death_was_never_observed_leaves_its_execution_unbounded(fault_db: str) -> None:
-    assert _child_outliving_its_worker(fault_db, lambda conn, _: None) == {"no overlapping executions"}
+    """Whatever became of its worker; and a death of its pid long before its 'child' row (a reused pid) is not its
+    death."""
+    assert _child_outliving_its_worker(fault_db, lambda conn, _: _died(conn, 901, "-60 s")) == {
+        "no overlapping executions"}
 
 
 def test_a_child_seen_dead_before_the_next_execution_is_no_overlap(fault_db: str) -> None:
@@ -187,13 +190,9 @@ def test_a_child_seen_dead_before_the_next_execution_is_no_overlap(fault_db: str
 
 
 def test_a_child_reaped_by_its_job_ends_there(fault_db: str) -> None:
-    """A 'child_end' row (the job waited for it) bounds the child; a death of its pid long before its 'child' row
-    (a reused pid) does not."""
-    def reaped(conn: psycopg.Connection, exec_id: str) -> None:
-        _died(conn, 901, "-60 s")
-        _child(conn, exec_id, 901, "-7 s", "child_end")
-
-    assert _child_outliving_its_worker(fault_db, reaped) == set()
+    """A 'child_end' row (the job waited for it) bounds the child."""
+    assert _child_outliving_its_worker(fault_db, lambda conn, exec_id: _child(conn, exec_id, 901, "-7 s",
+                                                                              "child_end")) == set()
 
 
 RESCUER = "forge 00000000-0000-0000-0000-00000000000c maintenance"  # a core's maintenance connection
