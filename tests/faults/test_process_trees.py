@@ -37,6 +37,9 @@ F_GETPIPE_SZ = 1032
 #: interval, 0.5 s, before) must be heartbeat_timeout (3 s) old and a maintenance sweep (every 1 s) must run;
 #: 1.5 s to spare.
 STRANDED_MAX = 6.0
+#: Seconds from the full node's start the pipe stays full: past its loop's first summary line (10 s; a frozen
+#: loop would block on it), the zygote's fence (2.25 s) and STRANDED_MAX.
+FULL_FOR = 20.0
 
 
 def _children(conn: psycopg.Connection[Any], ids: list[int]) -> list[int]:
@@ -97,7 +100,8 @@ def test_a_job_leaving_its_process_group_is_fenced_with_its_paused_node(fault_db
     watcher = DeathWatcher(fault_db, [a, b])
     a.start()
     watcher.start()
-    job = enqueue(fault_db, 1, job_type="fault_leave_group", ms=6000, max_attempts=3)
+    # long enough to be running still when its worker is fenced, b's start and the fence (2.25 s) included
+    job = enqueue(fault_db, 1, job_type="fault_leave_group", ms=10000, max_attempts=3)
     with psycopg.connect(fault_db, autocommit=True) as conn:
         wait_for(lambda: len(_children(conn, job)) == 1, 20, "the job's child to start on a")
         [child] = _children(conn, job)
@@ -119,12 +123,15 @@ def test_a_job_leaving_its_process_group_is_fenced_with_its_paused_node(fault_db
         wait_finished(fault_db, [a, b], 40, job)
         trail = conn.execute("SELECT new_status, new_attempts, error_type FROM ledger_transitions WHERE job_id = %s"
                              " ORDER BY seq", job).fetchall()
+        ran_to_end = _ran_to_end(conn, job)
     watcher.stop()
     stop = stop_all([a, b])
     report = final_check(fault_db, "leave-group-pause")
     results.write("leave-group-pause", {"rescued_after_seconds": round(rescued_after, 2), "trail": trail,
+                                        "ran_to_end": ran_to_end,
                                         "child_dead_at_rescue": child_dead_at_rescue, **stop, **report.figures})
     assert child_dead_at_rescue, f"the first attempt's child {child} still ran when the job was rescued"
+    assert ran_to_end == 1, f"{ran_to_end} executions ran to their end: the fence did not cut the first attempt"
     assert ("retry", 1, "forge.errors.NodeLost") in trail or ("retry", 1, "forge.errors.LeaseLost") in trail, trail
     assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
     assert report.ok, report.text
@@ -158,6 +165,7 @@ def test_a_fork_the_kernel_refuses_leaves_the_node_running(fault_db: str, make_n
                  "the failed forks, logged")
         survived = node.running() and zygote is not None and alive(zygote)
         (group / "pids.max").write_text("max")
+        assert survived, f"the node died of a failed fork:\n{node.log_tail()}"
         wait_finished(fault_db, [node], 60, long + short)
         after = enqueue(fault_db, 100, ms=(0, 5))
         wait_finished(fault_db, [node], 30, after, "the jobs after the failed forks")
@@ -168,7 +176,6 @@ def test_a_fork_the_kernel_refuses_leaves_the_node_running(fault_db: str, make_n
     results.write("fork-failure", {"jobs": 1 + len(short) + len(after), "failed_forks_logged":
                                    node.log().count("could not fork a worker"), "workers_after": workers, **stop,
                                    **report.figures})
-    assert survived, f"the node died of a failed fork:\n{node.log_tail()}"
     assert workers == 2, f"the node has {workers} workers once forks succeed again, not 2"
     assert all(code == 0 for code in stop["exit_codes"].values()), f"the node did not stop cleanly: {stop}"
     assert report.ok, report.text
@@ -232,28 +239,29 @@ def _drain(fd: int) -> None:
 def test_a_supervisor_whose_output_is_full_never_holds_a_job_without_its_worker(
         fault_db: str, make_node: MakeNode, results: Results) -> None:
     """Node a's stdout and stderr are one pipe nobody reads; two of its three long jobs print 4 KB every 50 ms
-    into it (their workers inherit it), so it is soon full and they block in the write. For 12 s, every running
-    job (sampled every 0.2 s) has a live worker, or is rescued by node b; the quiet job completes on a meanwhile;
+    into it (their workers inherit it), so it is soon full and they block in the write. For FULL_FOR, every
+    running job (sampled every 0.2 s) has a live worker, or is rescued by node b; the quiet job completes on a;
     once the pipe is drained everything completes, and the invariants hold."""
     out_r, out_w = os.pipe()
     a, b = make_node("a", workers=3), make_node("b", workers=2)
     watcher = DeathWatcher(fault_db, [a, b])
     try:
         a.start(output=out_w)
+        a_started = time.monotonic()
     finally:
         os.close(out_w)  # a, its zygote and workers hold it now
     watcher.start()
     sampler = HeldWithoutWorker(fault_db)
     drain = threading.Thread(target=_drain, args=(out_r,), daemon=True)
     try:
-        chatty = enqueue(fault_db, 2, job_type="fault_chatty", ms=8000)
+        chatty = enqueue(fault_db, 2, job_type="fault_chatty", ms=8000)  # blocked in a write until the drain
         quiet = enqueue(fault_db, 1, ms=6000)
         wait_for(lambda: sampler.look() or _running(fault_db, chatty + quiet) == 3, 20, "a to run the long jobs")
         capacity = fcntl.fcntl(out_r, F_GETPIPE_SZ)
         wait_for(lambda: _buffered(out_r) > capacity - CHATTY_LINE, 20, "a's output pipe to fill")
         b.start()
         short = enqueue(fault_db, 50, ms=(0, 5))  # work flowing beside, for either node
-        sampler.watch(12.0)
+        sampler.watch(FULL_FOR - (time.monotonic() - a_started))
         full_all_along = _buffered(out_r) > capacity - CHATTY_LINE
         quiet_done = _status(fault_db, quiet) == ["completed"]
         drain.start()
