@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,11 @@ from testapp import jobs
 
 import forge
 
+from .. import cgroups
 from ..supervisors import alive
 from .conftest import completed, finished, job_row, wait_for
 
 LEASES = {"heartbeat_interval": "500ms", "heartbeat_timeout": "3s"}  # fenced at 2.25 s, rescued after 3 s
-PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 
 
 def _pids(path: Path, count: int) -> list[int]:
@@ -96,18 +95,9 @@ def test_a_job_that_leaves_its_process_group_is_fenced_with_its_paused_node(supe
 
 @pytest.fixture
 def pids_cgroup():
-    """A pids cgroup (v1, writable: we are root) to hold the zygote under a real process-count limit."""
-    if not os.access(PIDS_CGROUP / "cgroup.procs", os.W_OK):
-        pytest.skip("no writable pids cgroup to limit the zygote's forks with")
-    group = PIDS_CGROUP / f"forge-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    yield group
-    for pid in (group / "cgroup.procs").read_text().split():  # back to the root, so the group can go
-        try:
-            (PIDS_CGROUP / "cgroup.procs").write_text(pid)
-        except OSError:
-            pass  # it exited meanwhile
-    group.rmdir()
+    """A pids cgroup to hold the zygote under a real process-count limit (skipped where there is none)."""
+    with cgroups.pids_cgroup() as group:
+        yield group
 
 
 def test_a_fork_the_kernel_refuses_is_retried_and_the_node_runs_on(supervisor, db, pids_cgroup):

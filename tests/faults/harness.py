@@ -98,9 +98,10 @@ class Node(Supervisor):
                          direct_url=direct_url, name=name)
 
     def start(self, *, env: Mapping[str, str] | None = None, start_new_session: bool = True, wait: bool = True,
-              wait_workers: bool = True) -> Self:
+              wait_workers: bool = True, output: int | None = None) -> Self:
         return super().start(env={LEDGER_URL_ENV: self.direct_url, **(env or {})},
-                             start_new_session=start_new_session, wait=wait, wait_workers=wait_workers)
+                             start_new_session=start_new_session, wait=wait, wait_workers=wait_workers,
+                             output=output)
 
     def tree(self) -> list[int]:
         """Supervisor, zygote and workers that are alive."""
@@ -184,8 +185,10 @@ def watch_deaths(url: str, pids: list[int], sup_pid: int | None, timeout: float 
 
 
 class DeathWatcher:
-    """Records in the ledger the death of every worker of `nodes` as it is seen, in a thread, until stop(): for
-    scenarios where workers die of the engine's own doing (self-fencing), which nobody else watches."""
+    """Records in the ledger the death of every worker of `nodes`, and of every child a job recorded ('child'
+    rows), as it is seen, in a thread, until stop(): for scenarios where processes die of the engine's own doing
+    (self-fencing, timeouts, the kill of what a worker left), which nobody else watches. Stop it only once every
+    job has ended: a child recorded after that is not watched, and its execution stays unbounded."""
 
     def __init__(self, url: str, nodes: list[Node], every: float = 0.01) -> None:
         self.url = url
@@ -206,12 +209,14 @@ class DeathWatcher:
         return self.deaths
 
     def _run(self) -> None:
-        known: dict[int, int] = {}  # worker pid -> its supervisor's pid
+        known: dict[int, int] = {}  # pid of a worker or a job's child -> its supervisor's pid
         unrecorded: list[tuple[int, int, datetime]] = []  # deaths seen while PostgreSQL was down
+        children = _RecordedChildren(self.url)
         while not self._stop.wait(self.every):
             for node in self.nodes:
                 if node.running():
                     known.update((pid, node.pid) for pid in node.workers() if pid not in known)
+            known.update(children.new())
             for pid, sup in list(known.items()):
                 if not alive(pid):
                     del known[pid]
@@ -220,6 +225,7 @@ class DeathWatcher:
             if unrecorded:
                 unrecorded = self._record(unrecorded)
         self._record(unrecorded)
+        children.close()
 
     def _record(self, deaths: list[tuple[int, int, datetime]]) -> list[tuple[int, int, datetime]]:
         """Write the deaths with the time each was seen; those not written (PostgreSQL is down) are returned."""
@@ -230,3 +236,36 @@ class DeathWatcher:
         except psycopg.OperationalError:
             return deaths
         return []
+
+
+class _RecordedChildren:
+    """The children jobs record in ledger_executions ('child' rows), read as they come, every `every` s at most."""
+
+    def __init__(self, url: str, every: float = 0.05) -> None:
+        self.url = url
+        self.every = every
+        self.seen_seq = 0
+        self.read_at = 0.0
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def new(self) -> list[tuple[int, int]]:
+        """(pid, supervisor pid) of the children recorded since the last call; none while PostgreSQL is down."""
+        if time.monotonic() - self.read_at < self.every:
+            return []
+        self.read_at = time.monotonic()
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+            rows = self.conn.execute("SELECT seq, pid, sup_pid FROM ledger_executions WHERE event = 'child'"
+                                     " AND seq > %s ORDER BY seq", (self.seen_seq,)).fetchall()
+        except psycopg.OperationalError:
+            self.close()
+            return []
+        if rows:
+            self.seen_seq = rows[-1][0]
+        return [(pid, sup) for _, pid, sup in rows]
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

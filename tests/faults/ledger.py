@@ -11,7 +11,10 @@ ledger_transitions   one row per status change of forge_jobs, written by an
                      for the core's connections is "forge <owner> <role>"
                      (role: claim, main, heartbeat, maintenance).
 ledger_executions    'start'/'end' rows the fault jobs write in their own
-                     autocommit statements (tests/faults/app/faultjobs.py).
+                     autocommit statements (tests/faults/app/faultwork.py),
+                     and for each process a job starts, a 'child' row
+                     (pid: the child's) once it is started and a 'child_end'
+                     row once the job has reaped it.
 ledger_acked         the ids dispatch acknowledged to the test's producer
                      (scenarios.enqueue): "no job lost" is checked against
                      them, so a row that vanished is a lost job.
@@ -45,6 +48,14 @@ How an execution's interval is defined (for "no two overlapping executions"):
        that is exactly the case the check is for);
     3. otherwise unknown: +infinity, and the execution is reported as
        unbounded (a violation if another execution of the job started later).
+  An execution is its process tree: a job's children do its work too, and
+  may outlive its worker. So its end is the latest of the worker's end (above)
+  and each of its children's: the child's 'child_end' row or the earliest
+  observed death of its pid (ledger_faults 'died' or 'kill_worker', written by
+  a watcher of the pids in 'child' rows: harness.DeathWatcher, watch_deaths),
+  whichever comes first, also one recorded up to START_ROW_LAG before its
+  'child' row; a child with neither is unbounded (+infinity), whatever became
+  of its worker: the worker's end proves nothing about its children's.
   Two executions of one job overlap when one starts before the other's
   (bounded) end. Bounds are upper bounds, so the check errs towards
   reporting an overlap, never towards hiding one.
@@ -142,7 +153,7 @@ CREATE TABLE ledger_executions (
     exec_id  uuid NOT NULL,
     job_id   bigint NOT NULL,
     attempt  int NOT NULL,
-    event    text NOT NULL CHECK (event IN ('start', 'end')),
+    event    text NOT NULL CHECK (event IN ('start', 'end', 'child', 'child_end')),
     pid      int NOT NULL,
     sup_pid  int NOT NULL,
     at       timestamptz NOT NULL DEFAULT clock_timestamp()
@@ -263,7 +274,7 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
 ]
 
-# Executions with their bounded end (see the module docstring).
+# Executions with their bounded end (see the module docstring): the worker's, then its children's.
 EXECUTIONS_SQL = """
 DROP TABLE IF EXISTS fault_execs;
 CREATE TEMP TABLE fault_execs AS
@@ -282,21 +293,38 @@ SELECT s.*, e.ended,
         AND t.new_status NOT IN ('claimed', 'running')
         AND coalesce(t.error_type, '') <> 'forge.errors.NodeLost') AS settled
 FROM s LEFT JOIN e USING (exec_id);
-ALTER TABLE fault_execs ADD COLUMN bound timestamptz;
+ALTER TABLE fault_execs ADD COLUMN bound timestamptz, ADD COLUMN children int, ADD COLUMN children_end timestamptz;
 UPDATE fault_execs SET bound = coalesce(ended, died, settled, 'infinity');
+
+DROP TABLE IF EXISTS fault_children;
+CREATE TEMP TABLE fault_children AS
+SELECT c.exec_id, c.pid, c.at AS started,
+    coalesce(least(
+        (SELECT min(r.at) FROM ledger_executions r
+          WHERE r.exec_id = c.exec_id AND r.pid = c.pid AND r.event = 'child_end'),
+        (SELECT min(f.at) FROM ledger_faults f
+          WHERE f.pid = c.pid AND f.kind IN ('died', 'kill_worker')
+            AND f.at >= c.at - interval '2 seconds')),  -- START_ROW_LAG
+        'infinity') AS bound
+FROM ledger_executions c WHERE c.event = 'child';
+UPDATE fault_execs x SET children = c.n, children_end = c.bound, bound = greatest(x.bound, c.bound)
+FROM (SELECT exec_id, count(*) AS n, max(bound) AS bound FROM fault_children GROUP BY exec_id) c
+WHERE c.exec_id = x.exec_id;
 """
 
 EXEC_CHECKS: list[tuple[str, str, str]] = [
     (
         "no overlapping executions",
         """SELECT a.job_id, a.attempt AS attempt_a, a.pid AS pid_a, a.started AS start_a, a.bound::text AS end_a,
+                  a.children AS children_a, a.children_end::text AS children_end_a,
                   b.attempt AS attempt_b, b.pid AS pid_b, b.started AS start_b
            FROM fault_execs a JOIN fault_execs b
              ON a.job_id = b.job_id AND a.exec_id <> b.exec_id
             AND (a.started, a.exec_id) < (b.started, b.exec_id)
            WHERE b.started < a.bound
            ORDER BY a.job_id LIMIT 20""",
-        "no execution of a job starts before an earlier one of the same job has (provably) ended",
+        "no execution of a job starts before an earlier one of the same job, its worker and every child it"
+        " started, has (provably) ended",
     ),
     (
         "extra executions only where a fault cut an attempt",
@@ -376,7 +404,8 @@ def check(url: str, *, expected_failed: list[int] | None = None, max_crashes: in
         unbounded = conn.execute(
             "SELECT job_id, attempt, pid, started FROM fault_execs WHERE bound = 'infinity' LIMIT 5").fetchall()
         if unbounded:
-            lines.append(f"  note: {figures['unbounded_executions']} killed executions with no known end, e.g. "
+            lines.append(f"  note: {figures['unbounded_executions']} executions with no known end (of the worker or"
+                         f" of a child), e.g. "
                          f"{unbounded}")
     lines.append("  figures: " + json.dumps(figures, default=str))
     return Report(ok, "\n".join(lines), figures)
@@ -399,6 +428,8 @@ def _figures(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "by_status": by_status,
         "executions": one("SELECT count(*) FROM fault_execs"),
         "killed_executions": one("SELECT count(*) FROM fault_execs WHERE ended IS NULL"),
+        "child_processes": one("SELECT count(*) FROM fault_children"),
+        "unbounded_children": one("SELECT count(*) FROM fault_children WHERE bound = 'infinity'"),
         "unbounded_executions": one("SELECT count(*) FROM fault_execs WHERE bound = 'infinity'"),
         "duplicate_executions": one(
             "SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) n FROM fault_execs GROUP BY job_id) x"),

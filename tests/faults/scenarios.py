@@ -141,6 +141,17 @@ def wait_finished(url: str, nodes: list[Node], timeout: float, ids: list[int] | 
     return time.monotonic() - began
 
 
+def stop_all(nodes: list[Node]) -> dict[str, Any]:
+    """SIGTERM every node; their exit codes and summed core totals (fenced...)."""
+    codes = {n.name: n.stop() for n in nodes}
+    totals: dict[str, int] = {}
+    for node in nodes:
+        for run in node.core_totals():
+            for key, value in run.items():
+                totals[key] = totals.get(key, 0) + value
+    return {"exit_codes": codes, "core_totals": totals}
+
+
 def final_check(url: str, name: str, **kwargs: Any) -> ledger.Report:
     report = ledger.check(url, **kwargs)
     print(f"\n[{name}] invariants:\n{report.text}")

@@ -36,13 +36,15 @@ def _job(conn: psycopg.Connection, *steps: tuple[str, int, str | None]) -> int:
     return job_id
 
 
-def _exec(conn: psycopg.Connection, job_id: int, attempt: int, pid: int, start: str, end: str | None) -> None:
+def _exec(conn: psycopg.Connection, job_id: int, attempt: int, pid: int, start: str, end: str | None) -> str:
+    """An execution's 'start' (and 'end') rows, at now() + the intervals; its exec_id."""
     exec_id = conn.execute("SELECT gen_random_uuid()").fetchone()[0]
     conn.execute("INSERT INTO ledger_executions (exec_id, job_id, attempt, event, pid, sup_pid, at)"
                  " VALUES (%s, %s, %s, 'start', %s, 1, now() + %s::interval)", (exec_id, job_id, attempt, pid, start))
     if end is not None:
         conn.execute("INSERT INTO ledger_executions (exec_id, job_id, attempt, event, pid, sup_pid, at)"
                      " VALUES (%s, %s, %s, 'end', %s, 1, now() + %s::interval)", (exec_id, job_id, attempt, pid, end))
+    return exec_id
 
 
 def _failing(report: ledger.Report) -> set[str]:
@@ -142,6 +144,55 @@ def test_a_kill_recorded_just_before_the_start_row_bounds_the_execution(fault_db
         _exec(conn, job, 2, 601, "-5 s", "-4 s")
     report = ledger.check(fault_db)
     assert _failing(report) == {"no overlapping executions"}, report.text
+
+
+def _child(conn: psycopg.Connection, exec_id: str, pid: int, at: str, event: str = "child") -> None:
+    """A 'child' row (a process the execution started) or 'child_end' row (the job reaped it) at now() + at."""
+    conn.execute("INSERT INTO ledger_executions (exec_id, job_id, attempt, event, pid, sup_pid, at)"
+                 " SELECT exec_id, job_id, attempt, %s, %s, sup_pid, now() + %s::interval"
+                 " FROM ledger_executions WHERE exec_id = %s AND event = 'start'", (event, pid, at, exec_id))
+
+
+def _died(conn: psycopg.Connection, pid: int, at: str) -> None:
+    conn.execute("INSERT INTO ledger_faults (kind, pid, sup_pid, at) VALUES ('died', %s, 1, now() + %s::interval)",
+                 (pid, at))
+
+
+def _child_outliving_its_worker(fault_db: str, child_end: Callable[[psycopg.Connection, str], None]) -> set[str]:
+    """Attempt 1's worker (killed, seen dead at -8 s) started a child (pid 901) at -9.9 s; attempt 2 ran from -5 s
+    on another node. child_end(conn, attempt 1's exec_id) writes how the child ended; the checks that fail."""
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        job = _rescued_and_completed_elsewhere(conn)
+        first = _exec(conn, job, 1, 900, "-10 s", None)
+        _died(conn, 900, "-8 s")
+        _child(conn, first, 901, "-9.9 s")
+        child_end(conn, first)
+        _exec(conn, job, 2, 902, "-5 s", "-4 s")
+    report = ledger.check(fault_db)
+    print(report.text)
+    return _failing(report)
+
+
+def test_a_child_that_outlives_its_worker_into_the_next_execution_is_an_overlap(fault_db: str) -> None:
+    assert _child_outliving_its_worker(fault_db, lambda conn, _: _died(conn, 901, "-3 s")) == {
+        "no overlapping executions"}
+
+
+def test_a_child_whose_death_was_never_observed_leaves_its_execution_unbounded(fault_db: str) -> None:
+    """Whatever became of its worker; and a death of its pid long before its 'child' row (a reused pid) is not its
+    death."""
+    assert _child_outliving_its_worker(fault_db, lambda conn, _: _died(conn, 901, "-60 s")) == {
+        "no overlapping executions"}
+
+
+def test_a_child_seen_dead_before_the_next_execution_is_no_overlap(fault_db: str) -> None:
+    assert _child_outliving_its_worker(fault_db, lambda conn, _: _died(conn, 901, "-6 s")) == set()
+
+
+def test_a_child_reaped_by_its_job_ends_there(fault_db: str) -> None:
+    """A 'child_end' row (the job waited for it) bounds the child."""
+    assert _child_outliving_its_worker(fault_db, lambda conn, exec_id: _child(conn, exec_id, 901, "-7 s",
+                                                                              "child_end")) == set()
 
 
 RESCUER = "forge 00000000-0000-0000-0000-00000000000c maintenance"  # a core's maintenance connection

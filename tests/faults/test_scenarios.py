@@ -21,20 +21,9 @@ from .conftest import Results
 from .harness import DeathWatcher, FaultCluster, Node, alive, children, record, stopped, wait_for, watch_deaths
 from .nemesis import Nemesis, seed_from_env
 from .proxy import Proxy
-from .scenarios import Producer, db_now, diagnose, enqueue, final_check, unfinished, wait_finished
+from .scenarios import Producer, db_now, diagnose, enqueue, final_check, stop_all, unfinished, wait_finished
 
 MakeNode = Callable[..., Node]
-
-
-def _stop_all(nodes: list[Node]) -> dict[str, Any]:
-    """SIGTERM every node; their exit codes and summed core totals (fenced...)."""
-    codes = {n.name: n.stop() for n in nodes}
-    totals: dict[str, int] = {}
-    for node in nodes:
-        for run in node.core_totals():
-            for key, value in run.items():
-                totals[key] = totals.get(key, 0) + value
-    return {"exit_codes": codes, "core_totals": totals}
 
 
 # --- 1. the nemesis under load ----------------------------------------------------------
@@ -59,7 +48,7 @@ def _nemesis_run(fault_db: str, make_node: MakeNode, results: Results, *, name: 
     fault_time = time.monotonic() - began
     wait_finished(fault_db, nodes, timeout, ids)
     wall = time.monotonic() - began
-    stop = _stop_all(nodes)
+    stop = stop_all(nodes)
     report = final_check(fault_db, name, allow_crash_capped=True)
     figures = {
         "seed": seed, "jobs": len(ids), "dispatched_during_faults": len(producer.acknowledged),
@@ -148,7 +137,7 @@ def test_paused_supervisor_is_fenced(fault_db: str, make_node: MakeNode, results
             "SELECT count(DISTINCT job_id) FROM ledger_executions WHERE job_id = ANY(%s) AND sup_pid <> %s",
             ([s[0] for s in stale], a.pid)).fetchone()[0]
         a_alive = a.running()
-    stop = _stop_all([a, b])
+    stop = stop_all([a, b])
     fenced = sum(run.get("fenced", 0) for run in a.core_totals())
     report = final_check(fault_db, "pause")
     figures = {"held": len(stale), "rescued_after_seconds": round(rescued_after, 2),
@@ -194,7 +183,7 @@ def _postgres_run(cluster: FaultCluster, fault_db: str, make_node: MakeNode, res
         recoveries[what] = round(time.monotonic() - back, 2)
     wait_finished(fault_db, nodes, 120, ids)
     survived = {n.name: n.running() and n.pid == pid for n, pid in zip(nodes, pids)}
-    stop = _stop_all(nodes)
+    stop = stop_all(nodes)
     report = final_check(fault_db, name)
     results.write(name, {"jobs": len(ids), "downtime_seconds": downtimes,
                          "first_completion_after_seconds": recoveries,
@@ -237,7 +226,7 @@ def test_outage_longer_than_the_lease(fault_cluster: FaultCluster, fault_db: str
     recovery = time.monotonic() - back
     deaths = watcher.stop()
     survived = {n.name: n.running() and n.pid == pid for n, pid in zip(nodes, pids)}
-    stop = _stop_all(nodes)
+    stop = stop_all(nodes)
     report = final_check(fault_db, "outage-past-lease")
     results.write("outage-past-lease", {"downtime_seconds": round(downtime, 2),
                                         "all_finished_after_seconds": round(recovery, 2),
@@ -290,7 +279,7 @@ def test_connection_resets_and_refusals(fault_db: str, make_node: MakeNode, make
         recoveries[f"{mode}_{seconds}s"] = round(time.monotonic() - healed, 2)
     wait_finished(fault_db, [a, b], 60, ids)
     a_alive = a.running()
-    stop = _stop_all([a, b])
+    stop = stop_all([a, b])
     report = final_check(fault_db, "proxy-resets")
     results.write("proxy-resets", {"jobs": len(ids), "a_completion_after_heal_seconds": recoveries,
                                    "a_survived": a_alive, "proxy_accepted": proxy.accepted, **stop,
@@ -342,7 +331,7 @@ def test_partitioned_node_kills_its_workers_before_rescue(
         record(fault_db, "heal", pid=a.pid, sup_pid=a.pid)
         wait_finished(fault_db, [a, b], 60, long_ids + short_ids)
         a_alive = a.running()
-    stop = _stop_all([a, b])
+    stop = stop_all([a, b])
     report = final_check(fault_db, "partition")
     margins = [(r[3] - r[2]).total_seconds() if r[2] and r[3] else None for r in timing]
     results.write("partition", {
@@ -379,7 +368,7 @@ def test_partitions_long(fault_db: str, make_node: MakeNode, make_proxy: Callabl
         wait_for(lambda: len(a.workers()) == 2 or not a.running(), 10, "a's workers back after a partition")
         survived += a.running()
     wait_finished(fault_db, [a, *others], 600, ids)
-    stop = _stop_all([a, *others])
+    stop = stop_all([a, *others])
     report = final_check(fault_db, "partitions-long")
     results.write("partitions-long", {"jobs": len(ids), "partitions": 30, "a_alive_after_partitions": survived,
                                       **stop, **report.figures})
@@ -411,7 +400,7 @@ def test_rolling_restart_of_nodes_running_different_types(fault_db: str, make_no
         node.start()
         restarts.append(round(time.monotonic() - began, 2))
     wait_finished(fault_db, nodes, 90, ids)
-    stop = _stop_all(nodes)
+    stop = stop_all(nodes)
     report = final_check(fault_db, "rolling-restart")
     results.write("rolling-restart", {"jobs": len(ids), "restart_seconds": restarts, **stop, **report.figures})
     assert all(code == 0 for code in stop["exit_codes"].values()), f"a node did not stop cleanly: {stop}"
@@ -440,7 +429,7 @@ def test_another_session_locking_job_rows(fault_db: str, make_node: MakeNode, re
         locker.rollback()
     wait_finished(fault_db, nodes, 90, locked + others)
     watcher.stop()
-    stop = _stop_all(nodes)
+    stop = stop_all(nodes)
     report = final_check(fault_db, "locked-rows")
     with psycopg.connect(fault_db, autocommit=True) as conn:
         lease_lost = conn.execute("SELECT job_id FROM ledger_transitions WHERE error_type = 'forge.errors.LeaseLost'"
@@ -458,7 +447,9 @@ def test_another_session_locking_job_rows(fault_db: str, make_node: MakeNode, re
 @pytest.mark.timeout(120)
 def test_killed_supervisor_leaves_no_processes(fault_db: str, make_node: MakeNode, results: Results) -> None:
     """Nothing of a SIGKILLed supervisor runs on: not its zygote, workers, nor the jobs' children (one in a session
-    of its own), all gone within a second, long before the rescue (heartbeat_timeout) runs the jobs again."""
+    of its own), all gone within a second, long before the rescue (heartbeat_timeout) by the second node, there
+    all along, runs the jobs again: in the ledger, each killed execution, children included, ends before its
+    rescue starts."""
     a = make_node("a", workers=3).start()
     ids = enqueue(fault_db, 2, job_type="fault_with_children", ms=10000)
     with psycopg.connect(fault_db, autocommit=True) as conn:
@@ -472,17 +463,18 @@ def test_killed_supervisor_leaves_no_processes(fault_db: str, make_node: MakeNod
         return kids if len(kids) == 4 else None
 
     jobs_children: list[int] = wait_for(running_children, 10, "each job's two children")
+    b = make_node("b", workers=2).start()  # rescues the two jobs once their lease is old enough
     os.kill(a.pid, signal.SIGKILL)
     record(fault_db, "kill_supervisor", pid=a.pid, sup_pid=a.pid)
     a.reap()
     processes = [zygote, *workers, *jobs_children]
     deaths = watch_deaths(fault_db, processes, a.pid, timeout=5.0)
     survivors = [p for p in processes if alive(p)]
-    for pid in survivors:  # do not leave them behind
+    for pid in survivors:  # do not leave them behind (their kill, recorded, is after the rescue: an overlap)
         os.kill(pid, signal.SIGKILL)
-    b = make_node("b", workers=2).start()  # rescues the two jobs
+        record(fault_db, "kill_worker", pid=pid, sup_pid=a.pid)
     wait_finished(fault_db, [a, b], 40, ids)
-    stop = _stop_all([b])
+    stop = stop_all([b])
     report = final_check(fault_db, "supervisor-kill")
     slowest = max(deaths.values(), default=None)
     results.write("supervisor-kill", {"zygote_gone_seconds": deaths.get(zygote),
@@ -514,7 +506,7 @@ def _crash_batch(fault_db: str, make_node: MakeNode, results: Results, *, name: 
     began = time.monotonic()
     wait_finished(fault_db, [node], 600, ids)
     wall = time.monotonic() - began
-    stop = _stop_all([node])
+    stop = stop_all([node])
     with psycopg.connect(fault_db, autocommit=True) as conn:
         wrong = conn.execute(
             "SELECT j.id, (j.input->>'crash')::bool, j.status, j.attempts, j.crashes, j.last_error->>'message',"
@@ -568,7 +560,7 @@ def test_segfaulting_job_reaches_dead_letter(fault_db: str, make_node: MakeNode,
             " FROM forge_jobs WHERE id = ANY(%s)", (poison,)).fetchall()
         executions = conn.execute("SELECT count(*) FROM ledger_executions WHERE job_id = ANY(%s)",
                                   (poison,)).fetchone()[0]
-    stop = _stop_all(nodes)
+    stop = stop_all(nodes)
     report = final_check(fault_db, "poison", expected_failed=poison)
     results.write("poison", {"poison": [list(map(str, r)) for r in rows], "poison_executions": executions,
                              "healthy_jobs": len(healthy), "healthy_seconds": round(healthy_seconds, 1),
@@ -612,7 +604,7 @@ def test_hung_unknown_and_undecodable_jobs(fault_db: str, make_node: MakeNode, r
         hung_trail = conn.execute(
             "SELECT old_status, new_status, new_attempts, error_type FROM ledger_transitions WHERE job_id = %s"
             " ORDER BY seq", (hung[0],)).fetchall()
-    stop = _stop_all(nodes)
+    stop = stop_all(nodes)
     report = final_check(fault_db, "hung-unknown-undecodable", expected_failed=unknown + undecodable)
     results.write("hung-unknown-undecodable", {
         "baseline_400_seconds": round(baseline_seconds, 2), "with_poison_400_seconds": round(healthy_seconds, 2),

@@ -13,11 +13,12 @@ import time
 import uuid
 
 import msgspec
-from faultwork import Work, record, work
+from faultwork import Work, chatty_work, record, work, work_with_children
 
 import forge
 
-__all__ = ["CrashOnce", "Work", "fault_crash_once", "fault_hang", "fault_segfault", "fault_with_children", "fault_work"]
+__all__ = ["CrashOnce", "Work", "fault_chatty", "fault_crash_once", "fault_hang", "fault_leave_group",
+           "fault_leave_group_timed", "fault_segfault", "fault_with_children", "fault_work"]
 
 
 @forge.job(retry=forge.Retry(max_attempts=25, backoff="fixed", base="0.1s"), timeout="5m")
@@ -30,11 +31,27 @@ def fault_work(ctx: forge.JobContext, input: Work) -> None:
 def fault_with_children(ctx: forge.JobContext, input: Work) -> None:
     """fault_work with two children working as long: one in the worker's process group, one in a session of its
     own. An execution is its whole process tree: none of it may outlive its node's death."""
-    seconds = str(input.ms / 1000)
-    children = [subprocess.Popen(["sleep", seconds]), subprocess.Popen(["sleep", seconds], start_new_session=True)]
-    work(ctx, input)
-    for child in children:
-        child.wait()
+    work_with_children(ctx, input, lambda seconds: [subprocess.Popen(["sleep", seconds]),
+                                                    subprocess.Popen(["sleep", seconds], start_new_session=True)])
+
+
+def _leave_group(ctx: forge.JobContext, input: Work) -> None:
+    """fault_work whose worker moves into the zygote's process group (out of the one a kill signals), with a
+    child working as long in a session of its own (out of every group the worker's kill could reach)."""
+    os.setpgid(0, os.getpgid(os.getppid()))
+    work_with_children(ctx, input, lambda seconds: [subprocess.Popen(["sleep", seconds], start_new_session=True)])
+
+
+fault_leave_group = forge.job(name="fault_leave_group", timeout="5m",
+                              retry=forge.Retry(max_attempts=3, backoff="fixed", base="0.1s"))(_leave_group)
+fault_leave_group_timed = forge.job(name="fault_leave_group_timed", timeout="1s",
+                                    retry=forge.Retry(max_attempts=2, backoff="fixed", base="0.1s"))(_leave_group)
+
+
+@forge.job(retry=forge.Retry(max_attempts=3, backoff="fixed", base="0.1s"), timeout="5m")
+def fault_chatty(ctx: forge.JobContext, input: Work) -> None:
+    """fault_work printing 4 KB every 50 ms to its supervisor's stdout."""
+    chatty_work(ctx, input)
 
 
 @forge.job(retry=forge.Retry(max_attempts=10, backoff="fixed", base="0.1s"))

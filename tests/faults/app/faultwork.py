@@ -7,15 +7,19 @@ PostgreSQL, never through the node's proxy, so a partitioned node's workers
 still leave evidence of what they ran and when. Rows:
 
     exec_id   a uuid per execution (one call of the job function)
-    event     'start' before the work, 'end' after it (a killed execution has no 'end')
-    pid       the worker; sup_pid its supervisor (the zygote's parent)
+    event     'start' before the work, 'end' after it (a killed execution has no 'end'); 'child' once the job
+              started a process, 'child_end' once it reaped it (the execution lasts as long as its children)
+    pid       the worker (the child, in 'child' and 'child_end' rows); sup_pid its supervisor (the zygote's parent)
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -50,13 +54,14 @@ def _supervisor_pid() -> int:
     return _sup_pid
 
 
-def record(ctx: forge.JobContext, exec_id: str, event: str) -> None:
+def record(ctx: forge.JobContext, exec_id: str, event: str, pid: int | None = None) -> None:
+    """One row of the execution `exec_id`; pid: the child's, for 'child' and 'child_end' (the worker's if None)."""
     for attempt in range(50):  # survive a PostgreSQL restart: the evidence matters
         try:
             _ledger().execute(
                 "INSERT INTO ledger_executions (exec_id, job_id, attempt, event, pid, sup_pid)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
-                (exec_id, ctx.job_id, ctx.attempt, event, os.getpid(), _supervisor_pid()),
+                (exec_id, ctx.job_id, ctx.attempt, event, pid or os.getpid(), _supervisor_pid()),
             )
             return
         except psycopg.OperationalError:
@@ -70,4 +75,35 @@ def work(ctx: forge.JobContext, input: Work) -> None:
     record(ctx, exec_id, "start")
     if input.ms:
         time.sleep(input.ms / 1000)
+    record(ctx, exec_id, "end")
+
+
+Spawn = Callable[[str], list[subprocess.Popen[bytes]]]  # the children of a job working `seconds`, started
+
+
+def work_with_children(ctx: forge.JobContext, input: Work, spawn: Spawn) -> None:
+    """work(), with the children spawn(seconds) starts working as long beside the worker, each recorded ('child'
+    once started, 'child_end' once reaped): the execution is the whole tree."""
+    exec_id = str(uuid.uuid4())
+    record(ctx, exec_id, "start")
+    children = spawn(str(input.ms / 1000))
+    for child in children:
+        record(ctx, exec_id, "child", child.pid)
+    time.sleep(input.ms / 1000)
+    for child in children:
+        child.wait()
+        record(ctx, exec_id, "child_end", child.pid)
+    record(ctx, exec_id, "end")
+
+
+def chatty_work(ctx: forge.JobContext, input: Work, line: bytes = b"x" * 4095 + b"\n") -> None:
+    """work(), printing 4 KB to stdout (the supervisor's, inherited) every 50 ms meanwhile: on a pipe nobody reads,
+    the worker soon blocks in the write, alive."""
+    exec_id = str(uuid.uuid4())
+    record(ctx, exec_id, "start")
+    until = time.monotonic() + input.ms / 1000
+    while time.monotonic() < until:
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+        time.sleep(0.05)
     record(ctx, exec_id, "end")
