@@ -37,8 +37,9 @@ def dispatch(db, count: int) -> list[int]:
 
 def claim(db, owner: uuid.UUID, limit: int = 100) -> list[tuple]:
     """(id, attempt, claim_id) of each job the claim statement took."""
-    rows = db.execute(SQL["claim"], (limit, ["general"], owner, ["noop"]), prepare=True).fetchall()
-    return [(r[0], r[2], r[7]) for r in rows]
+    # $5 false: no live peers to tell; a claim that took nothing returns one row of nulls (the notice's).
+    rows = db.execute(SQL["claim"], (limit, ["general"], owner, ["noop"], False), prepare=True).fetchall()
+    return [(r[0], r[2], r[7]) for r in rows if r[0] is not None]
 
 
 def complete(db, owner: uuid.UUID, jobs: list[tuple]) -> int:
