@@ -23,16 +23,18 @@ INSERT INTO forge_jobs (job_type, input, max_attempts)
 SELECT 'noop', '{}'::jsonb, 1 FROM generate_series(1, %s)
 """
 
-# Completed a day ago by a node long gone: what a busy queue holds before
-# pruning. The benchmark's own completions are told apart by id (ForgeMonitor
-# counts above the highest completed id).
+# Completed an hour ago by a node long gone: what a busy queue holds before
+# pruning (within [retention] completed, 24 h by default, so the retention
+# sweep leaves them be during the measurement). The benchmark's own
+# completions are told apart by id (ForgeMonitor counts above the highest
+# completed id).
 FILL_COMPLETED = """
 INSERT INTO forge_jobs (job_type, input, max_attempts, status, attempts, progress, claimed_by,
                         created_at, scheduled_at, claimed_at, started_at, completed_at, heartbeat_at)
 SELECT 'noop', '{}'::jsonb, 1, 'completed', 1, 100, node,
        t, t, t, t, t, t
 FROM generate_series(1, %s),
-     LATERAL (SELECT now() - interval '1 day' AS t, gen_random_uuid() AS node) AS past
+     LATERAL (SELECT now() - interval '1 hour' AS t, gen_random_uuid() AS node) AS past
 """
 
 

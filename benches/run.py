@@ -12,6 +12,7 @@ Sections, in the order run:
   backlog  no-op throughput with 1M pending jobs, and with 1M completed rows
   costs    supervisor CPU and RSS, worker RSS, database commits/row writes/WAL per job
   wakeups  1, 8, 32 idle nodes, single dispatches at 10 and 100 a second: claims and database CPU per job
+  retention  1,000,000 no-op jobs with [retention] completed = "10s": pg_total_relation_size before/after
   peers    PgQueuer, Procrastinate, Celery+Redis on the same workloads (own venv: benches/.venv-peers)
 
 Prints a table (median [min - max] of the repetitions, Forge's ratio to each
@@ -42,6 +43,7 @@ SECTIONS = {
     "backlog": "backlog",
     "costs": "costs",
     "wakeups": "wakeups",
+    "retention": "retention",
     "peers": "peers.section",
 }
 

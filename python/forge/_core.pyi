@@ -42,9 +42,10 @@ class ClaimedJob:
 class CoreSettings:
     """Everything a Core is made from, validated once; durations in seconds.
 
-    The defaults are config.py's (NodeConfig); forge.supervisor.main.core_settings
-    builds one from [node]. owner is the supervisor run's instance id (a UUID
-    string), written to claimed_by and required by every later statement.
+    The defaults are config.py's (NodeConfig, RetentionConfig);
+    forge.supervisor.main.core_settings builds one from [node] and
+    [retention]. owner is the supervisor run's instance id (a UUID string),
+    written to claimed_by and required by every later statement.
     Before the first claim the core registers the run in forge_nodes (owner,
     hostname, pid, roles, capabilities, workers, the job types of `policies`)
     and keeps that row's heartbeat fresh. Only jobs whose job_type is one of
@@ -66,15 +67,18 @@ class CoreSettings:
     which a job is failed whatever max_attempts says, with a "reason" in
     last_error. maintenance_interval: how often this node sweeps (rescue of
     lost nodes' jobs, failed -> dead_letter after dead_letter_after, dead
-    letters deleted after dead_letter_retain unless the row sets its own,
-    due jobs of types no node has run for unknown_type_grace failed,
+    letters deleted after dead_letter_retain unless the row sets its own
+    (dead_letter_after likewise), completed, cancelled and discarded rows
+    deleted after retain_completed, retain_cancelled and retain_discarded
+    (None: kept forever; by a walk of the primary key, 20 windows of 1,000
+    rows a round at most), due jobs of types no node has run for unknown_type_grace failed,
     registrations of nodes silent for max(10 x heartbeat timeout, 1 h)
     deleted). Each connection's application_name is "forge <owner> <role>"
     (role: claim, main, heartbeat, maintenance, LISTEN).
 
     Raises ValueError naming the setting when a value is out of range:
     intervals (fence_after included) must be at least 1 ms, dead_letter_after,
-    dead_letter_retain and unknown_type_grace at least 0, counts at least 1,
+    dead_letter_retain, unknown_type_grace and the retentions at least 0, counts at least 1,
     heartbeat_timeout greater than heartbeat_interval and fence_after, owner
     a UUID.
     """
@@ -100,6 +104,9 @@ class CoreSettings:
         dead_letter_after: float,
         dead_letter_retain: float,
         unknown_type_grace: float,
+        retain_completed: float | None,
+        retain_cancelled: float | None,
+        retain_discarded: float | None,
     ) -> CoreSettings: ...
 
 @final
@@ -189,14 +196,16 @@ class Core:
     def stats(self) -> dict[str, int]:
         """Counters: claimed, claims, started, completed, failed, retried, released,
         progress, fenced, flushes, statements, heartbeats, lost, errors,
-        poisoned, rescued, dead_lettered, pruned, unknown_failed, nodes_reaped,
+        poisoned, rescued, dead_lettered, pruned, pruned_completed,
+        pruned_cancelled, pruned_discarded, unknown_failed, nodes_reaped,
         sweeps, connects, claims_closed, claims_pruned, refused, held,
         loop_unseen.
 
         poisoned counts this node's failures that the crash cap stopped from
         being retried (also counted in failed). rescued (started or only
         claimed, those uncharged), dead_lettered,
-        pruned, unknown_failed and nodes_reaped count rows this node's
+        pruned (dead letters), pruned_completed, pruned_cancelled,
+        pruned_discarded ([retention]), unknown_failed and nodes_reaped count rows this node's
         maintenance sweeps changed; sweeps counts completed sweep rounds;
         connects counts connection attempts (all connections, the first ones
         included).

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from forge.db.embedded import EmbeddedPostgres
 
 __all__ = [
-    "AlertConfig", "AppConfig", "Config", "DatabaseConfig", "LogConfig", "NodeConfig",
+    "AlertConfig", "AppConfig", "Config", "DatabaseConfig", "LogConfig", "NodeConfig", "RetentionConfig",
     "DATABASE_URL_ENV", "embedded_postgres", "import_app_modules", "load_config",
     "parse_config", "resolve_database_url",
 ]
@@ -50,6 +50,10 @@ class PositiveDuration(Duration):
     """A Duration that must be > 0 (intervals a loop sleeps for)."""
 
 
+class Retention(Duration):
+    """A Duration, or "forever" (read as infinity, None after loading): how long finished rows are kept."""
+
+
 class Size(int):
     """Annotation: a size written "512MiB"/"8Gi"/"1GB" or as bytes; a plain int after loading."""
 
@@ -64,7 +68,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for field in msgspec.structs.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, Duration):
-                setattr(self, field.name, float(value))
+                setattr(self, field.name, None if value == float("inf") else float(value))
             elif isinstance(value, Size):
                 setattr(self, field.name, int(value))
 
@@ -121,6 +125,14 @@ class NodeConfig(_Section):
             self.prefetch = self.workers
 
 
+class RetentionConfig(_Section):
+    """[retention]: finished rows deleted by the maintenance sweep this long after they ended (None: kept)."""
+
+    completed: Retention | None = Retention(86400.0)  # after completed_at
+    cancelled: Retention | None = Retention(7 * 86400.0)  # after failed_at, when it was cancelled
+    discarded: Retention | None = Retention(7 * 86400.0)  # after failed_at, when it was discarded
+
+
 class LogConfig(_Section):
     """[log]: level of Forge's own logging."""
 
@@ -143,6 +155,7 @@ class Config(_Section, dict=True):
     app: AppConfig
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     alerts: list[AlertConfig] = msgspec.field(default_factory=list)
 
@@ -249,6 +262,8 @@ def _invalid(source: _Source, key: str, detail: str) -> ConfigError:
 def _dec_hook(kind: type, value: Any) -> Any:
     """Parse Duration and Size values; a ValueError here becomes a ValidationError with the key path."""
     try:
+        if issubclass(kind, Retention) and value == "forever":
+            return kind(float("inf"))
         if issubclass(kind, Duration):
             # 100 years at most, as for job options: PostgreSQL's timestamps cannot hold now() minus much more
             seconds = parse_duration(value, what="value", at_most=LONGEST_DEFINED_DURATION)

@@ -291,7 +291,7 @@ def _insert_options(
         raise DispatchError("give at= or delay=, not both")
     rank = job.priority_rank if priority is None else _rank(priority)
     resources = None if job.resources is None else msgspec.json.encode(job.resources.to_json()).decode()
-    return (  # $3 to $10 of insert_job and insert_jobs, after the job type and the input
+    return (  # $3 to $11 of insert_job and insert_jobs, after the job type and the input
         rank,
         job.retry.max_attempts,
         None if at is None else _check_at(at),
@@ -300,6 +300,7 @@ def _insert_options(
         resources,
         _check_parent(parent_id),
         job.dead_letter_retain,
+        job.dead_letter_after,
     )
 
 

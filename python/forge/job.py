@@ -72,6 +72,7 @@ class Job(Generic[R]):
         capability: str,
         resources: Resources | None,
         heartbeat_timeout: float | None,
+        dead_letter_after: float | None,
         dead_letter_retain: float | None,
     ) -> None:
         self.fn = fn
@@ -85,6 +86,7 @@ class Job(Generic[R]):
         self.capability = capability
         self.resources = resources
         self.heartbeat_timeout = heartbeat_timeout
+        self.dead_letter_after = dead_letter_after
         self.dead_letter_retain = dead_letter_retain
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
@@ -114,6 +116,7 @@ def job(
     worker_capability: str = DEFAULT_CAPABILITY,
     resources: Resources | dict[str, Any] | None = None,
     heartbeat_timeout: Any = None,
+    dead_letter_after: Any = None,
     dead_letter_retain: Any = None,
 ) -> Any:
     """Register a function `fn(ctx, input)` as a job type.
@@ -135,6 +138,7 @@ def job(
             capability=_capability(worker_capability),
             resources=_resources(resources),
             heartbeat_timeout=_optional_duration(heartbeat_timeout, "heartbeat_timeout"),
+            dead_letter_after=_optional_duration(dead_letter_after, "dead_letter_after", zero_ok=True),
             dead_letter_retain=_optional_duration(dead_letter_retain, "dead_letter_retain"),
         )
         if not isinstance(definition.retry, Retry):
@@ -183,14 +187,15 @@ def _timeout(value: Any) -> float | None:
     return _optional_duration(value, "timeout")
 
 
-def _optional_duration(value: Any, what: str) -> float | None:
+def _optional_duration(value: Any, what: str, *, zero_ok: bool = False) -> float | None:
+    """None, or the duration in seconds: > 0, or >= 0 where zero means "at once" (dead_letter_after)."""
     if value is None:
         return None
     try:
         seconds = parse_duration(value, what=what, at_most=LONGEST_DEFINED_DURATION)
     except ValueError as exc:
         raise JobDefinitionError(str(exc)) from None
-    if seconds <= 0:
+    if seconds == 0 and not zero_ok:
         raise JobDefinitionError(f"{what}={value!r}: must be longer than zero")
     return seconds
 

@@ -39,6 +39,28 @@ pub struct Config {
     pub dead_letter_retain: Duration,
     /// How long no node may have run a job type before its due jobs fail.
     pub unknown_type_grace: Duration,
+    /// How long finished rows are kept ([retention]).
+    pub retention: Retention,
+}
+
+/// How long completed, cancelled and discarded rows are kept before the
+/// maintenance sweep deletes them; None keeps them forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub completed: Option<Duration>,
+    pub cancelled: Option<Duration>,
+    pub discarded: Option<Duration>,
+}
+
+impl Retention {
+    /// The shortest retention that deletes anything: no row created more
+    /// recently than this can be due (None: nothing is ever pruned).
+    pub fn shortest(&self) -> Option<Duration> {
+        [self.completed, self.cancelled, self.discarded]
+            .into_iter()
+            .flatten()
+            .min()
+    }
 }
 
 /// The registration of this supervisor run (its id is Config::owner).
@@ -109,6 +131,19 @@ mod tests {
             io_timeout(Duration::from_millis(900)),
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn the_shortest_retention_ignores_the_kept_forever() {
+        let hour = Duration::from_secs(3600);
+        let day = hour * 24;
+        assert_eq!(Retention::default().shortest(), None);
+        let retention = Retention {
+            completed: None,
+            cancelled: Some(day),
+            discarded: Some(hour),
+        };
+        assert_eq!(retention.shortest(), Some(hour));
     }
 
     #[test]

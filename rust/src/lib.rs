@@ -42,7 +42,7 @@ use pyo3::types::{PyBytes, PyType};
 
 use crate::backoff::{Backoff, BackoffKind};
 use crate::claim::Claimed;
-use crate::config::{Config, NodeInfo, Policies};
+use crate::config::{Config, NodeInfo, Policies, Retention};
 use crate::errors::{forge_error, CoreError};
 use crate::migrate::{MigrateError, Migration};
 use crate::pacing::ConnKind;
@@ -137,7 +137,8 @@ impl CoreSettings {
     #[pyo3(signature = (
         *, dsn, owner, hostname, roles, workers, capabilities, policies, default_policy,
         claim_batch, poll_interval, heartbeat_interval, heartbeat_timeout, fence_after, max_crashes,
-        maintenance_interval, dead_letter_after, dead_letter_retain, unknown_type_grace
+        maintenance_interval, dead_letter_after, dead_letter_retain, unknown_type_grace,
+        retain_completed, retain_cancelled, retain_discarded
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -159,6 +160,9 @@ impl CoreSettings {
         dead_letter_after: f64,
         dead_letter_retain: f64,
         unknown_type_grace: f64,
+        retain_completed: Option<f64>,
+        retain_cancelled: Option<f64>,
+        retain_discarded: Option<f64>,
     ) -> PyResult<Self> {
         let heartbeat_interval = interval(heartbeat_interval, "heartbeat_interval")?;
         let heartbeat_timeout = interval(heartbeat_timeout, "heartbeat_timeout")?;
@@ -197,6 +201,11 @@ impl CoreSettings {
             dead_letter_after: span(dead_letter_after, "dead_letter_after")?,
             dead_letter_retain: span(dead_letter_retain, "dead_letter_retain")?,
             unknown_type_grace: span(unknown_type_grace, "unknown_type_grace")?,
+            retention: Retention {
+                completed: kept(retain_completed, "retain_completed")?,
+                cancelled: kept(retain_cancelled, "retain_cancelled")?,
+                discarded: kept(retain_discarded, "retain_discarded")?,
+            },
         };
         let policies = Policies {
             by_type: policies
@@ -419,6 +428,11 @@ fn shorter(
 fn span(seconds: f64, what: &str) -> Result<Duration, CoreError> {
     Duration::try_from_secs_f64(seconds)
         .map_err(|_| CoreError::Invalid(format!("{what} must be >= 0 s, not {seconds}")))
+}
+
+/// A retention: a duration, or None for forever.
+fn kept(seconds: Option<f64>, what: &str) -> Result<Option<Duration>, CoreError> {
+    seconds.map(|s| span(s, what)).transpose()
 }
 
 #[pymodule]

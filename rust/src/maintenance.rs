@@ -1,9 +1,10 @@
 //! The maintenance sweeps every node runs each maintenance interval, on its
 //! own connection, one function each: rescue jobs of lost nodes, delete the
 //! forge_claims rows that hold nothing any more, move failed jobs to the
-//! dead letter queue, prune old dead letters, fail due jobs of types no node
-//! has run for unknown_type_grace, and delete registrations of long-gone
-//! nodes (remembering when their job types last ran). Each statement is one
+//! dead letter queue, prune old dead letters, prune completed, cancelled and
+//! discarded rows past their [retention], fail due jobs of types no node has
+//! run for unknown_type_grace, and delete registrations of long-gone nodes
+//! (remembering when their job types last ran). Each statement is one
 //! bounded `FOR UPDATE SKIP LOCKED` batch (engine.sql), so nodes sweeping at
 //! once split the work instead of waiting on each other; a batch that came
 //! back full makes the next round start at once.
@@ -25,6 +26,10 @@ pub const BATCH: u64 = 1000;
 /// The pause between rounds while batches come back full: the backlog is
 /// worked off quickly without monopolising the server.
 const CATCH_UP: Duration = Duration::from_millis(50);
+/// Windows of the primary key (BATCH rows each) the retention walk looks at
+/// in one round at most: 20,000 rows a round, a round every CATCH_UP while
+/// the walk is unfinished, well above 10,000 completions a second.
+const WALK_WINDOWS: u32 = 20;
 
 /// What one round found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +43,26 @@ pub struct Round {
     pub claims_pruned: u64,
     pub dead_lettered: u64,
     pub pruned: u64,
+    pub finished: Finished,
     pub unknown_failed: u64,
     pub nodes_reaped: u64,
+}
+
+/// What the retention walk deleted in one round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    pub completed: u64,
+    pub cancelled: u64,
+    pub discarded: u64,
+    /// The walk stopped at WALK_WINDOWS before its end: more may be due.
+    pub unfinished: bool,
+}
+
+/// Where the retention walk (prune_finished) has got to: the last id it
+/// looked at, 0 to start from the first. Each node walks on its own.
+#[derive(Debug, Default)]
+pub struct Walk {
+    after: i64,
 }
 
 impl Round {
@@ -55,6 +78,7 @@ impl Round {
         ]
         .iter()
         .any(|n| *n >= BATCH)
+            || self.finished.unfinished
     }
 
     pub fn rescued(&self) -> u64 {
@@ -118,9 +142,10 @@ pub async fn maintain(db: Arc<Db>) {
         Instant::now(),
         fastrand::f64(),
     );
+    let mut walk = Walk::default();
     loop {
         tokio::time::sleep_until(schedule.next().into()).await;
-        let outcome = sweep(&db).await;
+        let outcome = sweep(&db, &mut walk).await;
         match &outcome {
             Ok(round) => {
                 streak.ok(shared);
@@ -137,7 +162,7 @@ pub async fn maintain(db: Arc<Db>) {
 
 /// One round: every sweep in turn, counted as it goes (a failure part-way
 /// keeps what was done). A new sweep is a function below and a line here.
-async fn sweep(db: &Db) -> Result<Round, CoreError> {
+async fn sweep(db: &Db, walk: &mut Walk) -> Result<Round, CoreError> {
     let conn = db.maintenance_client().await?;
     let mut round = Round::default();
     (
@@ -148,6 +173,7 @@ async fn sweep(db: &Db) -> Result<Round, CoreError> {
     round.claims_pruned = prune_claims(db, &conn).await?;
     round.dead_lettered = dead_letter(db, &conn).await?;
     round.pruned = prune_dead_letters(db, &conn).await?;
+    round.finished = prune_finished(db, &conn, walk).await?;
     round.unknown_failed = fail_unknown_types(db, &conn).await?;
     round.nodes_reaped = reap_nodes(db, &conn).await?;
     Ok(round)
@@ -210,6 +236,63 @@ async fn prune_dead_letters(db: &Db, conn: &Conn) -> Result<u64, CoreError> {
     let n = counted(&rows, "pruned")?;
     db.shared().stats.add(Stat::Pruned, n);
     Ok(n)
+}
+
+/// Completed, cancelled and discarded rows past their [retention], deleted
+/// by walking the primary key one window after another (engine.sql says
+/// why), up to WALK_WINDOWS windows a round; the walk goes on from where it
+/// stopped next round and starts over once it reaches its end.
+async fn prune_finished(db: &Db, conn: &Conn, walk: &mut Walk) -> Result<Finished, CoreError> {
+    let retention = db.config().retention;
+    let mut finished = Finished::default();
+    let Some(shortest) = retention.shortest() else {
+        return Ok(finished);
+    };
+    let kept = |d: Option<Duration>| d.map(ms);
+    let (completed, cancelled, discarded) = (
+        kept(retention.completed),
+        kept(retention.cancelled),
+        kept(retention.discarded),
+    );
+    let shortest = ms(shortest);
+    let stats = &db.shared().stats;
+    for _ in 0..WALK_WINDOWS {
+        let params: [&(dyn ToSql + Sync); 5] =
+            [&walk.after, &completed, &cancelled, &discarded, &shortest];
+        let rows = db.query(conn, sql::PRUNE_FINISHED, &params).await?;
+        let window = (
+            counted(&rows, "completed")?,
+            counted(&rows, "cancelled")?,
+            counted(&rows, "discarded")?,
+        );
+        finished.completed += window.0;
+        finished.cancelled += window.1;
+        finished.discarded += window.2;
+        stats.add(Stat::PrunedCompleted, window.0);
+        stats.add(Stat::PrunedCancelled, window.1);
+        stats.add(Stat::PrunedDiscarded, window.2);
+        let (last, all) = walked(&rows)?;
+        if all {
+            walk.after = 0;
+            return Ok(finished);
+        }
+        walk.after = last;
+    }
+    finished.unfinished = true;
+    Ok(finished)
+}
+
+/// The last id of prune_finished's window, and whether the walk is over.
+fn walked(rows: &[Row]) -> Result<(i64, bool), CoreError> {
+    let row = rows
+        .first()
+        .ok_or_else(|| CoreError::Database("prune_finished returned no row".into()))?;
+    let last = row.try_get("last_id");
+    let all = row.try_get("walked_all");
+    match (last, all) {
+        (Ok(last), Ok(all)) => Ok((last, all)),
+        (Err(e), _) | (_, Err(e)) => Err(CoreError::Database(format!("prune_finished: {e}"))),
+    }
 }
 
 /// Due jobs of types no node has run for unknown_type_grace, failed with
@@ -309,6 +392,14 @@ mod tests {
             ..Round::default()
         };
         assert!(!partial.full());
+        let walking = Round {
+            finished: Finished {
+                unfinished: true,
+                ..Finished::default()
+            },
+            ..Round::default()
+        };
+        assert!(walking.full());
     }
 
     #[test]

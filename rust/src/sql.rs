@@ -45,6 +45,7 @@ pub const RESCUE: Query = query("rescue", 2);
 pub const PRUNE_CLAIMS: Query = query("prune_claims", 1);
 pub const DEAD_LETTER: Query = query("dead_letter", 1);
 pub const PRUNE_DEAD_LETTERS: Query = query("prune_dead_letters", 1);
+pub const PRUNE_FINISHED: Query = query("prune_finished", 5);
 pub const FAIL_UNKNOWN_TYPES: Query = query("fail_unknown_types", 3);
 pub const REAP_NODES: Query = query("reap_nodes", 1);
 
@@ -81,6 +82,7 @@ pub const MAINTENANCE_CONNECTION: &[Query] = &[
     PRUNE_CLAIMS,
     DEAD_LETTER,
     PRUNE_DEAD_LETTERS,
+    PRUNE_FINISHED,
     FAIL_UNKNOWN_TYPES,
     REAP_NODES,
     NOTIFY,

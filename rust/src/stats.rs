@@ -37,6 +37,12 @@ pub enum Stat {
     DeadLettered,
     /// Dead letters deleted after their retention.
     Pruned,
+    /// Completed rows deleted after [retention] completed.
+    PrunedCompleted,
+    /// Cancelled rows deleted after [retention] cancelled.
+    PrunedCancelled,
+    /// Discarded rows deleted after [retention] discarded.
+    PrunedDiscarded,
     /// Due jobs failed because no live node runs their type.
     UnknownFailed,
     /// forge_nodes rows of long-gone nodes deleted.
@@ -59,7 +65,7 @@ pub enum Stat {
     LoopUnseen,
 }
 
-const NAMES: [&str; 27] = [
+const NAMES: [&str; 30] = [
     "claimed",
     "claims",
     "started",
@@ -78,6 +84,9 @@ const NAMES: [&str; 27] = [
     "rescued",
     "dead_lettered",
     "pruned",
+    "pruned_completed",
+    "pruned_cancelled",
+    "pruned_discarded",
     "unknown_failed",
     "nodes_reaped",
     "sweeps",

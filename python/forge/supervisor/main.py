@@ -28,7 +28,7 @@ import click
 
 from .. import logs
 from .._core import Core, CoreSettings, JobPolicy
-from ..config import Config, NodeConfig, embedded_postgres, import_app_modules, load_config
+from ..config import Config, NodeConfig, RetentionConfig, embedded_postgres, import_app_modules, load_config
 from ..db.embedded_watch import kept_up
 from ..db.migrate import migrate
 from ..errors import ConfigError, DatabaseError, SchemaTooNew
@@ -108,7 +108,7 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
 def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
     node_id = uuid.uuid4()  # new at every start: the lease owner of this run's claims
     try:
-        core = Core(core_settings(config.node, dsn, node_id, jobs))
+        core = Core(core_settings(config.node, dsn, node_id, jobs, config.retention))
     except (ConnectionError, RuntimeError) as exc:  # unreachable, or the registration refused
         _log.error("cannot start the core on the database: %s", exc)
         return EXIT_DATABASE
@@ -150,8 +150,13 @@ def _final_flush(core: Core, grace: float) -> int:
     return core.in_flight()
 
 
-def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str, Job[Any]]) -> CoreSettings:
-    """The Rust core's settings for this run: [node] as validated by config.py, the only place of their defaults."""
+def core_settings(
+    node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str, Job[Any]],
+    retention: RetentionConfig | None = None,
+) -> CoreSettings:
+    """The Rust core's settings for this run: [node] and [retention] (its defaults when None) as validated by
+    config.py, the only place of their defaults."""
+    retention = RetentionConfig() if retention is None else retention
     return CoreSettings(
         dsn=dsn,
         owner=str(node_id),
@@ -171,6 +176,9 @@ def core_settings(node: NodeConfig, dsn: str, node_id: uuid.UUID, jobs: dict[str
         dead_letter_after=node.dead_letter_after,
         dead_letter_retain=node.dead_letter_retain,
         unknown_type_grace=node.unknown_type_grace,
+        retain_completed=retention.completed,
+        retain_cancelled=retention.cancelled,
+        retain_discarded=retention.discarded,
     )
 
 

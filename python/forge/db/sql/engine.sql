@@ -342,20 +342,31 @@ WHERE id IN (
 RETURNING id;
 
 -- name: dead_letter
--- Failed jobs move to the dead letter queue once failed for $1 ms (0: at the
--- next sweep). Uses the forge_jobs_failed_at partial index (0003).
-WITH old AS (
+-- Failed jobs move to the dead letter queue once failed for their own
+-- dead_letter_after, or the default $1 ms when NULL (0: at the next sweep).
+-- Two bounded scans, as in prune_dead_letters: the default is a range scan
+-- of the forge_jobs_failed_at partial index (0003), rows with their own
+-- value are few and scanned whole (forge_jobs_failed_at_own, 0006).
+WITH old_default AS (
     SELECT id FROM forge_jobs
     WHERE failed_at IS NOT NULL AND dead_lettered_at IS NULL
-      AND status = 'failed'
+      AND dead_letter_after IS NULL AND status = 'failed'
       AND failed_at <= now() - $1::float8 * interval '1 millisecond'
+    ORDER BY failed_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), old_own AS (
+    SELECT id FROM forge_jobs
+    WHERE failed_at IS NOT NULL AND dead_lettered_at IS NULL
+      AND dead_letter_after IS NOT NULL AND status = 'failed'
+      AND failed_at + dead_letter_after <= now()
     ORDER BY failed_at
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 )
 UPDATE forge_jobs AS j
 SET status = 'dead_letter', dead_lettered_at = now()
-FROM old
+FROM (SELECT id FROM old_default UNION ALL SELECT id FROM old_own) AS old
 WHERE j.id = old.id AND j.status = 'failed'
 RETURNING j.id;
 
@@ -392,6 +403,58 @@ WITH old_default AS (
     WHERE l.job_id = gone.id
 )
 SELECT count(*) AS pruned FROM gone;
+
+-- name: prune_finished
+-- [retention]: completed, cancelled and discarded rows past their retention
+-- ($2, $3, $4 ms; NULL keeps them forever) are deleted with their job logs.
+-- A completed row counts from completed_at; a cancelled or discarded one
+-- from failed_at, when it was cancelled or discarded (a row that is not
+-- claimable has claimed_by or failed_at set, CHECK of 0003), else from its
+-- last heartbeat (a held job cancelled), else from when it was due.
+-- No index may look at status or completed_at (completion stays HOT, 0003),
+-- so the sweep walks the primary key: one window of at most 1000 rows after
+-- id $1 (the walk's cursor, kept by the core), filtered on status first so
+-- only finished rows are ever locked (SKIP LOCKED: never waits for, nor
+-- blocks, a claim or a report). It returns the counts, the last id of the
+-- window and whether the walk is over: the window came back short (the end
+-- of the table) or reached rows created after now() - $5 ms, the shortest
+-- retention, which nothing can be old enough in yet; the core then starts
+-- the next walk at the first id again. A row of a transaction that stayed
+-- open past $5 may sit beyond that point: a later walk reaches it.
+WITH walked AS MATERIALIZED (
+    SELECT id, created_at, status IN ('completed', 'cancelled', 'discarded') AND CASE status
+               WHEN 'completed' THEN completed_at <= now() - $2::float8 * interval '1 millisecond'
+               WHEN 'cancelled' THEN coalesce(failed_at, heartbeat_at, scheduled_at)
+                                     <= now() - $3::float8 * interval '1 millisecond'
+               ELSE coalesce(failed_at, heartbeat_at, scheduled_at)
+                    <= now() - $4::float8 * interval '1 millisecond'
+               END AS expired
+    FROM forge_jobs
+    WHERE id > $1
+    ORDER BY id
+    LIMIT 1000
+), old AS (
+    SELECT j.id FROM forge_jobs AS j
+    WHERE j.id IN (SELECT id FROM walked WHERE expired)
+      AND j.status IN ('completed', 'cancelled', 'discarded')
+    FOR UPDATE OF j SKIP LOCKED
+), gone AS (
+    DELETE FROM forge_jobs AS j
+    USING old
+    WHERE j.id = old.id AND j.status IN ('completed', 'cancelled', 'discarded')
+    RETURNING j.id, j.status
+), logs AS (
+    DELETE FROM forge_job_logs AS l
+    USING gone
+    WHERE l.job_id = gone.id
+)
+SELECT (SELECT count(*) FROM gone WHERE status = 'completed') AS completed,
+       (SELECT count(*) FROM gone WHERE status = 'cancelled') AS cancelled,
+       (SELECT count(*) FROM gone WHERE status = 'discarded') AS discarded,
+       (SELECT coalesce(max(id), 0) FROM walked) AS last_id,
+       (SELECT count(*) < 1000
+               OR coalesce(bool_or(created_at > now() - $5::float8 * interval '1 millisecond'), false)
+        FROM walked) AS walked_all;
 
 -- name: fail_unknown_types
 -- Due jobs of a type no node runs would wait forever, since nodes only

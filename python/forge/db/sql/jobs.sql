@@ -10,10 +10,10 @@
 -- instead, which wakes every node.
 WITH job AS (
     INSERT INTO forge_jobs (job_type, input, priority, max_attempts, scheduled_at,
-                            capability, resources, parent_id, dead_letter_retain)
+                            capability, resources, parent_id, dead_letter_retain, dead_letter_after)
     VALUES ($1, $2::jsonb, $3, $4,
             coalesce($5::timestamptz, now()) + coalesce($6::float8, 0) * interval '1 second',
-            $7, $8::jsonb, $9, $10::float8 * interval '1 second')
+            $7, $8::jsonb, $9, $10::float8 * interval '1 second', $11::float8 * interval '1 second')
     RETURNING id, scheduled_at
 )
 SELECT id, pg_notify('forge_jobs', CASE WHEN octet_length(announcement) < 7900 THEN announcement
@@ -30,10 +30,10 @@ FROM job,
 -- One NOTIFY for the whole batch, announcing them as insert_job does.
 WITH job AS (
     INSERT INTO forge_jobs (job_type, input, priority, max_attempts, scheduled_at,
-                            capability, resources, parent_id, dead_letter_retain)
+                            capability, resources, parent_id, dead_letter_retain, dead_letter_after)
     SELECT $1, e.value, $3, $4,
            coalesce($5::timestamptz, now()) + coalesce($6::float8, 0) * interval '1 second',
-           $7, $8::jsonb, $9, $10::float8 * interval '1 second'
+           $7, $8::jsonb, $9, $10::float8 * interval '1 second', $11::float8 * interval '1 second'
     FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(value, n)
     ORDER BY e.n
     RETURNING id, scheduled_at
