@@ -34,6 +34,7 @@ from ..db.migrate import migrate
 from ..errors import ConfigError, DatabaseError, SchemaTooNew
 from ..job import Job, registry
 from ..retry import Retry
+from ..version import version_option
 from . import log_queue
 from .arbiter import Arbiter
 from .lease import LeaseClock, fence_after
@@ -61,6 +62,7 @@ _log = logging.getLogger("forge.supervisor")
     type=click.Path(dir_okay=False),
     help="Path of forge.toml.",
 )
+@version_option("forge-supervisor")
 def main(config_path: str) -> None:
     """Run Forge's supervisor: claim due jobs and run them in forked worker processes."""
     try:
