@@ -51,7 +51,7 @@ def jobs() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs (forge_jobs columns).")
 def list_jobs(config: Config | None, statuses: tuple[str, ...], job_types: tuple[str, ...],
-              since: datetime | None, limit: int, as_json: bool) -> None:
+              since: datetime | float | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
     with connect(config, autocommit=True) as conn:
         found = jobs_api(conn).list(statuses=list(statuses) or None, job_types=list(job_types) or None,
@@ -137,7 +137,8 @@ def retry(config: Config | None, job_ids: tuple[int, ...], attempts: int | None)
 @click.option("--status", type=_BULK_STATUSES, default="dead_letter", show_default=True)
 @since_option("failed")
 @click.option("--dry-run", is_flag=True, help="Only count them.")
-def retry_all(config: Config | None, job_type: str, status: str, since: datetime | None, dry_run: bool) -> None:
+def retry_all(config: Config | None, job_type: str, status: str, since: datetime | float | None,
+              dry_run: bool) -> None:
     """Retry every job of a type in a status (done in the database, in batches); print how many."""
     with connect(config) as conn:
         count = jobs_api(conn).retry_all(job_type, status=status, since=since, dry_run=dry_run)
@@ -161,7 +162,8 @@ def discard(config: Config | None, job_ids: tuple[int, ...]) -> None:
 @click.option("--status", type=_BULK_STATUSES, default="dead_letter", show_default=True)
 @since_option("failed")
 @click.option("--dry-run", is_flag=True, help="Only count them.")
-def discard_all(config: Config | None, job_type: str, status: str, since: datetime | None, dry_run: bool) -> None:
+def discard_all(config: Config | None, job_type: str, status: str, since: datetime | float | None,
+                dry_run: bool) -> None:
     """Discard every job of a type in a status; print how many."""
     with connect(config) as conn:
         count = jobs_api(conn).discard_all(job_type, status=status, since=since, dry_run=dry_run)

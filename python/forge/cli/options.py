@@ -6,7 +6,7 @@ message names the option and the value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -37,13 +37,14 @@ def moment(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
         raise click.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-12-01T20:00:00Z)") from None
 
 
-def since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """A moment given as a duration ago (1h, 30m, 7d) or as an ISO 8601 time."""
+def since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | float | None:
+    """A moment given as a duration ago (1h, 30m, 7d: its seconds, which forge.Jobs counts back from the
+    database's clock) or as an ISO 8601 time."""
     if value is None:
         return None
     try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(value, what="since"))
-    except (ValueError, OverflowError):
+        return parse_duration(value, what="since")
+    except ValueError:
         pass
     try:
         return parse_moment(value)
