@@ -6,51 +6,18 @@ from __future__ import annotations
 import json
 import uuid
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 
 from forge.cli.main import cli
 from forge.status import read_status
-
-OWNER = uuid.UUID(int=7)
+from tests.job_rows import hold, insert, register_node
 
 
 def status_json(database_url: str, *args: str) -> dict:
     result = CliRunner().invoke(cli, ["status", "--json", *args], env={"FORGE_DATABASE_URL": database_url})
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def insert(conn: psycopg.Connection, job_type: str, status: str, *, count: int = 1, priority: int = 2,
-           due: str = "now()", owner: uuid.UUID | None = OWNER) -> list[int]:
-    """`count` rows in `status`, with the columns the schema's CHECKs tie to it."""
-    claimable = status in ("pending", "retry")
-    failed = status in ("failed", "dead_letter", "discarded")
-    rows = conn.execute(
-        f"""INSERT INTO forge_jobs (job_type, status, priority, input, scheduled_at, claimed_by, failed_at,
-                                    dead_lettered_at, completed_at)
-            SELECT %s, %s, %s, '{{}}', {due}, %s, %s, %s, %s FROM generate_series(1, %s)
-            RETURNING id""",
-        (job_type, status, priority, None if claimable else owner, "now()" if failed else None,
-         "now()" if status == "dead_letter" else None, "now()" if status == "completed" else None, count),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
-def hold(conn: psycopg.Connection, ids: list[int], owner: uuid.UUID = OWNER) -> None:
-    conn.execute("INSERT INTO forge_claims (owner, job_ids) VALUES (%s, %s)", (owner, ids))
-
-
-def register_node(conn: psycopg.Connection, node_id: uuid.UUID, *, heartbeat: str = "now()",
-                  stopped: bool = False) -> None:
-    conn.execute(
-        f"""INSERT INTO forge_nodes (id, hostname, pid, roles, capabilities, workers, job_types, heartbeat_at,
-                                     stopped_at)
-            VALUES (%s, 'host-a', 4242, '{{worker}}', '{{general,gpu}}', 4, '{{emails,reports}}', {heartbeat},
-                    {'now()' if stopped else 'NULL'})""",
-        (node_id,),
-    )
 
 
 def test_status_counts_every_state_by_type_and_priority(conn, database_url):
