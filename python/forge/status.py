@@ -69,7 +69,19 @@ class QueueStatus(msgspec.Struct, kw_only=True):
 def read_status(conn: psycopg.Connection[Any], *, heartbeat_timeout: float, sample_pages: int = SAMPLE_PAGES
                 ) -> QueueStatus:
     """The status of the queue in `conn`'s database. Nodes count as alive when their last heartbeat is under
-    `heartbeat_timeout` seconds old."""
+    `heartbeat_timeout` seconds old. Given a connection outside a transaction (autocommit, or idle), every
+    count is of one snapshot (a read-only repeatable-read transaction), so a job that moves meanwhile is
+    counted once; inside the caller's transaction, it is read with that transaction's isolation."""
+    import psycopg
+
+    fresh = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with conn.transaction():
+        if fresh:
+            conn.execute(_SQL["snapshot"])
+        return _read(conn, heartbeat_timeout, sample_pages)
+
+
+def _read(conn: psycopg.Connection[Any], heartbeat_timeout: float, sample_pages: int) -> QueueStatus:
     tally = _Tally()
     oldest: dict[str, float] = {}
     for job_type, status, priority, count, waited in _rows(conn, "claimable"):
@@ -150,8 +162,6 @@ class _Tally:
         self.by_priority: Counts = {}
 
     def add(self, job_type: str, status: str, priority: int, count: int) -> None:
-        if count == 0:  # a sampled group too small to scale to a whole row
-            return
         _bump(self.by_status, status, count)
         _bump(self.by_type.setdefault(job_type, {}), status, count)
         _bump(self.by_priority.setdefault(_PRIORITY_NAMES[priority], {}), status, count)

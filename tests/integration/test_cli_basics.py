@@ -50,6 +50,11 @@ def test_a_usage_error_is_one_line_naming_the_value():
     assert result.stderr.count("\n") == 1 and "'abc' is not a job id" in result.stderr, result.stderr
 
 
+def test_a_group_alone_shows_its_help():
+    result = CliRunner().invoke(cli, ["jobs"])
+    assert "Commands:" in result.output and "retry-all" in result.output
+
+
 def test_db_url_prints_the_running_embedded_clusters_url(embedded_folder):  # noqa: F811
     path = str(write_config(embedded_folder))
     env = {"FORGE_DATABASE_URL": None}

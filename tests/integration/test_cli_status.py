@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -137,3 +138,14 @@ def test_status_reads_the_database_url_of_the_config_file(tmp_path, database_url
     result = CliRunner().invoke(cli, ["status", "--json", *args], env=env)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["by_status"]["pending"] == 0
+
+
+def test_read_status_inside_the_callers_transaction_reads_it(database_url):
+    with psycopg.connect(database_url) as conn:  # not autocommit: the INSERT opens a transaction
+        insert(conn, "emails", "pending", count=2)
+        found = read_status(conn, heartbeat_timeout=30)  # sees the uncommitted rows, in that transaction
+        assert found.by_status["pending"] == 2
+        conn.rollback()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert read_status(conn, heartbeat_timeout=30).by_status["pending"] == 0
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # its snapshot ended

@@ -29,6 +29,9 @@ __all__ = ["jobs"]
 ENDED = ("completed", "failed", "dead_letter", "discarded", "cancelled")
 WATCH_INTERVAL = 0.5  # seconds between two reads of a watched job
 _BULK_STATUSES = click.Choice(["dead_letter", "failed"])
+#: A job's times, in the order they happen; `jobs show` prints those set.
+_TIMES = ("created_at", "scheduled_at", "claimed_at", "started_at", "heartbeat_at", "completed_at", "failed_at",
+          "dead_lettered_at", "cancelled_at", "discarded_at")
 
 
 def _get(conn: psycopg.Connection[Any], job_id: int) -> Any:
@@ -79,21 +82,24 @@ def show(config: Config | None, job_id: int, as_json: bool) -> None:
         output.echo_json(job)
         return
     click.echo(f"job {job['id']}  {job['job_type']}  {job['status']}  priority {job['priority']}")
-    click.echo(f"attempts   {job['attempts']}/{job['max_attempts']} (crashes {job['crashes']})")
-    for column in ("created_at", "scheduled_at", "claimed_at", "started_at", "completed_at", "failed_at",
-                   "dead_lettered_at"):
+    _field("attempts", f"{job['attempts']}/{job['max_attempts']} (crashes {job['crashes']})")
+    for column in _TIMES:
         if job.get(column):
-            click.echo(f"{column.removesuffix('_at'):<10} {_moment(job[column])}")
+            _field(column.removesuffix("_at"), _moment(job[column]))
     if job.get("claimed_by"):
-        click.echo(f"node       {job['claimed_by']}")
-    click.echo(f"progress   {job['progress']}%" + (f" {job['progress_message']}" if job["progress_message"] else ""))
-    click.echo(f"input      {_compact(job['input'])}")
+        _field("node", job["claimed_by"])
+    _field("progress", f"{job['progress']}%" + (f" {job['progress_message']}" if job["progress_message"] else ""))
+    _field("input", _compact(job["input"]))
     if job.get("result") is not None:
-        click.echo(f"result     {_compact(job['result'])}")
+        _field("result", _compact(job["result"]))
     if error := job.get("last_error"):
-        click.echo(f"last error {_error_line(error)} (attempt {error.get('attempt', '?')})")
+        _field("last error", f"{_error_line(error)} (attempt {error.get('attempt', '?')})")
         if error.get("traceback"):
             click.echo(str(error["traceback"]).rstrip())
+
+
+def _field(label: str, value: str) -> None:
+    click.echo(f"{label:<14} {value}")
 
 
 @jobs.command()
@@ -174,8 +180,9 @@ def discard_all(config: Config | None, job_type: str, status: str, since: dateti
 @config_option
 @click.argument("job_ids", metavar="ID...", callback=job_ids, nargs=-1, required=True)
 def cancel(config: Config | None, job_ids: tuple[int, ...]) -> None:
-    """Cancel jobs: a pending or retry one at once; a claimed or running one is killed by its node (SIGTERM,
-    SIGKILL after kill_grace) and recorded cancelled, never retried. All or none, as for retry."""
+    """Cancel jobs: pending or retry ones become cancelled at once and are never claimed. All or none, as for
+    retry: an id forge.Jobs cannot cancel (unknown, ended, or held by a node where it cannot stop it yet)
+    changes nothing (exit 1)."""
     with connect(config) as conn:
         jobs_api(conn).cancel(*job_ids)
     click.echo(f"cancelled {_jobs(job_ids)}")

@@ -28,6 +28,8 @@ class _ForgeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:  # `forge jobs` alone: its help, as click shows it
+            raise
         except click.UsageError as exc:  # one line, naming the bad value, instead of click's three
             where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
             _fail(ctx, f"{where}{exc.format_message()}", exc.exit_code)

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from forge.job import PRIORITIES
-
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -27,14 +25,11 @@ __all__ = ["age", "console", "count", "echo_json", "job_json", "table", "when"]
 #: The width of piped (non-terminal) output: rich would cut tables at 80 columns.
 PIPED_WIDTH = 200
 
-_PRIORITY_NAMES = {rank: name for name, rank in PRIORITIES.items()}
-
 
 def job_json(record: Any) -> dict[str, Any]:
-    """A job record (a msgspec Struct whose fields are the forge_jobs columns) as its JSON object."""
+    """A forge.JobRecord (a msgspec Struct: a field per forge_jobs column, priority by name) as its JSON
+    object: times in ISO 8601, durations (dead_letter_retain) as ISO 8601 durations, UUIDs as text."""
     data: dict[str, Any] = msgspec.to_builtins(record)
-    if isinstance(data.get("priority"), int):
-        data["priority"] = _PRIORITY_NAMES.get(data["priority"], data["priority"])
     return data
 
 
@@ -59,11 +54,16 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     rows = [list(row) for row in rows]
     shown: Table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
     for index, name in enumerate(columns):
-        numeric = bool(rows) and all(isinstance(row[index], (int, float)) for row in rows)
+        numeric = bool(rows) and all(_is_number(row[index]) for row in rows)
         shown.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         shown.add_row(*("" if cell is None else str(cell) for cell in row))
     console().print(shown)
+
+
+def _is_number(cell: Any) -> bool:
+    """Whether a cell is a number or a count (an estimated one is ~N), to right-align its column."""
+    return isinstance(cell, (int, float)) or (isinstance(cell, str) and cell.removeprefix("~").isdigit())
 
 
 def count(number: int, estimated: bool) -> str:

@@ -58,9 +58,11 @@ _log = logging.getLogger("forge.supervisor")
     "-c",
     "--config",
     "config_path",
-    required=True,
+    default="forge.toml",
+    envvar="FORGE_CONFIG",
+    show_default=True,
     type=click.Path(dir_okay=False),
-    help="Path of forge.toml.",
+    help="Path of forge.toml (or $FORGE_CONFIG), as for the forge command.",
 )
 @version_option("forge-supervisor")
 def main(config_path: str) -> None:

@@ -15,6 +15,10 @@
 --              than the sample, and exactly when it is not.
 -- Parameters are positional ($1...).
 
+-- name: snapshot
+-- The statements below read one snapshot, and change nothing.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+
 -- name: table_pages
 -- The table's size in pages, now (not as of the last ANALYZE): what the
 -- sample's percentage is taken of.
