@@ -93,7 +93,8 @@ def show(config: Config | None, job_id: int, as_json: bool) -> None:
     if job.get("result") is not None:
         _field("result", _compact(job["result"]))
     if error := job.get("last_error"):
-        _field("last error", f"{_error_line(error)} (attempt {error.get('attempt', '?')})")
+        attempt = f" (attempt {error['attempt']})" if "attempt" in error else ""
+        _field("last error", _error_line(error) + attempt)
         if error.get("traceback"):
             click.echo(str(error["traceback"]).rstrip())
 

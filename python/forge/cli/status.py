@@ -50,6 +50,9 @@ def _show(found: QueueStatus) -> None:
         for name in PRIORITIES if name in found.by_priority
     ])
     click.echo(f"Paused: {', '.join(found.paused) if found.paused else 'none'}")
+    if not found.nodes:
+        click.echo("Nodes alive: none")
+        return
     now = datetime.now(timezone.utc)
     output.table("Nodes alive", ["host", "pid", "workers", "busy", "claimed", "capabilities", "job types",
                                  "last heartbeat"], [
