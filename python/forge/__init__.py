@@ -14,6 +14,8 @@
 Run the jobs with `forge-supervisor -c forge.toml`.
 """
 
+from typing import TYPE_CHECKING
+
 from .context import JobContext
 from .dispatch import dispatch, dispatch_async, dispatch_many, dispatch_many_async
 from .errors import (
@@ -30,6 +32,16 @@ from .errors import (
 )
 from .job import PRIORITIES, Job, Resources, job
 from .retry import Retry
+from .version import version as _version
+
+if TYPE_CHECKING:
+    #: This Forge's version (forge/version.py: the installed package's, read on first use).
+    __version__: str
+else:
+    def __getattr__(name: str) -> str:
+        if name == "__version__":
+            return _version()
+        raise AttributeError(f"module 'forge' has no attribute {name!r}")
 
 __all__ = [
     "PRIORITIES",
@@ -47,6 +59,7 @@ __all__ = [
     "UnknownJobType",
     "WorkerCrashed",
     "WorkerDisconnected",
+    "__version__",
     "dispatch",
     "dispatch_async",
     "dispatch_many",

@@ -1,148 +1,72 @@
-"""The `forge` command: operations on a Forge database, configured by forge.toml.
+"""The `forge` command: operations on a Forge database, configured by forge.toml. This module wires the
+commands of the modules beside it (one per role) and turns Forge's errors into exit statuses.
 
-`forge db start|stop|status` manage the embedded PostgreSQL (no database url
-configured), which outlives whoever started it; `forge db stop` refuses
-while a forge-supervisor or another forge command uses it.
-
-Exit codes: 0 success; 1 a database problem (DatabaseError, also a refused
-`forge db stop`); 2 a bad
-config file or bad command line (ConfigError, usage errors); 3 a database
-whose schema is newer than this Forge (SchemaTooNew); each with a one-line
-message on stderr.
+Exit statuses (cli/frame.py), each with a one-line message on stderr: 0 success; 1 not found, wrong state,
+database unreachable or refusing (DatabaseError and the other ForgeErrors, psycopg errors), also a refused
+`forge db stop`; 2 a bad config file or command line (ConfigError, usage errors, a refused `forge dispatch`);
+3 a database whose schema is newer than this Forge (SchemaTooNew).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
+import psycopg
 
-from forge.config import DATABASE_URL_ENV, Config, embedded_postgres, load_config
-from forge.errors import ConfigError, DatabaseError, SchemaTooNew
+from forge.cli import db, dispatch, jobs, queues, status
+from forge.cli.frame import EXIT_CONFIG, EXIT_REFUSED, EXIT_SCHEMA_TOO_NEW, one_line
+from forge.errors import ConfigError, DispatchError, ForgeError, SchemaTooNew
+from forge.version import version_option
 
-if TYPE_CHECKING:
-    from forge.db.embedded import EmbeddedPostgres
-
-__all__ = ["cli", "config_option", "database_url", "main"]
-
-EXIT_DATABASE = 1
-EXIT_CONFIG = 2
-EXIT_SCHEMA_TOO_NEW = 3
+__all__ = ["cli", "main"]
 
 
 class _ForgeGroup(click.Group):
-    """A click group that turns Forge's errors into a message and a documented exit code."""
+    """A click group that turns Forge's errors into a one-line message and a documented exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
-            click.echo(f"forge: {exc}", err=True)
-            ctx.exit(EXIT_CONFIG)
+        except click.exceptions.NoArgsIsHelpError:  # `forge jobs` alone: its help, as click shows it
+            raise
+        except click.UsageError as exc:  # one line, naming the bad value, instead of click's three
+            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+            _fail(ctx, f"{where}{exc.format_message()}", exc.exit_code)
+        except (ConfigError, DispatchError) as exc:
+            _fail(ctx, str(exc), EXIT_CONFIG)
         except SchemaTooNew as exc:
-            click.echo(f"forge: {exc}", err=True)
-            ctx.exit(EXIT_SCHEMA_TOO_NEW)
-        except DatabaseError as exc:
-            click.echo(f"forge: {exc}", err=True)
-            ctx.exit(EXIT_DATABASE)
+            _fail(ctx, str(exc), EXIT_SCHEMA_TOO_NEW)
+        except ForgeError as exc:  # DatabaseError, JobNotFound, JobStateError...
+            _fail(ctx, str(exc), EXIT_REFUSED)
+        except psycopg.errors.UndefinedTable as exc:
+            _fail(ctx, f"{one_line(exc)} (is the schema migrated? run forge migrate)", EXIT_REFUSED)
+        except psycopg.Error as exc:
+            _fail(ctx, f"the database refused: {one_line(exc)}", EXIT_REFUSED)
 
 
-def config_option(func: Any) -> Any:
-    """-c/--config PATH (default ./forge.toml, or $FORGE_CONFIG), passed on as a loaded Config `config`."""
-
-    def load(ctx: click.Context, param: click.Parameter, value: str) -> Config:
-        return load_config(value)
-
-    return click.option(
-        "-c", "--config", "config", default="forge.toml", envvar="FORGE_CONFIG", show_default=True,
-        metavar="PATH", callback=load, help="The forge.toml to use.",
-    )(func)
-
-
-@contextlib.contextmanager
-def database_url(config: Config) -> Iterator[str]:
-    """The database URL for a command; the embedded cluster is started if needed, used while inside (so
-    `forge db stop` refuses meanwhile) and left running: it outlives whoever started it."""
-    if url := config.database_url():
-        yield url
-        return
-    embedded = embedded_postgres(config)
-    with embedded.used():
-        yield embedded.start()
+def _fail(ctx: click.Context, message: str, status: int) -> None:
+    click.echo(f"forge: {message}", err=True)
+    ctx.exit(status)
 
 
 @click.group(cls=_ForgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("forge")
 def cli() -> None:
     """Forge: durable background jobs for Python on PostgreSQL.
 
     The database is $FORGE_DATABASE_URL, else [database] url in forge.toml,
     else an embedded PostgreSQL under .forge/postgres beside forge.toml.
+    Every command takes -c PATH (default ./forge.toml, or $FORGE_CONFIG).
     """
 
 
-@cli.command()
-@config_option
-def migrate(config: Config) -> None:
-    """Apply pending schema migrations (safe to run any time, from anywhere)."""
-    from forge.db.migrate import migrate as apply_migrations
-
-    with database_url(config) as url:
-        applied = apply_migrations(url)
-    if applied:
-        click.echo(f"applied migrations: {', '.join(f'{v:04d}' for v in applied)}")
-    else:
-        click.echo("database schema is up to date")
-
-
-@cli.group()
-def db() -> None:
-    """The embedded PostgreSQL under .forge/postgres beside forge.toml (no database url configured).
-
-    It outlives whoever started it (forge-supervisor, forge migrate, forge db
-    start), and keeps its port; only `forge db stop` stops it.
-    """
-
-
-def _embedded(config: Config) -> EmbeddedPostgres:
-    """The embedded cluster of `config`'s folder; ConfigError if a database url is configured instead."""
-    if config.database_url():
-        raise ConfigError(
-            "forge db manages the embedded PostgreSQL only, but a database url is configured "
-            f"(${DATABASE_URL_ENV} or [database] url in {config.path})"
-        )
-    return embedded_postgres(config)
-
-
-@db.command("start")
-@config_option
-def db_start(config: Config) -> None:
-    """Start the embedded PostgreSQL unless it runs (initdb first if needed); print its URL."""
-    click.echo(_embedded(config).start())
-
-
-@db.command("stop")
-@config_option
-def db_stop(config: Config) -> None:
-    """Stop the embedded PostgreSQL; refused (exit 1) while a forge-supervisor or forge command uses it."""
-    _embedded(config).stop()
-    click.echo("stopped")
-
-
-@db.command("status")
-@config_option
-def db_status(config: Config) -> None:
-    """Print `running at <url>` (`, in use` while a supervisor or command uses it) or `stopped`."""
-    cluster = _embedded(config)
-    if (url := cluster.url) is None:
-        click.echo("stopped")
-    else:
-        click.echo(f"running at {url}" + (", in use" if cluster.in_use() else ""))
+for command in (status.status, jobs.jobs, queues.queues, dispatch.dispatch, db.migrate, db.db):
+    cli.add_command(command)
 
 
 def main() -> None:
-    """Entry point of the `forge` script."""
+    """Entry point of the `forge` script (and of `python -m forge`)."""
     cli(prog_name="forge")
 
 

@@ -34,6 +34,7 @@ from ..db.migrate import migrate
 from ..errors import ConfigError, DatabaseError, SchemaTooNew
 from ..job import Job, registry
 from ..retry import Retry
+from ..version import version_option
 from . import log_queue
 from .arbiter import Arbiter
 from .lease import LeaseClock, fence_after
@@ -57,10 +58,13 @@ _log = logging.getLogger("forge.supervisor")
     "-c",
     "--config",
     "config_path",
-    required=True,
+    default="forge.toml",
+    envvar="FORGE_CONFIG",
+    show_default=True,
     type=click.Path(dir_okay=False),
-    help="Path of forge.toml.",
+    help="Path of forge.toml (or $FORGE_CONFIG), as for the forge command.",
 )
+@version_option("forge-supervisor")
 def main(config_path: str) -> None:
     """Run Forge's supervisor: claim due jobs and run them in forked worker processes."""
     try:

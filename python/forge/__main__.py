@@ -1,0 +1,5 @@
+"""`python -m forge`: the `forge` command line."""
+
+from forge.cli.main import main
+
+main()
