@@ -23,16 +23,21 @@ from .errors import (
     ForgeError,
     InputDecodeError,
     JobDefinitionError,
+    JobNotFound,
+    JobStateError,
     JobTimeout,
+    OperationError,
     UnknownJobType,
     WorkerCrashed,
     WorkerDisconnected,
 )
 from .job import PRIORITIES, Job, Resources, job
+from .operations import AsyncJobs, JobRecord, Jobs
 from .retry import Retry
 
 __all__ = [
     "PRIORITIES",
+    "AsyncJobs",
     "ConfigError",
     "DatabaseError",
     "DispatchError",
@@ -41,7 +46,12 @@ __all__ = [
     "Job",
     "JobContext",
     "JobDefinitionError",
+    "JobNotFound",
+    "JobRecord",
+    "JobStateError",
     "JobTimeout",
+    "Jobs",
+    "OperationError",
     "Resources",
     "Retry",
     "UnknownJobType",
