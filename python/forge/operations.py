@@ -41,7 +41,8 @@ BATCH_SIZE = 10_000
 
 STATUSES = ("pending", "claimed", "running", "completed", "retry", "failed", "dead_letter", "discarded", "cancelled")
 RETRYABLE = ("failed", "dead_letter", "discarded", "cancelled")
-DISCARDABLE = ("failed", "dead_letter")
+#: What discard and discard_all take, and what retry_all and discard_all select by (the jobs that failed).
+FAILED = ("failed", "dead_letter")
 CANCELLABLE = ("pending", "retry")
 #: What a refused cancel says of jobs a node holds.
 _HELD_NOTE = "a claimed or running job cannot be cancelled yet (the node running it would have to stop it)"
@@ -137,8 +138,8 @@ def _retry_rows(rows: list[Row], allowances: list[int | None], states: Sequence[
 
 
 def _discard(ids: Sequence[int]) -> Plan[int]:
-    rows = yield from _locked(ids, DISCARDABLE, "discard")
-    return (yield from _discard_rows(rows, DISCARDABLE))
+    rows = yield from _locked(ids, FAILED, "discard")
+    return (yield from _discard_rows(rows, FAILED))
 
 
 def _discard_rows(rows: list[Row], states: Sequence[str]) -> Plan[int]:
@@ -154,9 +155,12 @@ def _cancel(ids: Sequence[int]) -> Plan[int]:
 
 def _retry_all(job_type: str, status: str, since: Any, dry_run: bool, attempts: int | None) -> Plan[int]:
     more = _more_attempts(attempts)
-    allowance = more if more is not None else _policy_attempts(job_type)
-    return (yield from _bulk(job_type, status, since, dry_run,
-                             lambda rows: _retry_rows(rows, [allowance] * len(rows), (status,))))
+
+    def retry_batch(rows: list[Row]) -> Plan[int]:  # job_type is checked by then
+        allowance = more if more is not None else _policy_attempts(job_type)
+        return _retry_rows(rows, [allowance] * len(rows), (status,))
+
+    return (yield from _bulk(job_type, status, since, dry_run, retry_batch))
 
 
 def _discard_all(job_type: str, status: str, since: Any, dry_run: bool) -> Plan[int]:
@@ -167,7 +171,7 @@ def _bulk(job_type: str, status: str, since: Any, dry_run: bool,
           change: Callable[[list[Row]], Plan[int]]) -> Plan[int]:
     """Change every failed job of one type (in batches of BATCH_SIZE, rows others hold locked left out), or
     with dry_run only count them; the number either way."""
-    where = (_names((job_type,), "job_type")[0], _states((status,), DISCARDABLE, "status")[0], *_since(since))
+    where = (_names((job_type,), "job_type")[0], _states((status,), FAILED, "status")[0], *_since(since))
     if dry_run:
         (counted,) = yield _Statement("count_failed", where)
         return int(counted["jobs"])
@@ -198,8 +202,9 @@ def _paused() -> Plan[Names]:
 def _locked(ids: Sequence[int], accepted: Sequence[str], verb: str, note: dict[str, str] | None = None
             ) -> Plan[list[Row]]:
     """The rows of jobs `ids`, locked, in the order given; JobNotFound or JobStateError (nothing locked that
-    the call would not change) unless every one exists and is in an `accepted` state."""
-    wanted = _ids(ids)
+    the call would not change) unless every one exists and is in an `accepted` state. `note`: what the
+    refusal adds for a job in a given state."""
+    wanted, notes_by_state = _ids(ids), note or {}
     rows = yield _Statement("lock_jobs", (wanted, list(accepted)))
     found = {row["id"]: row for row in rows}
     missing = [job_id for job_id in wanted if job_id not in found]
@@ -208,7 +213,7 @@ def _locked(ids: Sequence[int], accepted: Sequence[str], verb: str, note: dict[s
     refused = {job_id: found[job_id]["status"] for job_id in wanted if not found[job_id]["accepted"]}
     if refused:
         named = ", ".join(f"job {job_id} ({state})" for job_id, state in refused.items())
-        notes = sorted({(note or {})[state] for state in refused.values() if state in (note or {})})
+        notes = sorted({notes_by_state[state] for state in refused.values() if state in notes_by_state})
         raise JobStateError(
             f"cannot {verb} {named}: {verb} takes {_either(accepted)} jobs"
             + "".join(f"; {text}" for text in notes) + "; nothing was changed",

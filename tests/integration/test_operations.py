@@ -190,7 +190,11 @@ def test_retry_all_and_discard_all_change_every_match_in_batches(conn, monkeypat
     jobs = forge.Jobs(conn)
     assert jobs.retry_all("ops_send", since="1d", dry_run=True) == 20
     assert {row[1] for row in states(conn, dead)} == {"dead_letter"}
-    assert jobs.retry_all("ops_send", since=timedelta(days=1)) == 20
+    with psycopg.connect(conn.info.dsn, autocommit=True) as listener:
+        listener.execute("LISTEN forge_jobs")
+        assert jobs.retry_all("ops_send", since=timedelta(days=1)) == 20  # 3 batches, one transaction
+        told = [n.payload for n in listener.notifies(timeout=0.5)]
+    assert told == ["0"]  # one wake-up, at its commit
     assert {row[1:] for row in states(conn, dead)} == {("pending", 3, 8, 0)}
     assert {row[1] for row in states(conn, old + failed + other_type)} == {"dead_letter", "failed"}
     assert jobs.discard_all("ops_send", status="failed", dry_run=True) == 2
