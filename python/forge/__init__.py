@@ -25,12 +25,16 @@ from .errors import (
     ForgeError,
     InputDecodeError,
     JobDefinitionError,
+    JobNotFound,
+    JobStateError,
     JobTimeout,
+    OperationError,
     UnknownJobType,
     WorkerCrashed,
     WorkerDisconnected,
 )
 from .job import PRIORITIES, Job, Resources, job
+from .operations import AsyncJobs, JobRecord, Jobs
 from .retry import Retry
 from .version import version as _version
 
@@ -45,6 +49,7 @@ else:
 
 __all__ = [
     "PRIORITIES",
+    "AsyncJobs",
     "ConfigError",
     "DatabaseError",
     "DispatchError",
@@ -53,7 +58,12 @@ __all__ = [
     "Job",
     "JobContext",
     "JobDefinitionError",
+    "JobNotFound",
+    "JobRecord",
+    "JobStateError",
     "JobTimeout",
+    "Jobs",
+    "OperationError",
     "Resources",
     "Retry",
     "UnknownJobType",

@@ -64,3 +64,25 @@ class LeaseLost(ForgeError):
 
 class NodeLost(ForgeError):
     """The node running the job stopped renewing its lease; another node rescued the job."""
+
+
+class OperationError(ForgeError):
+    """An operation on jobs (forge.Jobs, forge.AsyncJobs, the forge CLI) was refused, and changed nothing: a bad
+    argument (this class), or jobs it cannot act on (the subclasses)."""
+
+
+class JobNotFound(OperationError):
+    """No job has one of the ids given: `ids` lists them."""
+
+    def __init__(self, message: str, ids: list[int]) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
+class JobStateError(OperationError):
+    """A job is in a state the operation does not take (retrying a completed job, cancelling a running one):
+    `states` maps each such id to its state."""
+
+    def __init__(self, message: str, states: dict[int, str]) -> None:
+        super().__init__(message)
+        self.states = states

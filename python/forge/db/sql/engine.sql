@@ -5,8 +5,9 @@
 -- or running), so a late, duplicate or rescued report changes no row; the
 -- core counts each such report in stats()["fenced"] (a heartbeat that renews
 -- nothing counts in "lost" instead).
--- Claimable rows are told by claimed_by IS NULL AND failed_at IS NULL (the
--- forge_jobs_claimable predicate; a CHECK of 0003 ties it to status), and the
+-- Claimable rows are told by claimed_by IS NULL AND failed_at IS NULL AND
+-- cancelled_at IS NULL (the forge_jobs_claimable predicate; a CHECK of 0003,
+-- remade by 0005, ties it to status), and the
 -- jobs a node holds are found through forge_claims, so that no index looks at
 -- a column a completion writes and completing a job is a HOT update (0003).
 -- Maintenance statements (rescue ... reap_nodes) run on every node each
@@ -22,8 +23,11 @@
 -- priority then scheduled time. SKIP LOCKED lets many nodes claim at once;
 -- the join form keeps its speed at large batches. Only the job types $4 this
 -- node has registered are claimed, so a node never takes a job it cannot
--- run (rolling deploys with two code versions are safe). The capability and
--- type tests are filters on the forge_jobs_claimable index scan. The ids
+-- run (rolling deploys with two code versions are safe), and never a paused
+-- type (forge_paused, 0005: an operator's pause holds on every node). The
+-- capability and type tests are filters on the forge_jobs_claimable index
+-- scan; the paused types are read once per claim (an InitPlan), so with no
+-- pause the filter is a test against an empty array. The ids
 -- taken are recorded in one forge_claims row of the owner, in the same
 -- statement, so no job is ever held without one; its id comes back with
 -- every row (for close_claims).
@@ -36,10 +40,11 @@
 -- snapshot too long for a payload sends nothing (peers claim after their wait).
 WITH due AS (
     SELECT id FROM forge_jobs
-    WHERE claimed_by IS NULL AND failed_at IS NULL
+    WHERE claimed_by IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
       AND scheduled_at <= now()
       AND capability = ANY($2::text[])
       AND job_type = ANY($4::text[])
+      AND job_type <> ALL(ARRAY(SELECT job_type FROM forge_paused))
     ORDER BY priority, scheduled_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -481,7 +486,7 @@ WITH judge AS MATERIALIZED (
     SELECT waiting.id, waiting.job_type FROM generate_series(0, 3) AS p(priority)
     CROSS JOIN LATERAL (
         SELECT id, job_type FROM forge_jobs
-        WHERE claimed_by IS NULL AND failed_at IS NULL
+        WHERE claimed_by IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
           AND priority = p.priority
           AND scheduled_at <= now() - $1::float8 * interval '1 millisecond'
         ORDER BY scheduled_at, id
@@ -501,7 +506,7 @@ WITH judge AS MATERIALIZED (
 ), orphaned AS (
     SELECT j.id FROM forge_jobs AS j
     WHERE j.id IN (SELECT due.id FROM due JOIN unrun ON unrun.job_type = due.job_type)
-      AND j.claimed_by IS NULL AND j.failed_at IS NULL
+      AND j.claimed_by IS NULL AND j.failed_at IS NULL AND j.cancelled_at IS NULL
     LIMIT 1000
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -514,7 +519,7 @@ SET status = 'failed', failed_at = now(),
                           j.job_type, $1::float8 * interval '1 millisecond', j.id),
         'attempt', j.attempts)
 FROM orphaned
-WHERE j.id = orphaned.id AND j.claimed_by IS NULL AND j.failed_at IS NULL
+WHERE j.id = orphaned.id AND j.claimed_by IS NULL AND j.failed_at IS NULL AND j.cancelled_at IS NULL
 RETURNING j.id;
 
 -- name: reap_nodes
