@@ -2,7 +2,7 @@
 waited, paused types and the nodes alive, read in a bounded time on a table of any size.
 
 How each count is made is said in db/sql/status.sql: the live states are counted exactly through the partial
-indexes, the finished ones (completed, and cancelled or discarded jobs without a failure) on a sample of at
+indexes, the finished ones (completed jobs) on a sample of at
 most SAMPLE_PAGES pages of the table once it is bigger than that; `estimated` lists the statuses so counted.
 """
 
@@ -88,8 +88,9 @@ def _read(conn: psycopg.Connection[Any], heartbeat_timeout: float, sample_pages:
         tally.add(job_type, status, priority, count)
         if waited is not None and status in _CLAIMABLE:
             oldest[job_type] = max(waited, oldest.get(job_type, 0.0))
-    for job_type, status, priority, count in _rows(conn, "failed"):
-        tally.add(job_type, status, priority, count)
+    for part in ("failed", "cancelled"):
+        for job_type, status, priority, count in _rows(conn, part):
+            tally.add(job_type, status, priority, count)
     held: dict[uuid.UUID, dict[str, int]] = {}
     for owner, job_type, status, priority, count in _rows(conn, "held"):
         tally.add(job_type, status, priority, count)

@@ -413,9 +413,9 @@ SELECT count(*) AS pruned FROM gone;
 -- [retention]: completed, cancelled and discarded rows past their retention
 -- ($2, $3, $4 ms; NULL keeps them forever) are deleted with their job logs.
 -- A completed row counts from completed_at; a cancelled or discarded one
--- from failed_at, when it was cancelled or discarded (a row that is not
--- claimable has claimed_by or failed_at set, CHECK of 0003), else from its
--- last heartbeat (a held job cancelled), else from when it was due.
+-- from cancelled_at or discarded_at (0005), when it was cancelled or
+-- discarded, else (rows set so by hand) from failed_at, its last heartbeat
+-- or when it was due.
 -- No index may look at status or completed_at (completion stays HOT, 0003),
 -- so the sweep walks the primary key: one window of at most 1000 rows after
 -- id $1 (the walk's cursor, kept by the core), filtered on status first so
@@ -429,9 +429,9 @@ SELECT count(*) AS pruned FROM gone;
 WITH walked AS MATERIALIZED (
     SELECT id, created_at, status IN ('completed', 'cancelled', 'discarded') AND CASE status
                WHEN 'completed' THEN completed_at <= now() - $2::float8 * interval '1 millisecond'
-               WHEN 'cancelled' THEN coalesce(failed_at, heartbeat_at, scheduled_at)
+               WHEN 'cancelled' THEN coalesce(cancelled_at, failed_at, heartbeat_at, scheduled_at)
                                      <= now() - $3::float8 * interval '1 millisecond'
-               ELSE coalesce(failed_at, heartbeat_at, scheduled_at)
+               ELSE coalesce(discarded_at, failed_at, heartbeat_at, scheduled_at)
                     <= now() - $4::float8 * interval '1 millisecond'
                END AS expired
     FROM forge_jobs

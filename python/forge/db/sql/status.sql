@@ -2,17 +2,18 @@
 -- read in a bounded time however many finished rows the table keeps.
 -- Every row is counted in exactly one of four parts, told apart by the
 -- columns the partial indexes of 0003 look at (a CHECK ties them to status):
---   claimable  claimed_by IS NULL AND failed_at IS NULL (pending, retry):
---              exact, through forge_jobs_claimable;
+--   claimable  claimed_by IS NULL AND failed_at IS NULL AND cancelled_at IS
+--              NULL (pending, retry): exact, through forge_jobs_claimable;
 --   failed     failed_at IS NOT NULL (failed, dead_letter, and any other
 --              ended state that keeps its failure): exact, through
 --              forge_jobs_dead_letter;
+--   cancelled  cancelled_at IS NOT NULL AND failed_at IS NULL: exact,
+--              through forge_jobs_cancelled (0005);
 --   held       claimed or running: exact, through forge_claims (every held
 --              job is listed in a claim row of its owner), by primary key;
---   finished   the rest (completed; cancelled or discarded without a
---              failure): no index holds them, so they are counted on a page
---              sample (TABLESAMPLE SYSTEM) of the table when it is bigger
---              than the sample, and exactly when it is not.
+--   finished   the rest (completed): no index holds them, so they are
+--              counted on a page sample (TABLESAMPLE SYSTEM) of the table
+--              when it is bigger than the sample, and exactly when it is not.
 -- Parameters are positional ($1...).
 
 -- name: snapshot
@@ -30,7 +31,7 @@ SELECT pg_relation_size('forge_jobs') / current_setting('block_size')::bigint;
 SELECT job_type, status, priority, count(*),
        extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE scheduled_at <= now()))::float8
 FROM forge_jobs
-WHERE claimed_by IS NULL AND failed_at IS NULL
+WHERE claimed_by IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
 GROUP BY job_type, status, priority;
 
 -- name: failed
@@ -38,6 +39,13 @@ GROUP BY job_type, status, priority;
 SELECT job_type, status, priority, count(*)
 FROM forge_jobs
 WHERE failed_at IS NOT NULL
+GROUP BY job_type, status, priority;
+
+-- name: cancelled
+-- Cancelled jobs (that never failed), by type, status and priority.
+SELECT job_type, status, priority, count(*)
+FROM forge_jobs
+WHERE cancelled_at IS NOT NULL AND failed_at IS NULL
 GROUP BY job_type, status, priority;
 
 -- name: held
@@ -56,7 +64,7 @@ GROUP BY j.claimed_by, j.job_type, j.status, j.priority;
 -- counts up by 100 / $1.
 SELECT job_type, status, priority, count(*)
 FROM forge_jobs TABLESAMPLE SYSTEM ($1::float8)
-WHERE claimed_by IS NOT NULL AND failed_at IS NULL
+WHERE claimed_by IS NOT NULL AND failed_at IS NULL AND cancelled_at IS NULL
   AND status NOT IN ('claimed', 'running')
 GROUP BY job_type, status, priority;
 
@@ -81,5 +89,5 @@ SELECT job_type FROM forge_paused ORDER BY job_type;
 -- (what `forge queues pause --all` pauses).
 SELECT job_type FROM forge_nodes CROSS JOIN LATERAL unnest(job_types) AS t(job_type)
 UNION
-SELECT job_type FROM forge_jobs WHERE claimed_by IS NULL AND failed_at IS NULL
+SELECT job_type FROM forge_jobs WHERE claimed_by IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
 ORDER BY job_type;
