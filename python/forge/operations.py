@@ -90,6 +90,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     cron_tick: datetime | None
     cancelled_at: datetime | None
     discarded_at: datetime | None
+    dead_letter_after: timedelta | None
 
 
 Records: TypeAlias = "list[JobRecord]"

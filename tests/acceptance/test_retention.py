@@ -76,11 +76,15 @@ def test_a_jobs_own_dead_letter_after_overrides_the_nodes(node, db):
 
 
 def insert_ended(db, status: str, *, ago: str, count: int) -> list[int]:
-    """Rows cancelled or discarded (failed_at) or dead-lettered `ago`, created an hour before that."""
+    """Rows cancelled, discarded or dead-lettered `ago` (cancelled_at, discarded_at, dead_lettered_at; failed_at
+    too, as the API sets it), created an hour before that."""
     rows = db.execute(
-        "INSERT INTO forge_jobs (job_type, input, status, failed_at, dead_lettered_at, created_at)"
+        "INSERT INTO forge_jobs (job_type, input, status, failed_at, dead_lettered_at, cancelled_at, discarded_at,"
+        "                        created_at)"
         " SELECT 'ran', '{\"n\": 0}', %(status)s, now() - %(ago)s::interval,"
         "        CASE WHEN %(status)s = 'dead_letter' THEN now() - %(ago)s::interval END,"
+        "        CASE WHEN %(status)s = 'cancelled' THEN now() - %(ago)s::interval END,"
+        "        CASE WHEN %(status)s = 'discarded' THEN now() - %(ago)s::interval END,"
         "        now() - %(ago)s::interval - interval '1 hour'"
         " FROM generate_series(1, %(count)s) RETURNING id",
         {"status": status, "ago": ago, "count": count},

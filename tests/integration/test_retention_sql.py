@@ -26,7 +26,7 @@ def db(database_url):
 
 def insert(db, status: str, *, age_s: float = 0.0, count: int = 1, created_age_s: float | None = None) -> list[int]:
     """`count` rows in `status`, ended `age_s` seconds ago (completed_at, or failed_at for the others that
-    are not claimable) and created `created_age_s` ago (default: when they ended)."""
+    are not claimable, and cancelled_at or discarded_at) and created `created_age_s` ago (default: when they ended)."""
     ended = "now() - $2 * interval '1 second'"
     created = "now() - $3 * interval '1 second'"
     columns = {
@@ -37,9 +37,10 @@ def insert(db, status: str, *, age_s: float = 0.0, count: int = 1, created_age_s
     claimed_by, completed_at, failed_at = columns
     rows = db.execute(
         "INSERT INTO forge_jobs (job_type, input, status, claimed_by, completed_at, failed_at, created_at,"
-        "                        dead_lettered_at)"
+        "                        dead_lettered_at, cancelled_at, discarded_at)"
         f" SELECT 'noop', '{{}}', $1, {claimed_by}::uuid, {completed_at}, {failed_at}, {created},"
-        f"        CASE WHEN $1 = 'dead_letter' THEN {ended} END"
+        f"        CASE WHEN $1 = 'dead_letter' THEN {ended} END,"
+        f"        CASE WHEN $1 = 'cancelled' THEN {ended} END, CASE WHEN $1 = 'discarded' THEN {ended} END"
         " FROM generate_series(1, $4) RETURNING id",
         (status, age_s, age_s if created_age_s is None else created_age_s, count),
     ).fetchall()
