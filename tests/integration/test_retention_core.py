@@ -42,8 +42,9 @@ def insert(db: psycopg.Connection[Any], status: str, count: int, *, hours_ago: f
     if ended[1]:
         columns.append(ended[1])
         values.append(f"'{OWNER}'")
-    if status == "dead_letter":
-        columns.append("dead_lettered_at")
+    if status in ("dead_letter", "cancelled", "discarded"):  # each tied to its status by a check (0003, 0005)
+        columns.append({"dead_letter": "dead_lettered_at", "cancelled": "cancelled_at",
+                        "discarded": "discarded_at"}[status])
         values.append(ago)
     if status == "pending":
         columns.append("scheduled_at")
