@@ -188,6 +188,12 @@ class Core:
         locked until they neared fence_after, since the last call. They are
         no longer held: not renewed again, not counted by in_flight(); a later
         report of them is fenced unless the row is still this node's lease."""
+    def cancels(self) -> list[tuple[int, int]]:
+        """The (id, attempt) jobs this node holds that an operator cancelled
+        (forge.Jobs.cancel) since the last call, from the request's notice or,
+        should that be missed, the next heartbeat renewal: stop each (kill its
+        worker, or hand it back unstarted); the database records its end as
+        cancelled. A job comes again at each renewal until its end is written."""
     def in_flight(self) -> int:
         """How many jobs this core holds leases for (an ended job's until its end is written)."""
     def flush(self, timeout_ms: int) -> bool:
@@ -199,10 +205,11 @@ class Core:
         poisoned, rescued, dead_lettered, pruned, pruned_completed,
         pruned_cancelled, pruned_discarded, unknown_failed, nodes_reaped,
         sweeps, connects, claims_closed, claims_pruned, refused, held,
-        loop_unseen.
+        loop_unseen, cancelled.
 
         poisoned counts this node's failures that the crash cap stopped from
-        being retried (also counted in failed). rescued (started or only
+        being retried (also counted in failed); cancelled, this node's ends
+        (a fail or a release) of jobs an operator cancelled while it held them. rescued (started or only
         claimed, those uncharged), dead_lettered,
         pruned (dead letters), pruned_completed, pruned_cancelled,
         pruned_discarded ([retention]), unknown_failed and nodes_reaped count rows this node's

@@ -35,6 +35,11 @@ class JobTimeout(ForgeError):
     """The job ran past its timeout and its worker process was killed."""
 
 
+class JobCancelled(ForgeError):
+    """An operator cancelled the job while it ran (forge.Jobs.cancel, forge jobs cancel); its worker was killed
+    and the job is cancelled, never retried."""
+
+
 class WorkerCrashed(ForgeError):
     """The worker process running the job died (signal, os._exit, OOM killer)."""
 

@@ -43,9 +43,8 @@ STATUSES = ("pending", "claimed", "running", "completed", "retry", "failed", "de
 RETRYABLE = ("failed", "dead_letter", "discarded", "cancelled")
 #: What discard and discard_all take, and what retry_all and discard_all select by (the jobs that failed).
 FAILED = ("failed", "dead_letter")
-CANCELLABLE = ("pending", "retry")
-#: What a refused cancel says of jobs a node holds.
-_HELD_NOTE = "a claimed or running job cannot be cancelled yet (the node running it would have to stop it)"
+#: What cancel takes: waiting jobs end at once, claimed and running ones are stopped by the node holding them.
+CANCELLABLE = ("pending", "retry", "claimed", "running")
 #: Most attempts a retry may add: max_attempts is a PostgreSQL integer.
 MAX_MORE_ATTEMPTS = 1_000_000
 
@@ -149,9 +148,10 @@ def _discard_rows(rows: list[Row], states: Sequence[str]) -> Plan[int]:
 
 
 def _cancel(ids: Sequence[int]) -> Plan[int]:
-    rows = yield from _locked(ids, CANCELLABLE, "cancel", note={"claimed": _HELD_NOTE, "running": _HELD_NOTE})
-    done = yield _Statement("cancel_jobs", ([row["id"] for row in rows], list(CANCELLABLE)))
-    return len(done)
+    rows = yield from _locked(ids, CANCELLABLE, "cancel")
+    cancelled = yield _Statement("cancel_jobs", ([row["id"] for row in rows],))
+    asked = yield _Statement("request_cancel", ([row["id"] for row in rows],))
+    return len(cancelled) + len(asked)
 
 
 def _retry_all(job_type: str, status: str, since: Any, dry_run: bool, attempts: int | None) -> Plan[int]:
@@ -368,8 +368,11 @@ class Jobs:
         return self._run(_discard_all(job_type, status, since, dry_run))
 
     def cancel(self, *ids: int) -> int:
-        """Pending or retry jobs to cancelled, at once: no node will claim them; how many. A claimed or
-        running job is refused (JobStateError): stopping it on its node is not done yet."""
+        """Cancel jobs; how many. Pending or retry ones become cancelled at once: no node will claim them.
+        A claimed or running one is stopped by the node holding it once this commits: it kills the job's
+        worker (SIGTERM, SIGKILL after its kill_grace) or drops the job unstarted, and the job becomes
+        cancelled, never retried. One that ends on its own before the kill stays as it ended (a completed
+        job keeps its result). Commit promptly: until then the rows are locked here."""
         return self._run(_cancel(ids))
 
     def pause(self, *job_types: str) -> Names:

@@ -21,7 +21,8 @@
 //! window share each, in rank order. Every lost or unparsable notice errs
 //! towards a claim (an empty one at worst), and the poll interval stays the
 //! safety net. A bare number is the old payload and the engine's own wake-up
-//! (jobs handed back or rescued): every node claims, as before.
+//! (jobs handed back or rescued): every node claims, as before. A cancel
+//! request (an operator's, for a job a node holds) concerns its owner only.
 
 use std::time::Duration;
 
@@ -37,6 +38,17 @@ pub enum Notice {
     },
     Announced(Announced),
     Cleared(Cleared),
+    /// An operator asked the job this node holds to stop.
+    Cancel(CancelRequest),
+}
+
+/// A job an operator cancelled while `owner` held it (operations.sql
+/// request_cancel): that node stops it; every other node ignores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub owner: Uuid,
+    pub id: i64,
+    pub attempt: i32,
 }
 
 /// Jobs a committed dispatch inserted.
@@ -73,6 +85,7 @@ pub fn parse(payload: &str) -> Notice {
             Ok(o) => match o.get("k").and_then(Value::as_str) {
                 Some("a") => announced(&o).map(Notice::Announced),
                 Some("c") => cleared(&o).map(Notice::Cleared),
+                Some("x") => cancel(&o).map(Notice::Cancel),
                 _ => None,
             },
             Err(_) => None,
@@ -106,6 +119,15 @@ fn cleared(o: &Map<String, Value>) -> Option<Cleared> {
         by: o.get("o")?.as_str()?.parse().ok()?,
         snapshot: Snapshot::parse(o.get("s")?.as_str()?)?,
         at_ms: o.get("at")?.as_i64()?,
+    })
+}
+
+/// Payload keys: o owner, i job id, a attempt (operations.sql request_cancel).
+fn cancel(o: &Map<String, Value>) -> Option<CancelRequest> {
+    Some(CancelRequest {
+        owner: o.get("o")?.as_str()?.parse().ok()?,
+        id: o.get("i")?.as_i64()?,
+        attempt: o.get("a")?.as_i64()?.try_into().ok()?,
     })
 }
 
@@ -264,6 +286,15 @@ mod tests {
             panic!("not a cleared notice")
         };
         assert_eq!((c.by, c.at_ms), (id, 5));
+        let x = format!(r#"{{"k":"x","i":12,"a":3,"o":"{id}"}}"#);
+        assert_eq!(
+            parse(&x),
+            Notice::Cancel(CancelRequest {
+                owner: id,
+                id: 12,
+                attempt: 3
+            })
+        );
         assert_eq!(parse(" 1500 "), Notice::Wake { delay_ms: 1500 });
         assert_eq!(parse("2.5"), Notice::Wake { delay_ms: 3 });
         for now in [
@@ -274,6 +305,8 @@ mod tests {
             "{",
             r#"{"k":"a"}"#,
             r#"{"k":"c","o":"x","s":"1:2:","at":0}"#,
+            r#"{"k":"x","i":12,"a":3}"#,
+            r#"{"k":"x","i":12,"a":3000000000,"o":"00000000-0000-0000-0000-000000000007"}"#,
         ] {
             assert_eq!(parse(now), Notice::Wake { delay_ms: 0 }, "{now:?}");
         }

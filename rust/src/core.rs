@@ -293,6 +293,13 @@ impl Core {
         Ok(std::mem::take(&mut *lock(&self.shared.lost)))
     }
 
+    /// The (id, attempt) held jobs an operator cancelled since the last
+    /// call (a job may come again while it has not ended).
+    pub fn cancels(&self) -> Result<Vec<(i64, i32)>, CoreError> {
+        self.check()?;
+        Ok(std::mem::take(&mut *lock(&self.shared.cancels)))
+    }
+
     pub fn in_flight(&self) -> Result<usize, CoreError> {
         self.check()?;
         Ok(lock(&self.shared.inflight).len())

@@ -285,17 +285,27 @@ impl Db {
             .await
             .map_err(|_| timed_out("connecting", timeout))??;
         let shared = self.shared.clone();
+        let owner = self.config.owner;
         // Driving the connection through poll_message is what surfaces
         // notifications; None or an error means the connection is gone.
         let driver = tokio::spawn(async move {
             while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {
                 if let AsyncMessage::Notification(n) = message {
-                    let notice = announce::parse(n.payload());
-                    shared.claim_event(|c| match notice {
-                        Notice::Wake { delay_ms } => c.notified(delay_ms, Instant::now()),
-                        Notice::Announced(job) => c.announced(job, Instant::now()),
-                        Notice::Cleared(cleared) => c.cleared(&cleared, Instant::now()),
-                    });
+                    match announce::parse(n.payload()) {
+                        Notice::Wake { delay_ms } => {
+                            shared.claim_event(|c| c.notified(delay_ms, Instant::now()))
+                        }
+                        Notice::Announced(job) => {
+                            shared.claim_event(|c| c.announced(job, Instant::now()))
+                        }
+                        Notice::Cleared(cleared) => {
+                            shared.claim_event(|c| c.cleared(&cleared, Instant::now()))
+                        }
+                        Notice::Cancel(c) if c.owner == owner => {
+                            shared.cancel_requested([(c.id, c.attempt)])
+                        }
+                        Notice::Cancel(_) => {}
+                    }
                 }
             }
         });

@@ -21,7 +21,7 @@ use tokio_postgres::Row;
 use crate::announce::Peer;
 use crate::db::Db;
 use crate::errors::CoreError;
-use crate::leases::Renew;
+use crate::leases::{Pairs, Renew};
 use crate::shared::{lock, Shared};
 use crate::sql;
 use crate::stats::Stat;
@@ -116,7 +116,9 @@ async fn beat(db: &Db, renewing: Renew) -> Result<(), CoreError> {
     if let Ok(peers) = peers.and_then(|rows| rows.iter().map(peer).collect()) {
         lock(&shared.claim).set_peers(peers);
     }
-    let held = held(&rows?)?;
+    let rows = rows?;
+    let held = held(&rows)?;
+    shared.cancel_requested(cancels(&rows, &sent)?);
     shared.stats.add(Stat::Heartbeats, 1);
     if renewing == Renew::All {
         let mut at = lock(&shared.renewed_at);
@@ -180,6 +182,18 @@ fn held(rows: &[Row]) -> Result<HashMap<i64, Option<Duration>>, CoreError> {
         held.insert(id, age);
     }
     Ok(held)
+}
+
+/// The held jobs (id, attempt) whose rows say an operator cancelled them.
+fn cancels(rows: &[Row], sent: &Pairs) -> Result<Vec<(i64, i32)>, CoreError> {
+    let bad = |e: tokio_postgres::Error| CoreError::Database(format!("heartbeat row: {e}"));
+    let mut asked = HashSet::new();
+    for row in rows {
+        if row.try_get::<_, bool>("cancel").map_err(bad)? {
+            asked.insert(row.try_get::<_, i64>("id").map_err(bad)?);
+        }
+    }
+    Ok(sent.pairs().filter(|(id, _)| asked.contains(id)).collect())
 }
 
 /// A live peer, from the peers statement (kept as it was when that fails).

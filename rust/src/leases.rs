@@ -38,6 +38,10 @@ impl Pairs {
         self.attempts.push(attempt);
         self.claims.push(claim);
     }
+    /// Each (id, attempt) sent.
+    pub fn pairs(&self) -> impl Iterator<Item = (i64, i32)> + '_ {
+        self.ids.iter().copied().zip(self.attempts.iter().copied())
+    }
     #[cfg(test)]
     fn len(&self) -> usize {
         self.ids.len()

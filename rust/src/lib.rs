@@ -307,6 +307,10 @@ impl Core {
         Ok(self.0.lost()?)
     }
 
+    fn cancels(&self) -> PyResult<Vec<(i64, i32)>> {
+        Ok(self.0.cancels()?)
+    }
+
     fn in_flight(&self) -> PyResult<usize> {
         Ok(self.0.in_flight()?)
     }

@@ -1,5 +1,6 @@
 //! The state the Python thread and the runtime thread share: claimed jobs
-//! and log lines waiting for Python, the leases in flight, the claim state,
+//! and log lines waiting for Python, the leases in flight (and those lost or
+//! asked to stop), the claim state,
 //! the lease clock, when the Python loop was last seen and the report
 //! sequence that flush() waits on.
 
@@ -33,6 +34,9 @@ pub struct Shared {
     pub inflight: Mutex<InFlight>,
     /// Leases the heartbeat found lost, until Python's lost().
     pub lost: Mutex<Vec<(i64, i32)>>,
+    /// Held jobs an operator asked to stop (a notice, or the heartbeat
+    /// renewal's cancel column), until Python's cancels().
+    pub cancels: Mutex<Vec<(i64, i32)>>,
     /// When the last heartbeat round that renewed everything was sent (the
     /// core's start before the first one).
     pub renewed_at: Mutex<Instant>,
@@ -59,6 +63,7 @@ impl Shared {
             stats: Stats::default(),
             inflight: Mutex::default(),
             lost: Mutex::default(),
+            cancels: Mutex::default(),
             renewed_at: Mutex::new(Instant::now()),
             loop_seen_at: Mutex::new(Instant::now()),
             claim: Mutex::new(claim),
@@ -72,6 +77,18 @@ impl Shared {
     pub fn log(&self, level: &'static str, message: String) {
         lock(&self.logs).push((level, message));
         self.wake.signal();
+    }
+
+    /// Jobs (id, attempt) to stop for an operator's cancel: wakes the
+    /// supervisor's loop, which kills their workers or drops them unstarted.
+    pub fn cancel_requested(&self, jobs: impl IntoIterator<Item = (i64, i32)>) {
+        let mut cancels = lock(&self.cancels);
+        let before = cancels.len();
+        cancels.extend(jobs);
+        if cancels.len() > before {
+            drop(cancels);
+            self.wake.signal();
+        }
     }
 
     /// Changes the claim state and wakes the producer to re-decide.

@@ -206,6 +206,7 @@ impl Row for Fail {
         let shared = db.shared();
         let mut due = Vec::new();
         let mut poisoned = 0;
+        let mut cancelled = 0;
         for row in &changed {
             let bad = |e: tokio_postgres::Error| CoreError::Database(format!("fail row: {e}"));
             let id: i64 = row.try_get("id").map_err(bad)?;
@@ -213,16 +214,21 @@ impl Row for Fail {
             if row.try_get::<_, bool>("poisoned").map_err(bad)? {
                 poisoned += 1;
             }
-            if status == "retry" {
-                let delay = delay_of.get(&id).copied().unwrap_or(0.0);
-                due.push(written + Duration::from_secs_f64(delay.max(0.0) / 1000.0));
+            match status {
+                "retry" => {
+                    let delay = delay_of.get(&id).copied().unwrap_or(0.0);
+                    due.push(written + Duration::from_secs_f64(delay.max(0.0) / 1000.0));
+                }
+                "cancelled" => cancelled += 1,
+                _ => {}
             }
         }
         shared.stats.add(Stat::Retried, due.len() as u64);
         shared.stats.add(Stat::Poisoned, poisoned);
+        shared.stats.add(Stat::Cancelled, cancelled);
         shared
             .stats
-            .add(Stat::Failed, (changed.len() - due.len()) as u64);
+            .add(Stat::Failed, (changed.len() - due.len()) as u64 - cancelled);
         shared.stats.add(
             Stat::Fenced,
             rows.len().saturating_sub(changed.len()) as u64,
@@ -252,9 +258,19 @@ impl Row for Release {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
         let params: [&(dyn ToSql + Sync); 3] = [&ids, &attempts, &db.config().owner];
-        let changed = db.query(conn, sql::RELEASE, &params).await?.len();
-        count(db.shared(), Stat::Released, rows.len(), changed);
-        if changed > 0 && db.query(conn, sql::NOTIFY, &[]).await.is_err() {
+        let changed = db.query(conn, sql::RELEASE, &params).await?;
+        let mut cancelled = 0;
+        for row in &changed {
+            let status: &str = row
+                .try_get("status")
+                .map_err(|e| CoreError::Database(format!("release row: {e}")))?;
+            cancelled += usize::from(status == "cancelled");
+        }
+        let shared = db.shared();
+        shared.stats.add(Stat::Cancelled, cancelled as u64);
+        let released = changed.len() - cancelled;
+        count(shared, Stat::Released, rows.len() - cancelled, released);
+        if released > 0 && db.query(conn, sql::NOTIFY, &[]).await.is_err() {
             db.shared().stats.add(Stat::Errors, 1);
         }
         Ok(())

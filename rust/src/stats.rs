@@ -63,9 +63,12 @@ pub enum Stat {
     /// Heartbeat rounds that renewed no running job's lease because the
     /// supervisor's loop had not been seen for the fence limit (heartbeat.rs).
     LoopUnseen,
+    /// Held jobs an operator cancelled whose end this node wrote (0007's
+    /// trigger made it cancelled).
+    Cancelled,
 }
 
-const NAMES: [&str; 30] = [
+const NAMES: [&str; 31] = [
     "claimed",
     "claims",
     "started",
@@ -96,6 +99,7 @@ const NAMES: [&str; 30] = [
     "refused",
     "held",
     "loop_unseen",
+    "cancelled",
 ];
 
 #[derive(Debug, Default)]
@@ -143,5 +147,7 @@ mod tests {
         assert_eq!(s.snapshot()[Stat::Held as usize], ("held", 2));
         s.add(Stat::LoopUnseen, 1);
         assert_eq!(s.snapshot()[Stat::LoopUnseen as usize], ("loop_unseen", 1));
+        s.add(Stat::Cancelled, 1);
+        assert_eq!(s.snapshot()[Stat::Cancelled as usize], ("cancelled", 1));
     }
 }

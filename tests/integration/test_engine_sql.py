@@ -271,9 +271,9 @@ def heartbeat(db, owner: uuid.UUID, leases: list[tuple]) -> dict[int, bool]:
     """id -> renewed (False: its row was locked by another session) for each lease still held."""
     ids, attempts = [j[0] for j in leases], [j[1] for j in leases]
     rows = db.execute(SQL["heartbeat"], (ids, attempts, owner)).fetchall()
-    for job_id, renewed, age_ms in rows:  # a locked lease says how long ago it was last renewed
+    for job_id, renewed, age_ms, _cancel in rows:  # a locked lease says how long ago it was last renewed
         assert (age_ms == 0) if renewed else (1000 <= age_ms < 60_000), (job_id, renewed, age_ms)
-    return {job_id: renewed for job_id, renewed, _ in rows}
+    return {job_id: renewed for job_id, renewed, _, _ in rows}
 
 
 def test_the_heartbeat_skips_a_row_another_session_locked_and_keeps_it_held(db, database_url):

@@ -142,14 +142,6 @@ def test_a_refused_call_changes_nothing(conn, call, accepts):
     assert act(*good, *good) == len(good)  # each id once
 
 
-def test_cancelling_a_running_job_is_refused_by_name(conn):
-    (pending,) = insert(conn)
-    (running,) = insert(conn, status="running")
-    with pytest.raises(forge.JobStateError, match=rf"job {running} \(running\).*cannot be cancelled yet"):
-        forge.Jobs(conn).cancel(pending, running)
-    assert states(conn, [pending])[0][1] == "pending"
-
-
 def test_a_call_runs_in_the_callers_transaction(database_url, conn):
     (job_id,) = insert(conn, status="dead_letter")
     with psycopg.connect(database_url) as own:

@@ -181,9 +181,9 @@ def discard_all(config: Config | None, job_type: str, status: str, since: dateti
 @config_option
 @click.argument("job_ids", metavar="ID...", callback=job_ids, nargs=-1, required=True)
 def cancel(config: Config | None, job_ids: tuple[int, ...]) -> None:
-    """Cancel jobs: pending or retry ones become cancelled at once and are never claimed. All or none, as for
-    retry: an id forge.Jobs cannot cancel (unknown, ended, or held by a node where it cannot stop it yet)
-    changes nothing (exit 1)."""
+    """Cancel jobs: pending or retry ones become cancelled at once and are never claimed; a claimed or running
+    one is stopped by the node holding it (its worker killed), then recorded cancelled, never retried. All or
+    none, as for retry: an unknown or ended id changes nothing (exit 1)."""
     with connect(config) as conn:
         jobs_api(conn).cancel(*job_ids)
     click.echo(f"cancelled {_jobs(job_ids)}")

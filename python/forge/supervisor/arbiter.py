@@ -4,14 +4,14 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
   1. waits for the zygote, the workers, the Rust core or a signal to speak;
   2. records what workers report (outcomes go to the core, which writes them
      in batches) and what the zygote reports (spawned and exited workers);
-  3. enforces deadlines: job timeouts (SIGTERM to the worker and its group,
-     SIGKILL after kill_grace, again until its exit is reported, its slot freed
-     should it vanish unreported), prefetched jobs held too long, the shutdown grace,
-     and the lease: when the core has not renewed this node's leases for
-     fence_after, or finds a lease lost, the workers concerned are SIGKILLed
-     so that no job runs here while another node runs it; and the jobs queued
-     behind a head that turns out long are taken back, unstarted, for other
-     workers (slot.Slot.take_back_waiting);
+  3. enforces deadlines and stops jobs: a job past its timeout, or cancelled by
+     an operator, has its worker and group SIGTERMed (SIGKILL after kill_grace,
+     again until its exit is reported); prefetched jobs held too long go back;
+     at the end of the shutdown grace busy workers are killed; when the core has
+     not renewed this node's leases for fence_after, or finds a lease lost, the
+     workers concerned are SIGKILLed so that no job runs here while another
+     node runs it; jobs queued behind a head that turns out long are taken
+     back, unstarted, for other workers (slot.Slot.take_back_waiting);
   4. hands claimed jobs to workers, best priority first: one at a time, or a
      batch of frames in one write when the jobs are known to be short; writes
      never block: what a worker's socket does not take waits in its outbox;
@@ -28,7 +28,6 @@ Its socket is read to the end before that is decided.
 from __future__ import annotations
 
 import logging
-import os
 import selectors
 import signal
 import socket
@@ -45,6 +44,7 @@ from .lease import LeaseClock, RenewalDates, fence_after, refresh_period
 from .lease import now as lease_now
 from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, Spawned, WorkerSettings
 from .settle import fail_unknown, settle_head
+from .signal_inbox import SignalInbox
 from .slot import JobDurations, Slot
 from .waiting import Waiting
 from .zygote import Zygote
@@ -62,15 +62,8 @@ class State(Enum):
 
 
 class Arbiter:
-    def __init__(
-        self,
-        node: NodeConfig,
-        core: Core,
-        zygote: Zygote,
-        jobs: dict[str, Job[Any]],
-        settings: WorkerSettings,
-        lease: LeaseClock,
-    ) -> None:
+    def __init__(self, node: NodeConfig, core: Core, zygote: Zygote, jobs: dict[str, Job[Any]],
+                 settings: WorkerSettings, lease: LeaseClock) -> None:
         self.node = node
         self.core = core
         self.zygote = zygote
@@ -91,18 +84,17 @@ class Arbiter:
         self._requested = 0
         self._received = 0
         self._prefetching = True  # see demand.Demand.prefetching
-        self._signals: list[int] = []
+        self._signals = SignalInbox()
         self._grace_ends = 0.0
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._throughput = Throughput(time.monotonic())
 
     # -- the loop ---------------------------------------------------------
 
     def run(self) -> int:
         """Run until a stop signal has been handled and every worker is gone; the exit code."""
-        self._install_signals()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._signals.install(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+        self._selector.register(self._signals.fileno(), selectors.EVENT_READ, lambda _mask: self._signals.drain())
         self._selector.register(self.zygote.fileno(), selectors.EVENT_READ, self._on_zygote)
         self._selector.register(self.core.fileno(), selectors.EVENT_READ, self._on_core)
         self._watch_lease()
@@ -113,6 +105,7 @@ class Arbiter:
             self._handle_signals()
             now = time.monotonic()
             self._watch_lease()
+            self._apply_cancels(now)
             self._enforce_deadlines(now)
             self._assign(now)
             self._grant_credits()
@@ -151,24 +144,8 @@ class Arbiter:
 
     # -- signals ------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
-            signal.signal(signum, self._record_signal)
-
-    def _record_signal(self, signum: int, _frame: object) -> None:
-        self._signals.append(signum)
-
-    def _on_wake(self, _mask: int) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
     def _handle_signals(self) -> None:
-        while self._signals:
-            signum = self._signals.pop(0)
+        for signum in self._signals.take():
             if signum == signal.SIGUSR1:
                 self._dump_state()
             elif signum == signal.SIGQUIT or self.state is not State.RUNNING:
@@ -385,7 +362,7 @@ class Arbiter:
     def _lease_lost(self, job_id: int, attempt: int) -> None:
         """Another node owns this job now: it must not run here (any more)."""
         for slot in self.slots:
-            if any((job.id, job.attempt) == (job_id, attempt) for job in slot.jobs):
+            if slot.place_of(job_id, attempt) is not None:
                 _log.error(
                     "job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid
                 )
@@ -399,6 +376,33 @@ class Arbiter:
             slot = self._by_pid.get(pid)
             if slot is not None and slot.jobs and slot.kill_reason not in ("fenced", "lost"):
                 self._kill(slot, "fenced", at_once=True)  # again: repeated until it takes (Slot.escalate)
+
+    # -- an operator's cancel -------------------------------------------------------
+
+    def _apply_cancels(self, now: float) -> None:
+        """Stop the held jobs an operator cancelled: the database records whatever end they get as cancelled."""
+        for job_id, attempt in self.core.cancels():
+            self._cancel(job_id, attempt, now)
+
+    def _cancel(self, job_id: int, attempt: int, now: float) -> None:
+        """Kill the worker running it, or hand it back unstarted from the queue or from behind a worker's head.
+        A job not found here has ended, or is still in the core's hands (the next renewal asks again)."""
+        for slot in self.slots:
+            place = slot.place_of(job_id, attempt)
+            if place == 0 and slot.kill_reason is None:
+                _log.warning("job %s (%s): cancelled by an operator; killing worker %s",
+                             job_id, slot.jobs[0].job_type, slot.pid)
+                self._kill(slot, "cancelled")
+            elif place:
+                for job in slot.take_back_waiting():
+                    if (job.id, job.attempt) == (job_id, attempt):
+                        self._release([job])
+                    else:
+                        self._queue.push(job, now)
+                self._write(slot)
+            if place is not None:
+                return
+        self._release(self._queue.take(job_id, attempt))
 
     # -- deadlines ------------------------------------------------------------
 

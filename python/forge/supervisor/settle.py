@@ -9,7 +9,7 @@ import signal
 from typing import Any
 
 from .._core import ClaimedJob, Core
-from ..errors import JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed, WorkerDisconnected
+from ..errors import JobCancelled, JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed, WorkerDisconnected
 from ..job import Job
 from .protocol import error_payload
 from .worker import EXIT_CANNOT_REPORT
@@ -28,6 +28,7 @@ def settle_head(core: Core, job: ClaimedJob, started: bool, reason: str | None, 
 
     Handed back uncharged if the worker never read its frame whole (it cannot
     have run it) or the kill hands it back; else failed, a crash if it is one.
+    Either end of a job an operator cancelled is recorded cancelled (0007).
     """
     if not started or reason in HAND_BACK:
         core.release(job.id, job.attempt)
@@ -51,6 +52,8 @@ def killed_job_error(job: ClaimedJob, reason: str | None, status: int | None, de
     if reason == "timeout":
         timeout = definition.timeout if definition is not None and definition.timeout is not None else 0.0
         return JobTimeout(f"job {job.id} ran past its timeout of {timeout:g}s; its worker was killed")
+    if reason == "cancelled":
+        return JobCancelled(f"job {job.id} was cancelled by an operator while it ran; its worker was killed")
     if reason == "hung":
         return JobTimeout(f"job {job.id} sent no heartbeat within its heartbeat_timeout; its worker was killed")
     if reason == "fenced":

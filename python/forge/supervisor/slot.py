@@ -85,7 +85,7 @@ class Slot:
     head_since: float = 0.0  # when the head job started running, monotonic
     deadline: float | None = None  # the head job's timeout, monotonic
     beat_deadline: float | None = None  # the head job's heartbeat timeout, monotonic
-    kill_reason: str | None = None  # "timeout", "hung", "shutdown", "fenced" or "lost" once killed
+    kill_reason: str | None = None  # "timeout", "hung", "cancelled", "shutdown", "fenced" or "lost" once killed
     sigkill_at: float | None = None  # when a SIGKILL is due: kill_grace after the SIGTERM, then every KILL_RECHECK
     retiring: bool = False
     all_short: bool = True  # every job held was short when handed over
@@ -100,6 +100,11 @@ class Slot:
     def usable(self) -> bool:
         """Its worker is up and may be handed jobs."""
         return self.sock is not None and self.pid is not None and not self.retiring and self.kill_reason is None
+
+    def place_of(self, job_id: int, attempt: int) -> int | None:
+        """Where that attempt of that job is among those held (0: the head, running), if it is."""
+        return next((place for place, job in enumerate(self.jobs) if (job.id, job.attempt) == (job_id, attempt)),
+                    None)
 
     def wants_jobs(self) -> bool:
         """Whether to hand this worker jobs in this pass: it is idle, or low on short jobs."""

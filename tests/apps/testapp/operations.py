@@ -1,5 +1,9 @@
 """Jobs for the tests of operating jobs by hand (forge.Jobs: retry, cancel, pause): module testapp.operations."""
 
+import signal
+import subprocess
+import time
+
 import msgspec
 
 import forge
@@ -24,3 +28,19 @@ def fail_until(ctx: forge.JobContext, input: Until) -> int:
 def parked(ctx: forge.JobContext, input: None) -> None:
     """A job of its own type, to pause."""
     record(ctx, "start")
+
+
+class Stubborn(msgspec.Struct):
+    ignore_sigterm: bool = False
+
+
+@forge.job(retry=forge.Retry(max_attempts=3, backoff="fixed", base="0.1s"))
+def runs_an_hour(ctx: forge.JobContext, input: Stubborn) -> None:
+    """Starts a child in its worker's process group, records both pids, then sleeps an hour (ignoring SIGTERM if
+    asked, so only the SIGKILL after kill_grace ends it). Retries are allowed: a cancel must not use them."""
+    if input.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(["sleep", "3600"])
+    record(ctx, "start")
+    record(ctx, "child", pid=child.pid)
+    time.sleep(3600)

@@ -154,14 +154,15 @@ RETURNING j.id, j.status,
 
 -- name: release
 -- Jobs handed back unrun (prefetch not started in time, shutdown): pending
--- again at once, and the attempt is not charged.
+-- again at once, and the attempt is not charged; cancelled instead (0007's
+-- trigger) when an operator cancelled them meanwhile.
 UPDATE forge_jobs AS j
 SET status = 'pending', attempts = j.attempts - 1, claimed_by = NULL,
     claimed_at = NULL, started_at = NULL, heartbeat_at = NULL
 FROM unnest($1::bigint[], $2::integer[]) AS r(id, attempt)
 WHERE j.id = r.id AND j.attempts = r.attempt AND j.claimed_by = $3
   AND j.status IN ('claimed', 'running')
-RETURNING j.id;
+RETURNING j.id, j.status;
 
 -- name: progress
 -- Latest progress of running jobs (one row per job in a batch).
@@ -197,7 +198,8 @@ WHERE j.id = ANY($1::bigint[]) AND j.id NOT IN (SELECT id FROM free);
 -- lease is still this node's, and the core gives it up itself before that
 -- age could let another node rescue it (heartbeat.rs). A lease with no row
 -- is lost. A lock by a rescuer that then takes the job shows as lost at the
--- next renewal.
+-- next renewal. cancel says an operator asked the job to stop (0007): the
+-- fallback of request_cancel's notice (operations.sql), read every round.
 WITH sent AS MATERIALIZED (
     SELECT * FROM unnest($1::bigint[], $2::integer[]) AS h(id, attempt)
 ), locked AS MATERIALIZED (
@@ -210,11 +212,12 @@ WITH sent AS MATERIALIZED (
     SET heartbeat_at = now()
     FROM locked
     WHERE j.id = locked.id
-    RETURNING j.id
+    RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel
 )
-SELECT id, true AS renewed, 0::float8 AS age_ms FROM renewed
+SELECT id, true AS renewed, 0::float8 AS age_ms, cancel FROM renewed
 UNION ALL
-SELECT j.id, false, extract(epoch FROM now() - j.heartbeat_at)::float8 * 1000
+SELECT j.id, false, extract(epoch FROM now() - j.heartbeat_at)::float8 * 1000,
+       j.cancel_requested_at IS NOT NULL
 FROM sent JOIN forge_jobs AS j ON j.id = sent.id
 WHERE sent.id NOT IN (SELECT id FROM locked)
   AND j.attempts = sent.attempt AND j.claimed_by = $3

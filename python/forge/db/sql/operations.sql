@@ -67,14 +67,15 @@ WHERE failed_at IS NOT NULL AND job_type = $1 AND status = $2
 -- stays: attempts keeps counting and last_error stays until the next
 -- attempt ends; crashes start again from 0. Every mark of the end is
 -- cleared, as the CHECKs of 0003 and 0005 want of a claimable row (a failed
--- job keeps its last owner in claimed_by). Idle nodes are woken at commit
+-- job keeps its last owner in claimed_by), and so is a cancel request (else
+-- 0007's trigger would cancel it again at its next end). Idle nodes are woken at commit
 -- (a bare delay 0 wakes every node), once for any number of jobs.
 WITH retried AS (
     UPDATE forge_jobs AS j
     SET status = 'pending', scheduled_at = now(), crashes = 0,
         max_attempts = j.attempts + coalesce(r.allowance, j.max_attempts),
         claimed_by = NULL, failed_at = NULL, dead_lettered_at = NULL,
-        cancelled_at = NULL, discarded_at = NULL
+        cancelled_at = NULL, discarded_at = NULL, cancel_requested_at = NULL
     FROM unnest($1::bigint[], $2::integer[]) AS r(id, allowance)
     WHERE j.id = r.id AND j.status = ANY($3::text[])
     RETURNING j.id
@@ -90,11 +91,29 @@ WHERE id = ANY($1::bigint[]) AND status = ANY($2::text[])
 RETURNING id;
 
 -- name: cancel_jobs
--- Jobs $1 (locked, in a state of $2) that no node holds, cancelled before
--- they run: out of the claimable rows at once (cancelled_at, 0005).
+-- Those of jobs $1 (locked) that no node holds, cancelled before they run:
+-- out of the claimable rows at once (cancelled_at, 0005).
 UPDATE forge_jobs SET status = 'cancelled', cancelled_at = now()
-WHERE id = ANY($1::bigint[]) AND status = ANY($2::text[])
+WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'retry')
 RETURNING id;
+
+-- name: request_cancel
+-- Those of jobs $1 (locked) that a node holds, asked to stop (0007): the
+-- owning node is told at commit (a notice of kind "x" on forge_jobs, read
+-- by the core's listener, announce.rs), and its heartbeat renewal reads
+-- cancel_requested_at too, should the notice be missed. It kills the
+-- worker or drops the unstarted job, and 0007's trigger makes whatever end
+-- it reports cancelled. A repeated request keeps the first time.
+WITH asked AS (
+    UPDATE forge_jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = ANY($1::bigint[]) AND status IN ('claimed', 'running')
+    RETURNING id, attempts, claimed_by
+)
+SELECT a.id FROM asked AS a
+CROSS JOIN LATERAL (
+    SELECT pg_notify('forge_jobs', json_build_object('k', 'x', 'i', a.id, 'a', a.attempts,
+                                                     'o', a.claimed_by::text)::text)
+) AS told;
 
 -- name: pause
 -- Job types $1 no node claims from the next claim on (engine.sql claim);
