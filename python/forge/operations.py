@@ -90,6 +90,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     cancelled_at: datetime | None
     discarded_at: datetime | None
     dead_letter_after: timedelta | None
+    cancel_requested_at: datetime | None
 
 
 Records: TypeAlias = "list[JobRecord]"

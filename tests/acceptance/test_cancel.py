@@ -1,11 +1,16 @@
 """Cancelling jobs a node holds, under real supervisors: a running job's worker and its child are killed within
 1 s + kill_grace (SIGTERM, or the SIGKILL after kill_grace for a job that ignores it) and the job is cancelled,
 never retried; a missed notice is made up by the next heartbeat renewal; a claimed job not yet started is
-dropped unrun while its worker's running job goes on."""
+dropped unrun while its worker's running job goes on; `forge jobs cancel` on one of two nodes' jobs stops that
+one only."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -84,3 +89,19 @@ def test_a_claimed_job_not_yet_started_is_dropped_unrun(supervisor, db):
     assert all(alive(pid) for pid in pids.values()) and job_row(db, busy)["status"] == "running"
     assert forge.Jobs(db).cancel(busy) == 1
     _gone_within(pids, 1.0 + 5.0)  # the node's default kill_grace
+
+
+def test_the_forge_command_cancels_a_job_on_the_node_that_runs_it_and_no_other(supervisor, db, app_db):
+    for _ in range(2):
+        supervisor(modules=MODULES, workers=1, prefetch=0, kill_grace=f"{KILL_GRACE}s")  # each runs one
+    first, first_pids = _running(db)
+    second, second_pids = _running(db)
+    owners = {job_row(db, job_id)["claimed_by"] for job_id in (first, second)}
+    assert len(owners) == 2, "both jobs ran on one node"
+    done = subprocess.run([str(Path(sys.executable).parent / "forge"), "jobs", "cancel", str(second)],
+                          env={**os.environ, "FORGE_DATABASE_URL": app_db}, capture_output=True, text=True,
+                          timeout=30)
+    assert (done.returncode, done.stderr) == (0, ""), done
+    _gone_within(second_pids, 1.0 + KILL_GRACE)
+    wait_for(lambda: job_row(db, second)["status"] == "cancelled", timeout=1.0, what="the job to be cancelled")
+    assert all(alive(pid) for pid in first_pids.values()) and job_row(db, first)["status"] == "running"

@@ -13,7 +13,10 @@ import pytest
 
 import forge
 
-from .test_engine_sql import SQL, age_claims, claim, db, dispatch, rescue, start  # noqa: F401 (db: a fixture)
+from . import test_engine_sql
+from .test_engine_sql import SQL, age_claims, claim, dispatch, rescue, start
+
+db = test_engine_sql.db  # the fixture: a raw-cursor connection with the core's planner settings
 
 ERROR = '{"type": "forge.errors.JobCancelled", "message": "killed"}'
 

@@ -31,7 +31,7 @@ WATCH_INTERVAL = 0.5  # seconds between two reads of a watched job
 _BULK_STATUSES = click.Choice(["dead_letter", "failed"])
 #: A job's times, in the order they happen; `jobs show` prints those set.
 _TIMES = ("created_at", "scheduled_at", "claimed_at", "started_at", "heartbeat_at", "completed_at", "failed_at",
-          "dead_lettered_at", "cancelled_at", "discarded_at")
+          "dead_lettered_at", "cancel_requested_at", "cancelled_at", "discarded_at")
 
 
 def _get(conn: psycopg.Connection[Any], job_id: int) -> Any:
