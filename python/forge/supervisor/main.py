@@ -12,7 +12,11 @@ app's job modules cannot be imported, 4 when the database cannot be reached
 or migrated (a boot failure therefore stops instead of crash-looping), 5 when
 a stop left job outcomes the database did not take within shutdown_grace
 (those jobs stay held until another node rescues them after heartbeat_timeout),
-6 when the database's schema is newer than this Forge (SchemaTooNew).
+6 when the database's schema is newer than this Forge (SchemaTooNew); on the
+embedded default, 7 when the PostgreSQL binaries are not found
+(PostgresNotInstalled) and 8 when run as root with no `postgres` user (or
+$FORGE_PG_USER) to run PostgreSQL as (NoServiceUser): the machine needs fixing,
+not the database.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ..config_lookup import config_path_option
 from ..db.embedded_watch import kept_up
 from ..db.migrate import migrate
 from ..db.where import where
-from ..errors import ConfigError, DatabaseError, SchemaTooNew
+from ..errors import ConfigError, DatabaseError, NoServiceUser, PostgresNotInstalled, SchemaTooNew
 from ..job import Job, registry
 from ..retry import Retry
 from ..version import version, version_option
@@ -48,6 +52,8 @@ EXIT_APP = 3
 EXIT_DATABASE = 4
 EXIT_OUTCOMES_UNWRITTEN = 5
 EXIT_SCHEMA_TOO_NEW = 6
+EXIT_NO_POSTGRES = 7
+EXIT_NO_SERVICE_USER = 8
 #: The least a stop waits for its final reports (seconds): a healthy database takes them in milliseconds, but not
 #: in no time at all, as shutdown_grace = 0 would give it.
 FINAL_FLUSH_MIN = 1.0
@@ -108,6 +114,12 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
             except SchemaTooNew as exc:
                 _log.error("%s", exc)
                 return EXIT_SCHEMA_TOO_NEW
+            except PostgresNotInstalled as exc:
+                _log.error("%s", exc)
+                return EXIT_NO_POSTGRES
+            except NoServiceUser as exc:
+                _log.error("%s", exc)
+                return EXIT_NO_SERVICE_USER
             except (DatabaseError, ConfigError) as exc:
                 _log.error("%s", exc)
                 return EXIT_DATABASE
