@@ -36,9 +36,9 @@ def test_failed_attempts_say_retried_or_failed_for_good(supervisor, db):
         _line(log, rf"job {exhausted} \(picky\) raised testapp\.jobs\.NetworkError: attempt {attempt} failed; "
                    rf"attempt {attempt}/3, retried$")
     _line(log, rf"job {exhausted} \(picky\) raised testapp\.jobs\.NetworkError: attempt 3 failed; failed for good "
-               r"after 3/3 attempts; it goes to the dead letter queue in 3600s$")
+               r"after 3/3 attempts; it goes to the dead letter queue in 1h$")
     _line(log, rf"job {refused} \(picky\) raised testapp\.jobs\.ValidationProblem: attempt 1 failed; failed for "
-               r"good at attempt 1/3 \(not retryable\); it goes to the dead letter queue in 3600s$")
+               r"good at attempt 1/3 \(not retryable\); it goes to the dead letter queue in 1h$")
     assert "may be retried" not in log
 
 
@@ -63,7 +63,7 @@ def test_the_banner_says_what_this_node_is_and_where_its_database_is(supervisor,
     sup.stop()
     log = sup.log()
     banner = _line(log, r"forge\.supervisor\[\d+\]: Forge ")
-    assert f"Forge {version()}, config {sup.config}: 1 workers, capabilities gpu, job types " in banner, banner
+    assert f"Forge {version()}, config {sup.config}: workers 1, capabilities gpu, job types " in banner, banner
     assert "picky, " in banner and "sleep_forever" in banner, banner
     dbname = app_db.rsplit("/", 1)[1]
     _line(log, rf"forge\.supervisor\[\d+\]: database 127\.0\.0\.1:\d+/{dbname}$")

@@ -22,10 +22,10 @@ def _job(attempt: int, max_attempts: int = 3) -> SimpleNamespace:
         (2, True, 60.0, 0.0, "attempt 2/3, retried"),
         (3, True, None, 0.0, "failed for good after 3/3 attempts; it goes to the dead letter queue at the next "
                              "maintenance sweep"),
-        (3, False, None, 3600.0, "failed for good after 3/3 attempts; it goes to the dead letter queue in 3600s"),
+        (3, False, None, 3600.0, "failed for good after 3/3 attempts; it goes to the dead letter queue in 1h"),
         (1, False, None, 3600.0, "failed for good at attempt 1/3 (not retryable); it goes to the dead letter queue "
-                                 "in 3600s"),
-        (3, True, 60.0, 3600.0, "failed for good after 3/3 attempts; it goes to the dead letter queue in 60s"),
+                                 "in 1h"),
+        (3, True, 60.0, 3600.0, "failed for good after 3/3 attempts; it goes to the dead letter queue in 1m"),
         (3, True, 0.0, 3600.0, "failed for good after 3/3 attempts; it goes to the dead letter queue at the next "
                                "maintenance sweep"),
     ],
@@ -35,8 +35,13 @@ def test_fate(attempt, retryable, own, node, words):
     assert fate(_job(attempt), retryable, definition, node) == words
 
 
+@pytest.mark.parametrize(("seconds", "words"), [(604800.0, "7d"), (5400.0, "90m"), (90.0, "90s"), (0.5, "0.5s")])
+def test_the_delay_is_written_as_forge_toml_would(seconds, words):
+    assert fate(_job(3), True, None, seconds).endswith(f"dead letter queue in {words}")
+
+
 def test_without_its_definition_the_node_setting_counts():
-    assert fate(_job(3), True, None, 120.0).endswith("in 120s")
+    assert fate(_job(3), True, None, 120.0).endswith("in 2m")
 
 
 class _Counters:

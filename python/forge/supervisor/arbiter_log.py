@@ -45,8 +45,16 @@ def fate(job: ClaimedJob, retryable: bool, definition: Job[Any] | None, dead_let
     why = f"after {attempts} attempts" if job.attempt >= job.max_attempts else f"at attempt {attempts} (not retryable)"
     own = definition.dead_letter_after if definition is not None else None
     after = dead_letter_after if own is None else own
-    when = "at the next maintenance sweep" if after <= 0 else f"in {after:g}s"
+    when = "at the next maintenance sweep" if after <= 0 else f"in {_duration(after)}"
     return f"failed for good {why}; it goes to the dead letter queue {when}"
+
+
+def _duration(seconds: float) -> str:
+    """`seconds` in the largest unit that divides it (as forge.toml would write it): 7d, 1h, 90s, 0.5s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def log_take_back(head: ClaimedJob, running: float, taken: list[ClaimedJob]) -> None:

@@ -88,7 +88,7 @@ def main(config_path: str) -> None:
 def _banner(config: Config, jobs: dict[str, Job[Any]]) -> None:
     """What this node is, first in its log: the version, the config it read and what it runs."""
     _log.info(
-        "Forge %s, config %s: %d workers, capabilities %s, job types %s",
+        "Forge %s, config %s: workers %d, capabilities %s, job types %s",
         version(),
         config.path,
         config.node.workers,
@@ -151,7 +151,7 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
         max_memory=config.node.max_worker_memory,
         log_level=config.log.level,
     )
-    _log.info("node %s registered; running", node_id)
+    _log.info("node %s started", node_id)
     try:
         status = Arbiter(config.node, core, zygote, jobs, settings, lease).run()
     finally:
