@@ -134,9 +134,10 @@ class RetentionConfig(_Section):
 
 
 class LogConfig(_Section):
-    """[log]: level of Forge's own logging."""
+    """[log]: level of Forge's own logging, and its format: text lines, or one JSON object a line ("json")."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
 
 
 class AlertConfig(_Section):

@@ -21,6 +21,16 @@ class DatabaseError(ForgeError):
     """The database could not be reached or set up (migrations, embedded cluster)."""
 
 
+class PostgresNotInstalled(DatabaseError):
+    """The embedded PostgreSQL cannot start: its binaries (initdb, pg_ctl) are not found ($FORGE_PG_BIN, PATH,
+    /usr/lib/postgresql/*/bin). Raised before its data folder is made."""
+
+
+class NoServiceUser(DatabaseError):
+    """Forge runs as root, which PostgreSQL refuses, and the system user the embedded PostgreSQL would run as
+    (postgres, or $FORGE_PG_USER) does not exist. Raised before its data folder is made."""
+
+
 class SchemaTooNew(DatabaseError):
     """The database has schema migrations this version of Forge does not know (a newer Forge migrated it):
     nothing is applied and nothing runs on it. Raised by forge.db.migrate.migrate."""

@@ -1,11 +1,24 @@
-"""Log set-up shared by the supervisor, the zygote and the workers: one line per record on stderr."""
+"""Log set-up shared by the supervisor, the zygote and the workers: one line per record on stderr, as text or as
+one JSON object (`[log] format`, for journald or Loki).
+
+Only the supervisor calls configure; the zygote, forked from it, and the workers, forked from the zygote,
+inherit its handler and formatter, so the format reaches every process (a worker only sets its level from
+WorkerSettings). No record makes a formatter raise: a field that cannot be encoded is written as its repr.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timezone
+from typing import Any
 
 import msgspec
+
+__all__ = ["configure"]
+
+#: The keys every JSON line has; a ctx.log field of the same name is written as "field.<name>".
+JSON_KEYS = ("time", "level", "logger", "pid", "message")
 
 
 class _Formatter(logging.Formatter):
@@ -25,14 +38,68 @@ def _value(value: object) -> str:
         return value
     try:
         return msgspec.json.encode(value).decode()
-    except TypeError:
+    except Exception:  # TypeError for a type JSON has not, OverflowError for a huge int, ...
+        return _repr(value)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (ISO 8601, UTC), level, logger, pid, message, the traceback if any
+    (`exception`), and the structured fields of job logs (ctx.log) as keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": _message(record),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        fields = getattr(record, "forge_fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                name = str(key)
+                entry[f"field.{name}" if name in entry else name] = value
+        try:
+            return msgspec.json.encode(entry, enc_hook=_repr).decode()
+        except Exception:  # a huge int, a cycle, ...: each value that cannot be encoded written as its repr
+            return msgspec.json.encode({k: _encodable(v) for k, v in entry.items()}, enc_hook=_repr).decode()
+
+
+def _encodable(value: object) -> object:
+    """`value` if it encodes as JSON (objects of other types as their repr), else its repr."""
+    try:
+        msgspec.json.encode(value, enc_hook=_repr)
+    except Exception:
+        return _repr(value)
+    return value
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message; a message whose arguments do not fit its format is written with them, unformatted."""
+    try:
+        return record.getMessage()
+    except Exception:
+        return f"{_repr(record.msg)} {_repr(record.args)}"
+
+
+def _repr(value: object) -> str:
+    try:
         return repr(value)
+    except Exception:  # a __repr__ that raises
+        return f"<{type(value).__name__} object>"
 
 
-def configure(level: str) -> None:
-    """Log `level` and above to stderr with time, level, logger and pid."""
+def configure(level: str, format: str = "text") -> None:
+    """Log `level` and above to stderr: lines of time, level, logger and pid, or JSON objects (`format` "json")."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    if format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

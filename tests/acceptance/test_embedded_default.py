@@ -65,6 +65,9 @@ def test_without_a_database_url_the_supervisor_runs_its_own_postgresql(cluster, 
     url = _start(sup, cluster)
     postmaster = postmaster_pid(cluster)
     _run_jobs(url, 1, "a job on the embedded cluster")
+    assert f"database: embedded PostgreSQL at {cluster.data_dir}, {url}\n" in sup.log()  # logged at the start
+    printed = CliRunner().invoke(cli, ["db", "url", "-c", str(sup.config)], env=NO_URL)
+    assert (printed.exit_code, printed.stdout) == (0, url + "\n"), printed.output
 
     refused = CliRunner().invoke(cli, ["db", "stop", "-c", str(sup.config)], env=NO_URL)
     assert refused.exit_code == 1, refused.output

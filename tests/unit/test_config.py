@@ -216,6 +216,13 @@ def test_bad_log_level_lists_choices(tmp_path):
     assert "'log.level'" in message and "'warning'" in message and "'verbose'" in message
 
 
+def test_log_format_is_text_or_json(tmp_path):
+    assert load_config(write(tmp_path, MINIMAL), environ={}).log.format == "text"
+    assert load_config(write(tmp_path, MINIMAL + '[log]\nformat = "json"\n'), environ={}).log.format == "json"
+    message = error_of(tmp_path, MINIMAL + '[log]\nformat = "yaml"\n')
+    assert "'log.format'" in message and "'json'" in message and "'yaml'" in message and "forge.toml:4" in message
+
+
 def test_unset_env_var_names_key_and_var(tmp_path):
     message = error_of(tmp_path, MINIMAL + '[database]\nurl = "postgresql://${NO_SUCH_HOST}/app"\n')
     assert "'NO_SUCH_HOST'" in message and "'database.url'" in message and "forge.toml:4" in message

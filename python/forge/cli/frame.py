@@ -20,6 +20,8 @@ import click
 from click.core import ParameterSource
 
 from forge.config import DATABASE_URL_ENV, Config, NodeConfig, embedded_postgres, load_config
+from forge.config_lookup import config_path_option
+from forge.db.where import where
 from forge.errors import ConfigError, DatabaseError
 
 if TYPE_CHECKING:
@@ -50,10 +52,7 @@ def config_option(func: Any) -> Any:
             return None
         return load_config(value)
 
-    return click.option(
-        "-c", "--config", "config", default="forge.toml", envvar="FORGE_CONFIG", show_default=True,
-        metavar="PATH", callback=load, help="The forge.toml to use.",
-    )(func)
+    return config_path_option("config", callback=load, help="The forge.toml to use.")(func)
 
 
 def require_config(config: Config | None, command: str) -> Config:
@@ -92,7 +91,7 @@ def connect(config: Config | None, *, autocommit: bool = False) -> Iterator[psyc
                 url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT, application_name=APPLICATION_NAME
             )
         except psycopg.Error as exc:
-            raise DatabaseError(f"cannot connect to the database {_where(url)}: {one_line(exc)}") from None
+            raise DatabaseError(f"cannot connect to the database {where(url)}: {one_line(exc)}") from None
         with conn:
             yield conn
 
@@ -108,17 +107,6 @@ def refuse(message: str, status: int = EXIT_REFUSED) -> NoReturn:
     """End the command: `message` as one line on stderr, exit `status` (by default 1: not found, wrong state)."""
     click.echo(f"forge: {message}", err=True)
     raise click.exceptions.Exit(status)
-
-
-def _where(url: str) -> str:
-    """host:port/dbname of `url`, never its password."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        parts = conninfo_to_dict(url)
-    except Exception:  # only for the message: an unparseable URL has already failed to connect
-        return "(unparseable URL)"
-    return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
 def one_line(exc: BaseException) -> str:

@@ -16,7 +16,9 @@ restarted cluster has the same URL and its clients reconnect. The cluster
 outlives whoever started it; stop() refuses while any process holds used(),
 a lock the kernel drops when its holder dies. PostgreSQL refuses to run as
 root, so when the caller is root every binary runs through
-`runuser -u postgres --` and the data directory is chowned to that user.
+`runuser -u postgres --` (or the user $FORGE_PG_USER names) and the data
+directory is chowned to that user. A machine without the binaries or, as
+root, without that user is refused before anything is made.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from forge.errors import DatabaseError
+from forge.errors import DatabaseError, NoServiceUser, PostgresNotInstalled
 
 __all__ = ["EmbeddedPostgres", "create_database", "drop_database", "find_bin_dir"]
 
-SERVICE_USER = "postgres"
+SERVICE_USER = "postgres"  # the database superuser initdb makes, and the URL's user
+#: Whom the binaries run as when forge runs as root (PostgreSQL refuses root): the system user postgres, or another.
+RUN_AS_ENV = "FORGE_PG_USER"
 START_TIMEOUT = 60  # seconds pg_ctl waits for the server to accept connections
 START_ATTEMPTS = 3  # at the first start, a picked free port can be taken before postgres binds it
 SETTINGS_FILE = "forge.conf"  # in the data directory, included by postgresql.conf
@@ -67,10 +71,12 @@ def find_bin_dir() -> Path:
     )
     if candidates:
         return Path(candidates[-1]).parent
-    raise DatabaseError(
-        "PostgreSQL binaries (initdb, pg_ctl) not found: install PostgreSQL, "
-        "put pg_ctl on PATH or set FORGE_PG_BIN, or set database.url in forge.toml"
-    )
+    raise PostgresNotInstalled(f"PostgreSQL binaries (initdb, pg_ctl) not found: {_INSTALL_HINT}")
+
+
+_INSTALL_HINT = "install PostgreSQL, put pg_ctl on PATH or set FORGE_PG_BIN, or set database.url in forge.toml"
+#: The binaries a start runs.
+PROGRAMS = ("initdb", "pg_ctl")
 
 
 def _free_port() -> int:
@@ -127,6 +133,7 @@ class EmbeddedPostgres:
         self.durable = durable
         self.settings = dict(settings or {})
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
+        self.run_as = os.environ.get(RUN_AS_ENV) or SERVICE_USER
         self.url_file = self.data_dir.with_name(self.data_dir.name + ".url")
         self.lock_file = self.data_dir.with_name(self.data_dir.name + ".lock")
         self.users_file = self.data_dir.with_name(self.data_dir.name + ".users")
@@ -142,6 +149,7 @@ class EmbeddedPostgres:
         with self._locked():
             if (port := self._running_port()) is not None:
                 return self._publish(port)
+            self._check_machine()
             self._prepare()
             return self._publish(self._start_server())
 
@@ -242,6 +250,27 @@ class EmbeddedPostgres:
         except (OSError, ValueError, IndexError):
             return None
         return port if _is_postmaster(pid) else None
+
+    def _check_machine(self) -> None:
+        """PostgresNotInstalled or NoServiceUser, before anything is made, when this machine cannot run the
+        cluster (a missing binary would fail later, as a traceback or after an empty data folder was made)."""
+        bin_dir = self._bin_dir or find_bin_dir()
+        missing = [name for name in PROGRAMS if not os.access(bin_dir / name, os.X_OK)]
+        if missing:
+            raise PostgresNotInstalled(
+                f"PostgreSQL binaries ({', '.join(PROGRAMS)}) not found in {bin_dir} (no {', '.join(missing)}): "
+                + _INSTALL_HINT
+            )
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam(self.run_as)
+            except KeyError:
+                raise NoServiceUser(
+                    f"forge runs as root, which PostgreSQL refuses, so the embedded PostgreSQL runs as the system "
+                    f"user {self.run_as!r} (${RUN_AS_ENV}), but there is no user {self.run_as!r} on this machine: "
+                    "create it (a PostgreSQL package does), run forge as another user, or set database.url in "
+                    "forge.toml"
+                ) from None
 
     def _prepare(self) -> None:
         """Create and hand over the folder, run initdb once, and reset the log file."""
@@ -367,7 +396,7 @@ class EmbeddedPostgres:
         bin_dir = self._bin_dir or find_bin_dir()
         command = [str(bin_dir / program), *args]
         if os.geteuid() == 0:
-            command = ["runuser", "-u", SERVICE_USER, "--", *command]
+            command = ["runuser", "-u", self.run_as, "--", *command]
         # A new session keeps the server out of the caller's terminal process
         # group, so Ctrl-C on the caller does not kill it mid-shutdown.
         result = subprocess.run(
@@ -391,7 +420,7 @@ class EmbeddedPostgres:
     def _hand_over(self, path: Path, *, mode: int) -> None:
         """chmod `path`; as root, also give it to the postgres user."""
         if os.geteuid() == 0:
-            user = pwd.getpwnam(SERVICE_USER)
+            user = pwd.getpwnam(self.run_as)
             os.chown(path, user.pw_uid, user.pw_gid)
         path.chmod(mode)
 

@@ -265,7 +265,7 @@ class Arbiter:
             self._job_done(slot, message.retiring, now)
         elif isinstance(message, Failed):
             self.core.fail(job.id, job.attempt, message.retryable, message.error)
-            log_failure(job, message)
+            log_failure(job, message, self.jobs.get(job.job_type), self.node.dead_letter_after)
             self._job_done(slot, message.retiring, now)
         elif isinstance(message, Progress):
             self.core.progress(job.id, job.attempt, message.percent, message.message)
@@ -310,7 +310,8 @@ class Arbiter:
             started = slot.head_started()
             head, *rest = slot.drop_held()
             definition = self.jobs.get(head.job_type)
-            settle_head(self.core, head, started, slot.kill_reason, status, definition, self._fence_after)
+            settle_head(self.core, head, started, slot.kill_reason, status, definition, self._fence_after,
+                        self.node.dead_letter_after)
             self._release(rest)
         self._close(slot)
         slot.reset()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from .._core import ClaimedJob, Core
+from ..job import Job
 from .protocol import Failed
 from .slot import Slot
 
@@ -20,20 +22,39 @@ _log = logging.getLogger("forge.arbiter")
 SUMMARY_EVERY = 10.0
 
 
-def log_failure(job: ClaimedJob, message: Failed) -> None:
-    """A job raised: its type, attempt, the error, and whether it may be retried."""
+def log_failure(job: ClaimedJob, message: Failed, definition: Job[Any] | None, dead_letter_after: float) -> None:
+    """A job raised: its type, the error, and what becomes of the job (see fate)."""
     error = msgspec.json.decode(message.error)
-    outlook = "may be retried" if message.retryable else "not retryable"
     _log.warning(
-        "job %s (%s) attempt %s/%s raised %s: %s (%s)",
+        "job %s (%s) raised %s: %s; %s",
         job.id,
         job.job_type,
-        job.attempt,
-        job.max_attempts,
         error.get("type"),
         error.get("message"),
-        outlook,
+        fate(job, message.retryable, definition, dead_letter_after),
     )
+
+
+def fate(job: ClaimedJob, retryable: bool, definition: Job[Any] | None, dead_letter_after: float) -> str:
+    """What becomes of `job` once this failed attempt is recorded, in an operator's words: retried, or failed for
+    good (its last attempt, or an error its retry policy does not retry) and when it moves to the dead letter
+    queue: after the job type's dead_letter_after, else the node's `dead_letter_after` (maintenance.rs)."""
+    attempts = f"{job.attempt}/{job.max_attempts}"
+    if retryable and job.attempt < job.max_attempts:
+        return f"attempt {attempts}, retried"
+    why = f"after {attempts} attempts" if job.attempt >= job.max_attempts else f"at attempt {attempts} (not retryable)"
+    own = definition.dead_letter_after if definition is not None else None
+    after = dead_letter_after if own is None else own
+    when = "at the next maintenance sweep" if after <= 0 else f"in {_duration(after)}"
+    return f"failed for good {why}; it goes to the dead letter queue {when}"
+
+
+def _duration(seconds: float) -> str:
+    """`seconds` in the largest unit that divides it (as forge.toml would write it): 7d, 1h, 90s, 0.5s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def log_take_back(head: ClaimedJob, running: float, taken: list[ClaimedJob]) -> None:
@@ -49,7 +70,8 @@ def log_take_back(head: ClaimedJob, running: float, taken: list[ClaimedJob]) -> 
 
 
 class Throughput:
-    """Every SUMMARY_EVERY seconds in which jobs ended: how many completed, were retried and failed."""
+    """Every SUMMARY_EVERY seconds in which jobs ended: how many completed, were retried and failed, at debug level:
+    at info, a busy node's log would be these lines (every failure has a line of its own already)."""
 
     def __init__(self, now: float) -> None:
         self._next_summary = now + SUMMARY_EVERY
@@ -63,7 +85,7 @@ class Throughput:
         delta = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
         self._last_stats = stats
         if delta.get("completed") or delta.get("failed") or delta.get("retried"):
-            _log.info(
+            _log.debug(
                 "last %.0fs: %d completed, %d retried, %d failed; %d running",
                 SUMMARY_EVERY,
                 delta.get("completed", 0),

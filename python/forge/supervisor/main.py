@@ -12,7 +12,11 @@ app's job modules cannot be imported, 4 when the database cannot be reached
 or migrated (a boot failure therefore stops instead of crash-looping), 5 when
 a stop left job outcomes the database did not take within shutdown_grace
 (those jobs stay held until another node rescues them after heartbeat_timeout),
-6 when the database's schema is newer than this Forge (SchemaTooNew).
+6 when the database's schema is newer than this Forge (SchemaTooNew); on the
+embedded default, 7 when the PostgreSQL binaries are not found
+(PostgresNotInstalled) and 8 when run as root with no `postgres` user (or
+$FORGE_PG_USER) to run PostgreSQL as (NoServiceUser): the machine needs fixing,
+not the database.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import click
 from .. import logs
 from .._core import Core, CoreSettings, JobPolicy
 from ..config import Config, NodeConfig, RetentionConfig, embedded_postgres, import_app_modules, load_config
+from ..config_lookup import config_path_option
 from ..db.embedded_watch import kept_up
 from ..db.migrate import migrate
-from ..errors import ConfigError, DatabaseError, SchemaTooNew
+from ..db.where import where
+from ..errors import ConfigError, DatabaseError, NoServiceUser, PostgresNotInstalled, SchemaTooNew
 from ..job import Job, registry
 from ..retry import Retry
-from ..version import version_option
+from ..version import version, version_option
 from . import log_queue
 from .arbiter import Arbiter
 from .lease import LeaseClock, fence_after
@@ -46,6 +52,8 @@ EXIT_APP = 3
 EXIT_DATABASE = 4
 EXIT_OUTCOMES_UNWRITTEN = 5
 EXIT_SCHEMA_TOO_NEW = 6
+EXIT_NO_POSTGRES = 7
+EXIT_NO_SERVICE_USER = 8
 #: The least a stop waits for its final reports (seconds): a healthy database takes them in milliseconds, but not
 #: in no time at all, as shutdown_grace = 0 would give it.
 FINAL_FLUSH_MIN = 1.0
@@ -54,16 +62,7 @@ _log = logging.getLogger("forge.supervisor")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    default="forge.toml",
-    envvar="FORGE_CONFIG",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Path of forge.toml (or $FORGE_CONFIG), as for the forge command.",
-)
+@config_path_option("config_path", help="The forge.toml to use (else $FORGE_CONFIG), as for the forge command.")
 @version_option("forge-supervisor")
 def main(config_path: str) -> None:
     """Run Forge's supervisor: claim due jobs and run them in forked worker processes."""
@@ -72,7 +71,7 @@ def main(config_path: str) -> None:
     except ConfigError as exc:
         click.echo(f"forge-supervisor: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    logs.configure(config.log.level)
+    logs.configure(config.log.level, config.log.format)
     try:
         import_app_modules(config)
     except ConfigError as exc:
@@ -81,7 +80,21 @@ def main(config_path: str) -> None:
     except Exception as exc:
         _log.exception("cannot import the app's job modules: %s", exc)
         sys.exit(EXIT_APP)
-    sys.exit(run(config, dict(registry())))
+    jobs = dict(registry())
+    _banner(config, jobs)
+    sys.exit(run(config, jobs))
+
+
+def _banner(config: Config, jobs: dict[str, Job[Any]]) -> None:
+    """What this node is, first in its log: the version, the config it read and what it runs."""
+    _log.info(
+        "Forge %s, config %s: workers %d, capabilities %s, job types %s",
+        version(),
+        config.path,
+        config.node.workers,
+        ", ".join(config.node.worker_capabilities) or "(none)",
+        ", ".join(sorted(jobs)) or "(none)",
+    )
 
 
 def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
@@ -94,12 +107,19 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
         with contextlib.ExitStack() as database:
             try:
                 dsn = config.database_url() or database.enter_context(kept_up(embedded_postgres(config)))
+                _log_database(config, dsn)
                 applied = migrate(dsn)
                 if applied:
                     _log.info("applied migrations %s", applied)
             except SchemaTooNew as exc:
                 _log.error("%s", exc)
                 return EXIT_SCHEMA_TOO_NEW
+            except PostgresNotInstalled as exc:
+                _log.error("%s", exc)
+                return EXIT_NO_POSTGRES
+            except NoServiceUser as exc:
+                _log.error("%s", exc)
+                return EXIT_NO_SERVICE_USER
             except (DatabaseError, ConfigError) as exc:
                 _log.error("%s", exc)
                 return EXIT_DATABASE
@@ -107,6 +127,15 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
     finally:
         zygote.stop()
         log_queue.stop(queued_logs)
+
+
+def _log_database(config: Config, dsn: str) -> None:
+    """Where the node's database is: host:port/dbname (never credentials), or the embedded cluster's whole URL
+    (it has none), which `forge db url` prints too."""
+    if config.database_url():
+        _log.info("database %s", where(dsn))
+    else:
+        _log.info("database: embedded PostgreSQL at %s, %s", config.embedded_dir, dsn)
 
 
 def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
@@ -122,13 +151,7 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
         max_memory=config.node.max_worker_memory,
         log_level=config.log.level,
     )
-    _log.info(
-        "node %s: %d workers, capabilities %s, %d job types",
-        node_id,
-        config.node.workers,
-        list(config.node.worker_capabilities),
-        len(jobs),
-    )
+    _log.info("node %s started", node_id)
     try:
         status = Arbiter(config.node, core, zygote, jobs, settings, lease).run()
     finally:

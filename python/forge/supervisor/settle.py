@@ -11,6 +11,7 @@ from typing import Any
 from .._core import ClaimedJob, Core
 from ..errors import JobCancelled, JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed, WorkerDisconnected
 from ..job import Job
+from .arbiter_log import fate
 from .protocol import error_payload
 from .worker import EXIT_CANNOT_REPORT
 
@@ -23,7 +24,7 @@ CRASH_CLASS = frozenset({None, "fenced", "lost"})
 
 
 def settle_head(core: Core, job: ClaimedJob, started: bool, reason: str | None, status: int | None,
-                definition: Job[Any] | None, fence_after: float) -> None:
+                definition: Job[Any] | None, fence_after: float, dead_letter_after: float) -> None:
     """Record the head job of a worker that ended for `reason` (None: on its own) with wait `status`.
 
     Handed back uncharged if the worker never read its frame whole (it cannot
@@ -35,7 +36,9 @@ def settle_head(core: Core, job: ClaimedJob, started: bool, reason: str | None, 
         return
     error = killed_job_error(job, reason, status, definition, fence_after)
     retryable = definition.retry.retries(error) if definition else True
-    _log.warning("job %s (%s) attempt %s: %s", job.id, job.job_type, job.attempt, error)
+    # The error names the job already: the line adds its type there, once, and what becomes of it.
+    named = str(error).replace(f"job {job.id}", f"job {job.id} ({job.job_type})", 1)
+    _log.warning("%s; %s", named, fate(job, retryable, definition, dead_letter_after))
     core.fail(job.id, job.attempt, retryable, error_json(error, job.attempt), crashed=reason in CRASH_CLASS)
 
 
