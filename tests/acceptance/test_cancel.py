@@ -56,7 +56,7 @@ def _never_retried(db, job_id: int) -> None:
 
 @pytest.mark.parametrize("ignore_sigterm", [False, True], ids=["dies-of-sigterm", "ignores-sigterm"])
 def test_a_running_job_is_killed_with_its_child_and_cancelled_never_retried(supervisor, db, ignore_sigterm):
-    supervisor(modules=MODULES, kill_grace=f"{KILL_GRACE}s")
+    sup = supervisor(modules=MODULES, kill_grace=f"{KILL_GRACE}s")
     job_id, pids = _running(db, ignore_sigterm=ignore_sigterm)
     assert forge.Jobs(db).cancel(job_id) == 1  # autocommit: committed here
     took = _gone_within(pids, 1.0 + KILL_GRACE)
@@ -65,6 +65,9 @@ def test_a_running_job_is_killed_with_its_child_and_cancelled_never_retried(supe
     _never_retried(db, job_id)
     after = forge.dispatch(db, operations.parked, None)  # the node goes on running jobs
     wait_for(lambda: job_row(db, after)["status"] == "completed", what="a job after the cancel")
+    said = [line for line in sup.log().splitlines() if f"job {job_id} (runs_an_hour)" in line]
+    assert len(said) == 2 and "cancelled by an operator; killing worker" in said[0], said
+    assert said[1].endswith("its worker was killed; cancelled, never retried"), said
 
 
 def test_a_missed_notice_is_made_up_by_the_next_heartbeat_renewal(supervisor, db):

@@ -309,9 +309,8 @@ class Arbiter:
         if slot.jobs:
             started = slot.head_started()
             head, *rest = slot.drop_held()
-            definition = self.jobs.get(head.job_type)
-            settle_head(self.core, head, started, slot.kill_reason, status, definition, self._fence_after,
-                        self.node.dead_letter_after)
+            settle_head(self.core, head, started, slot.kill_reason, status, self.jobs.get(head.job_type),
+                        self._fence_after, self.node.dead_letter_after)
             self._release(rest)
         self._close(slot)
         slot.reset()

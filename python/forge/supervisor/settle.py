@@ -38,7 +38,9 @@ def settle_head(core: Core, job: ClaimedJob, started: bool, reason: str | None, 
     retryable = definition.retry.retries(error) if definition else True
     # The error names the job already: the line adds its type there, once, and what becomes of it.
     named = str(error).replace(f"job {job.id}", f"job {job.id} ({job.job_type})", 1)
-    _log.warning("%s; %s", named, fate(job, retryable, definition, dead_letter_after))
+    outcome = "cancelled, never retried" if reason == "cancelled" else fate(job, retryable, definition,
+                                                                            dead_letter_after)
+    _log.warning("%s; %s", named, outcome)
     core.fail(job.id, job.attempt, retryable, error_json(error, job.attempt), crashed=reason in CRASH_CLASS)
 
 
