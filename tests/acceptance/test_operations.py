@@ -147,3 +147,17 @@ def test_a_pause_holds_on_two_nodes_and_across_restarts_until_resumed(supervisor
     wait_for(lambda: completed(db, *held), what="the paused jobs, resumed")
     (latest,) = db.execute("SELECT max(claimed_at) FROM forge_jobs WHERE id = ANY(%s)", (held,)).fetchone()
     assert (latest - resumed).total_seconds() < 1.0
+
+
+def test_a_job_operates_on_other_jobs_through_ctx_jobs(supervisor, db):
+    supervisor(modules=MODULES, dead_letter_after="0s")
+    dead = forge.dispatch(db, operations.fail_until, operations.Until(attempt=3))
+    wait_for(lambda: job_row(db, dead)["status"] == "dead_letter", what="the job to reach the dead letter queue")
+    operator = forge.dispatch(db, operations.operate, operations.Operate(job_id=dead, job_type="ops_paused"))
+    wait_for(lambda: completed(db, operator), what="the operating job")
+    wait_for(lambda: completed(db, dead), what="the job it retried")
+    assert job_row(db, operator)["result"] == {
+        "status": "dead_letter", "missing": None, "retried": 1, "paused": ["ops_paused"],
+        "while_paused": ["ops_paused"], "resumed": ["ops_paused"], "after": [],
+    }
+    assert _starts(db, dead) == [1, 2, 3]  # the retry by ctx.jobs ran it again
