@@ -3,6 +3,7 @@ that a refused change changes nothing."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import datetime
@@ -102,6 +103,17 @@ def test_watch_exits_1_when_its_job_ends_otherwise(conn, database_url, status):
     result = forge(database_url, "jobs", "watch", str(job_id))
     assert result.exit_code == 1
     assert f"job {job_id} ended {status}" in result.stderr
+
+
+def test_watch_json_of_an_ended_job_prints_it_once_and_exits_as_without(conn, database_url):
+    (failed,) = insert(conn, "emails", "failed")
+    result = forge(database_url, "jobs", "watch", str(failed), "--json")
+    assert result.exit_code == 1 and f"job {failed} ended failed" in result.stderr
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line) == forge_json(database_url, "jobs", "show", str(failed))
+    (done,) = insert(conn, "emails", "completed")
+    result = forge(database_url, "jobs", "watch", str(done), "--json")
+    assert (result.exit_code, json.loads(result.stdout)["status"]) == (0, "completed"), result.output
 
 
 def test_watch_of_an_unknown_job_exits_1(database_url):
