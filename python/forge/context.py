@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .dispatch import dispatch, dispatch_many
 from .errors import ForgeError
 from .job import Job
+from .operations import Jobs
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,7 +47,9 @@ class JobContext:
     job_id, job_type, attempt (1-based) and parent_id describe the run;
     progress() and heartbeat() report to the supervisor; db is a psycopg
     connection of the worker's own (autocommit; use db.transaction());
-    dispatch() enqueues child jobs whose parent_id is this job.
+    jobs is forge.Jobs on that connection (find, retry, discard, cancel
+    other jobs, pause types); dispatch() enqueues child jobs whose
+    parent_id is this job.
     """
 
     def __init__(
@@ -75,6 +78,12 @@ class JobContext:
     def db(self) -> psycopg.Connection[Any]:
         """The worker's database connection, opened on first use and reused across jobs."""
         return self._connect()
+
+    @property
+    def jobs(self) -> Jobs:
+        """forge.Jobs on the worker's connection (ctx.db): each call is a transaction of its own, or part of
+        the job's own inside `with ctx.db.transaction():`."""
+        return Jobs(self.db)
 
     def progress(self, percent: int, message: str | None = None) -> None:
         """Report progress, 0-100, with an optional message (written in batches by the supervisor)."""

@@ -28,10 +28,17 @@ def _starts(db, job_id: int) -> list[int]:
     return [row[0] for row in rows]
 
 
-def test_a_dead_letter_retried_by_hand_completes_with_its_history(supervisor, db):
-    supervisor(modules=MODULES, dead_letter_after="0s")
+def _dead_letter(db) -> int:
+    """A job that fails twice, then succeeds once retried by hand: dispatched, and waited for in the dead letter
+    queue (the supervisor's dead_letter_after is 0s)."""
     job_id = forge.dispatch(db, operations.fail_until, operations.Until(attempt=3))
     wait_for(lambda: job_row(db, job_id)["status"] == "dead_letter", what="the job to reach the dead letter queue")
+    return job_id
+
+
+def test_a_dead_letter_retried_by_hand_completes_with_its_history(supervisor, db):
+    supervisor(modules=MODULES, dead_letter_after="0s")
+    job_id = _dead_letter(db)
     assert [row[0] for row in db.execute(SPEC_QUERY)] == [job_id]
     assert job_row(db, job_id)["attempts"] == 2
 
@@ -147,3 +154,16 @@ def test_a_pause_holds_on_two_nodes_and_across_restarts_until_resumed(supervisor
     wait_for(lambda: completed(db, *held), what="the paused jobs, resumed")
     (latest,) = db.execute("SELECT max(claimed_at) FROM forge_jobs WHERE id = ANY(%s)", (held,)).fetchone()
     assert (latest - resumed).total_seconds() < 1.0
+
+
+def test_a_job_operates_on_other_jobs_through_ctx_jobs(supervisor, db):
+    supervisor(modules=MODULES, dead_letter_after="0s")
+    dead = _dead_letter(db)
+    operator = forge.dispatch(db, operations.operate, operations.Operate(job_id=dead, job_type="ops_paused"))
+    wait_for(lambda: completed(db, operator), what="the operating job")
+    wait_for(lambda: completed(db, dead), what="the job it retried")
+    assert job_row(db, operator)["result"] == {
+        "status": "dead_letter", "missing": None, "retried": 1, "paused": ["ops_paused"],
+        "while_paused": ["ops_paused"], "resumed": ["ops_paused"], "after": [],
+    }
+    assert _starts(db, dead) == [1, 2, 3]  # the retry by ctx.jobs ran it again

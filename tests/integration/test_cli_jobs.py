@@ -10,24 +10,9 @@ from datetime import datetime
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 
-from forge.cli.main import cli
+from tests.cli_runner import forge, forge_json
 from tests.job_rows import insert, states
-
-# forge.Jobs (issue 13's Python API) lands from another branch: until it is merged these tests skip. Remove
-# this line at the merge, so that a broken import fails them instead.
-pytest.importorskip("forge.operations")
-
-
-def forge(database_url: str, *args: str):
-    return CliRunner().invoke(cli, list(args), env={"FORGE_DATABASE_URL": database_url, "FORGE_CONFIG": None})
-
-
-def forge_json(database_url: str, *args: str):
-    result = forge(database_url, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def refused(result, status: int, *named: str) -> None:
@@ -118,6 +103,17 @@ def test_watch_exits_1_when_its_job_ends_otherwise(conn, database_url, status):
     result = forge(database_url, "jobs", "watch", str(job_id))
     assert result.exit_code == 1
     assert f"job {job_id} ended {status}" in result.stderr
+
+
+def test_watch_json_of_an_ended_job_prints_it_once_and_exits_as_without(conn, database_url):
+    (failed,) = insert(conn, "emails", "failed")
+    result = forge(database_url, "jobs", "watch", str(failed), "--json")
+    assert result.exit_code == 1 and f"job {failed} ended failed" in result.stderr
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line) == forge_json(database_url, "jobs", "show", str(failed))
+    (done,) = insert(conn, "emails", "completed")
+    result = forge(database_url, "jobs", "watch", str(done), "--json")
+    assert (result.exit_code, json.loads(result.stdout)["status"]) == (0, "completed"), result.output
 
 
 def test_watch_of_an_unknown_job_exits_1(database_url):

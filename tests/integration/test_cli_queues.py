@@ -3,28 +3,10 @@ pause stops claiming on every node is the supervisors' test.)"""
 
 from __future__ import annotations
 
-import json
 import uuid
 
-import pytest
-from click.testing import CliRunner
-
-from forge.cli.main import cli
+from tests.cli_runner import forge, forge_json
 from tests.job_rows import insert, register_node
-
-# forge.Jobs (issue 13's Python API) lands from another branch: until it is merged these tests skip. Remove
-# this line at the merge, so that a broken import fails them instead.
-pytest.importorskip("forge.operations")
-
-
-def forge(database_url: str, *args: str):
-    return CliRunner().invoke(cli, list(args), env={"FORGE_DATABASE_URL": database_url, "FORGE_CONFIG": None})
-
-
-def forge_json(database_url: str, *args: str):
-    result = forge(database_url, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def paused(database_url: str) -> list[str]:

@@ -9,8 +9,10 @@ import uuid
 import psycopg
 import pytest
 
+import forge
 from forge._core import planner_options
 from forge.db.queries import load_queries
+from forge.status import read_status
 
 SQL = load_queries("engine.sql")
 SESSION = planner_options("maintenance")
@@ -131,3 +133,34 @@ def test_dead_letter_honours_a_jobs_own_dead_letter_after_over_the_default(db):
     moved = db.execute(SQL["dead_letter"], (0.0,)).fetchall()  # a default of 0: at the next sweep
     assert [r[0] for r in moved] == default
     assert statuses(db, waits) == ["failed"]
+
+
+def rows_passed_over(db, name: str, *params) -> int:
+    """How many rows statement `name` read and then left (the plan's Rows Removed by Filter, over every node),
+    run under EXPLAIN ANALYZE and rolled back."""
+    def removed(node: dict) -> int:
+        return node.get("Rows Removed by Filter", 0) + sum(removed(child) for child in node.get("Plans", []))
+
+    with db.transaction(force_rollback=True):
+        ((plan,),) = db.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {SQL[name]}", params).fetchall()
+    return removed(plan[0]["Plan"])
+
+
+def test_discarded_failures_are_not_walked_by_the_dead_letter_sweeps(db):
+    # Failed and dead-lettered jobs discarded by hand (forge.Jobs: 'discarded', failed_at and
+    # dead_lettered_at kept) are no longer theirs to move or prune: they must not stay in those sweeps' partial
+    # indexes, else every sweep on every node reads each of them again until retention prunes it (7 days).
+    discarded = insert(db, "failed", age_s=7200, count=500) + insert(db, "dead_letter", age_s=7200, count=500)
+    dead_letter_after(db, discarded[:100], 60)  # some with their own dead_letter_after (0006's index)
+    db.execute("UPDATE forge_jobs SET dead_letter_retain = interval '1 minute' WHERE id = ANY($1)",
+               (discarded[500:600],))  # and some with their own dead_letter_retain
+    assert forge.Jobs(db).discard(*discarded) == 1000
+    failed = insert(db, "failed", age_s=60)
+    db.execute("ANALYZE forge_jobs")
+    counted = read_status(db, heartbeat_timeout=30).by_status
+    assert (counted["failed"], counted["dead_letter"], counted["discarded"]) == (1, 0, 1000)
+    assert rows_passed_over(db, "dead_letter", 0.0) == 0
+    assert rows_passed_over(db, "prune_dead_letters", 0.0) == 0
+    assert [r[0] for r in db.execute(SQL["dead_letter"], (0.0,)).fetchall()] == failed
+    assert db.execute(SQL["prune_dead_letters"], (0.0,)).fetchall() == [(1,)]  # the one just moved
+    assert existing(db, failed) == [] and set(statuses(db, discarded)) == {"discarded"}

@@ -27,8 +27,7 @@ from forge.errors import ConfigError, DatabaseError
 if TYPE_CHECKING:
     import psycopg
 
-    # forge.operations comes with issue 13's Python API; until it lands here the ignore keeps mypy quiet.
-    from forge.operations import Jobs  # type: ignore[import-not-found, unused-ignore]
+    from forge.operations import Jobs
 
 __all__ = [
     "EXIT_CONFIG", "EXIT_REFUSED", "EXIT_SCHEMA_TOO_NEW", "config_option", "connect", "database_url", "jobs_api",
@@ -98,7 +97,7 @@ def connect(config: Config | None, *, autocommit: bool = False) -> Iterator[psyc
 
 def jobs_api(conn: psycopg.Connection[Any]) -> Jobs:
     """forge.Jobs on `conn`: the one implementation of the operations the commands are a thin layer over."""
-    from forge.operations import Jobs  # type: ignore[import-not-found, unused-ignore]
+    from forge.operations import Jobs
 
     return Jobs(conn)
 

@@ -8,9 +8,9 @@ JobStateError: exit 1, the message naming the id and its state) and nothing is c
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
@@ -19,6 +19,7 @@ from forge.cli import output
 from forge.cli.frame import config_option, connect, jobs_api, refuse
 from forge.cli.options import STATUS, job_id, job_ids, since_option
 from forge.config import Config
+from forge.operations import Jobs
 
 if TYPE_CHECKING:
     import psycopg
@@ -28,6 +29,7 @@ __all__ = ["jobs"]
 #: The states a job does not leave by itself: `forge jobs watch` ends when its job reaches one.
 ENDED = ("completed", "failed", "dead_letter", "discarded", "cancelled")
 WATCH_INTERVAL = 0.5  # seconds between two reads of a watched job
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 _BULK_STATUSES = click.Choice(["dead_letter", "failed"])
 #: A job's times, in the order they happen; `jobs show` prints those set.
 _TIMES = ("created_at", "scheduled_at", "claimed_at", "started_at", "heartbeat_at", "completed_at", "failed_at",
@@ -106,24 +108,50 @@ def _field(label: str, value: str) -> None:
 @jobs.command()
 @config_option
 @click.argument("job_id", callback=job_id)
-def watch(config: Config | None, job_id: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the job as a JSON object on one line (forge_jobs "
+              "columns, as show --json) at first, at each change of its status, attempt or progress, and when it ends.")
+def watch(config: Config | None, job_id: int, as_json: bool) -> None:
     """Show a job's progress (percent and message) until it ends: exit 0 if it completed, 1 otherwise."""
+    with connect(config, autocommit=True) as conn:
+        job = (_watch_json if as_json else _watch_bar)(conn, job_id)
+    if job["status"] != "completed":
+        refuse(f"job {job_id} ended {job['status']}" + (f": {_error_line(e)}" if (e := job["last_error"]) else ""))
+
+
+def _readings(conn: psycopg.Connection[Any], job_id: int) -> Iterator[dict[str, Any]]:
+    """The job's JSON object every WATCH_INTERVAL, until one in an ENDED state (the last one yielded)."""
+    while True:
+        job = output.job_json(_get(conn, job_id))
+        yield job
+        if job["status"] in ENDED:
+            return
+        time.sleep(WATCH_INTERVAL)
+
+
+def _watch_bar(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
+    """Watch with a progress bar; the ended job."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
     columns = (TextColumn("job {task.fields[job]} {task.fields[status]}"), BarColumn(), TaskProgressColumn(),
                TextColumn("{task.description}"))
-    with connect(config, autocommit=True) as conn, Progress(*columns, console=output.console()) as bar:
-        job = output.job_json(_get(conn, job_id))
-        task = bar.add_task("", total=100, job=job_id, status=job["status"])
-        while True:
+    with Progress(*columns, console=output.console()) as bar:
+        task = bar.add_task("", total=100, job=job_id, status="")
+        for job in _readings(conn, job_id):
             bar.update(task, completed=job["progress"], description=job["progress_message"] or "",
                        status=job["status"])
-            if job["status"] in ENDED:
-                break
-            time.sleep(WATCH_INTERVAL)
-            job = output.job_json(_get(conn, job_id))
-    if job["status"] != "completed":
-        refuse(f"job {job_id} ended {job['status']}" + (f": {_error_line(e)}" if (e := job["last_error"]) else ""))
+    return job
+
+
+def _watch_json(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
+    """Watch as JSON lines: the job when first read and whenever what a watcher follows changed (not at each
+    lease renewal, which changes only heartbeat_at); the ended job is always the last line."""
+    shown = None
+    for job in _readings(conn, job_id):
+        seen = (job["status"], job["attempts"], job["progress"], job["progress_message"])
+        if seen != shown:
+            output.echo_json_line(job)
+            shown = seen
+    return job
 
 
 @jobs.command()
@@ -138,18 +166,35 @@ def retry(config: Config | None, job_ids: tuple[int, ...], attempts: int | None)
     click.echo(f"retried {_jobs(job_ids)}")
 
 
+def _bulk_options(command: _Command) -> _Command:
+    """The options of retry-all and discard-all: the failed jobs they take (--type, --status, --since) and
+    --dry-run."""
+    for option in reversed((
+        config_option,
+        click.option("--type", "job_type", metavar="TYPE", required=True, help="The job type."),
+        click.option("--status", type=_BULK_STATUSES, default="dead_letter", show_default=True),
+        since_option("failed"),
+        click.option("--dry-run", is_flag=True, help="Only count them."),
+    )):
+        command = option(command)
+    return command
+
+
+def _change_all(config: Config | None, change: Callable[..., int], verb: str, done: str, job_type: str,
+                status: str, since: datetime | float | None, dry_run: bool) -> None:
+    """Run forge.Jobs' bulk method `change` (Jobs.retry_all, Jobs.discard_all) in one transaction; print how
+    many it changed (`done`), or with --dry-run how many it would (`verb`)."""
+    with connect(config) as conn:
+        count = change(jobs_api(conn), job_type, status=status, since=since, dry_run=dry_run)
+    click.echo(f"{f'would {verb}' if dry_run else done} {count} {status} {job_type} job(s)")
+
+
 @jobs.command("retry-all")
-@config_option
-@click.option("--type", "job_type", metavar="TYPE", required=True, help="The job type.")
-@click.option("--status", type=_BULK_STATUSES, default="dead_letter", show_default=True)
-@since_option("failed")
-@click.option("--dry-run", is_flag=True, help="Only count them.")
+@_bulk_options
 def retry_all(config: Config | None, job_type: str, status: str, since: datetime | float | None,
               dry_run: bool) -> None:
     """Retry every job of a type in a status (done in the database, in batches); print how many."""
-    with connect(config) as conn:
-        count = jobs_api(conn).retry_all(job_type, status=status, since=since, dry_run=dry_run)
-    click.echo(f"{'would retry' if dry_run else 'retried'} {count} {status} {job_type} job(s)")
+    _change_all(config, Jobs.retry_all, "retry", "retried", job_type, status, since, dry_run)
 
 
 @jobs.command()
@@ -164,17 +209,11 @@ def discard(config: Config | None, job_ids: tuple[int, ...]) -> None:
 
 
 @jobs.command("discard-all")
-@config_option
-@click.option("--type", "job_type", metavar="TYPE", required=True, help="The job type.")
-@click.option("--status", type=_BULK_STATUSES, default="dead_letter", show_default=True)
-@since_option("failed")
-@click.option("--dry-run", is_flag=True, help="Only count them.")
+@_bulk_options
 def discard_all(config: Config | None, job_type: str, status: str, since: datetime | float | None,
                 dry_run: bool) -> None:
     """Discard every job of a type in a status; print how many."""
-    with connect(config) as conn:
-        count = jobs_api(conn).discard_all(job_type, status=status, since=since, dry_run=dry_run)
-    click.echo(f"{'would discard' if dry_run else 'discarded'} {count} {status} {job_type} job(s)")
+    _change_all(config, Jobs.discard_all, "discard", "discarded", job_type, status, since, dry_run)
 
 
 @jobs.command()

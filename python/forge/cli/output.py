@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-__all__ = ["age", "console", "count", "echo_json", "job_json", "table", "when"]
+__all__ = ["age", "console", "count", "echo_json", "echo_json_line", "job_json", "table", "when"]
 
 #: The width of piped (non-terminal) output: rich would cut tables at 80 columns.
 PIPED_WIDTH = 200
@@ -36,6 +36,12 @@ def job_json(record: Any) -> dict[str, Any]:
 def echo_json(value: Any) -> None:
     """`value` (Structs, datetimes, UUIDs... as msgspec writes them) as indented JSON on stdout."""
     click.echo(json.dumps(msgspec.to_builtins(value), indent=2))
+
+
+def echo_json_line(value: Any) -> None:
+    """`value` as JSON on one line of stdout (a stream of objects, one per line); click.echo flushes it, so a
+    reader of a pipe sees each line as it comes."""
+    click.echo(json.dumps(msgspec.to_builtins(value)))
 
 
 @functools.cache

@@ -5,16 +5,23 @@ A pause is a row in the database: it holds on every node and across restarts; ru
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from forge.cli import output
 from forge.cli.frame import config_option, connect, jobs_api, node_settings
 from forge.config import Config
+from forge.operations import Jobs
 from forge.status import STATUSES, known_job_types, read_status
 
+if TYPE_CHECKING:
+    import psycopg
+
 __all__ = ["queues"]
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
 @click.group()
@@ -22,39 +29,43 @@ def queues() -> None:
     """Pause and resume job types (a queue is a job type); list them."""
 
 
-def _chosen(types: tuple[str, ...], every: bool) -> None:
-    if bool(types) == every:
+def _switch_options(every_help: str) -> Callable[[_Command], _Command]:
+    """The arguments of pause and resume: job types, or --all (`every_help` says which)."""
+    def wrap(command: _Command) -> _Command:
+        command = click.option("--all", "every", is_flag=True, help=every_help)(command)
+        command = click.argument("job_types", metavar="TYPE...", nargs=-1)(command)
+        return config_option(command)  # type: ignore[no-any-return]
+    return wrap
+
+
+def _switch(config: Config | None, job_types: tuple[str, ...], every: bool, *, change: Callable[..., Any],
+            every_type: Callable[[psycopg.Connection[Any], Jobs], list[str]], done: str, none: str) -> None:
+    """Pause or resume (`change`: Jobs.pause, Jobs.resume) `job_types`, or with --all the `every_type` ones, in
+    one transaction; print the types, `done`, or `none` when --all found none."""
+    if bool(job_types) == every:
         raise click.UsageError(f"give job types or --all, not {'both' if every else 'neither'}")
+    with connect(config) as conn:
+        api = jobs_api(conn)
+        chosen = every_type(conn, api) if every else list(job_types)
+        if chosen:
+            change(api, *chosen)
+    click.echo(f"{done} {', '.join(chosen) or f'nothing ({none})'}")
 
 
 @queues.command()
-@config_option
-@click.argument("job_types", metavar="TYPE...", nargs=-1)
-@click.option("--all", "every", is_flag=True, help="Every type a node runs or a job waits in.")
+@_switch_options("Every type a node runs or a job waits in.")
 def pause(config: Config | None, job_types: tuple[str, ...], every: bool) -> None:
     """Stop every node claiming jobs of these types (within a second); running jobs finish."""
-    _chosen(job_types, every)
-    with connect(config) as conn:
-        chosen = known_job_types(conn) if every else list(job_types)
-        api = jobs_api(conn)
-        for job_type in chosen:
-            api.pause(job_type)
-    click.echo(f"paused {', '.join(chosen) or 'nothing (no job type known)'}")
+    _switch(config, job_types, every, change=Jobs.pause, every_type=lambda conn, api: known_job_types(conn),
+            done="paused", none="no job type known")
 
 
 @queues.command()
-@config_option
-@click.argument("job_types", metavar="TYPE...", nargs=-1)
-@click.option("--all", "every", is_flag=True, help="Every paused type.")
+@_switch_options("Every paused type.")
 def resume(config: Config | None, job_types: tuple[str, ...], every: bool) -> None:
     """Let nodes claim jobs of these types again (within a second)."""
-    _chosen(job_types, every)
-    with connect(config) as conn:
-        api = jobs_api(conn)
-        chosen = list(api.paused()) if every else list(job_types)
-        for job_type in chosen:
-            api.resume(job_type)
-    click.echo(f"resumed {', '.join(chosen) or 'nothing (no job type paused)'}")
+    _switch(config, job_types, every, change=Jobs.resume, every_type=lambda conn, api: api.paused(),
+            done="resumed", none="no job type paused")
 
 
 @queues.command("list")

@@ -49,6 +49,15 @@ EXIT_CANNOT_REPORT = 72
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
     runner = JobRunner(sock, settings.dsn)
+    code = _serve(sock, settings, runner)
+    # The worker ends in os._exit: its connection (ctx.db, ctx.jobs) is closed here rather than dropped. Not
+    # after a job broke its socket: it may have closed the connection's descriptor too, now maybe another file.
+    if code != EXIT_CANNOT_REPORT:
+        runner.close()
+    return code
+
+
+def _serve(sock: socket.socket, settings: WorkerSettings, runner: JobRunner) -> int:
     reader = FrameReader(RunJob)
     done = 0
     while True:
@@ -128,6 +137,11 @@ class JobRunner:
             report=report,
             connect=self._connection,
         )
+
+    def close(self) -> None:
+        """Close the job's connection, if one was opened."""
+        if self._conn is not None:
+            self._conn.close()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:

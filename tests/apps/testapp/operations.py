@@ -44,3 +44,39 @@ def runs_an_hour(ctx: forge.JobContext, input: Stubborn) -> None:
     record(ctx, "start")
     record(ctx, "child", pid=child.pid)
     time.sleep(3600)
+
+
+class Steps(msgspec.Struct):
+    steps: int
+    seconds: float  # before each step
+    fail: bool = False
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def stepped(ctx: forge.JobContext, input: Steps) -> int:
+    """Reports its progress a step at a time, slowly enough for `forge jobs watch` to see each step; then fails
+    (not retried) if asked to."""
+    for step in range(1, input.steps + 1):
+        time.sleep(input.seconds)
+        ctx.progress(step * 100 // input.steps, f"step {step} of {input.steps}")
+    if input.fail:
+        raise NetworkError(f"failed after {input.steps} steps")
+    return input.steps
+
+
+class Operate(msgspec.Struct):
+    job_id: int  # another job, retried by this one
+    job_type: str  # a type this one pauses, then resumes
+
+
+@forge.job
+def operate(ctx: forge.JobContext, input: Operate) -> dict:
+    """Operates on another job and on a job type through ctx.jobs (forge.Jobs on the worker's connection)."""
+    other = ctx.jobs.get(input.job_id)
+    missing = ctx.jobs.get(input.job_id + 1_000_000)
+    retried = ctx.jobs.retry(input.job_id)
+    paused = ctx.jobs.pause(input.job_type)
+    while_paused = ctx.jobs.paused()
+    resumed = ctx.jobs.resume(input.job_type)
+    return {"status": None if other is None else other.status, "missing": missing, "retried": retried,
+            "paused": paused, "while_paused": while_paused, "resumed": resumed, "after": ctx.jobs.paused()}

@@ -355,9 +355,10 @@ RETURNING id;
 -- Two bounded scans, as in prune_dead_letters: the default is a range scan
 -- of the forge_jobs_failed_at partial index (0003), rows with their own
 -- value are few and scanned whole (forge_jobs_failed_at_own, 0006).
+-- Discarded jobs are in neither index (0008): discarded_at IS NULL.
 WITH old_default AS (
     SELECT id FROM forge_jobs
-    WHERE failed_at IS NOT NULL AND dead_lettered_at IS NULL
+    WHERE failed_at IS NOT NULL AND dead_lettered_at IS NULL AND discarded_at IS NULL
       AND dead_letter_after IS NULL AND status = 'failed'
       AND failed_at <= now() - $1::float8 * interval '1 millisecond'
     ORDER BY failed_at
@@ -365,7 +366,7 @@ WITH old_default AS (
     FOR UPDATE SKIP LOCKED
 ), old_own AS (
     SELECT id FROM forge_jobs
-    WHERE failed_at IS NOT NULL AND dead_lettered_at IS NULL
+    WHERE failed_at IS NOT NULL AND dead_lettered_at IS NULL AND discarded_at IS NULL
       AND dead_letter_after IS NOT NULL AND status = 'failed'
       AND failed_at + dead_letter_after <= now()
     ORDER BY failed_at
@@ -383,10 +384,11 @@ RETURNING j.id;
 -- default $1 ms when NULL) are deleted with their job logs, oldest first, to
 -- keep the table and its indexes small. Two bounded scans, one per partial
 -- index of 0003: the default retention is an index range scan; rows with
--- their own retention are few and scanned whole.
+-- their own retention are few and scanned whole. Discarded dead letters are
+-- in neither index (0008): discarded_at IS NULL.
 WITH old_default AS (
     SELECT id FROM forge_jobs
-    WHERE dead_lettered_at IS NOT NULL AND dead_letter_retain IS NULL
+    WHERE dead_lettered_at IS NOT NULL AND dead_letter_retain IS NULL AND discarded_at IS NULL
       AND status = 'dead_letter'
       AND dead_lettered_at <= now() - $1::float8 * interval '1 millisecond'
     ORDER BY dead_lettered_at
@@ -394,7 +396,7 @@ WITH old_default AS (
     FOR UPDATE SKIP LOCKED
 ), old_own AS (
     SELECT id FROM forge_jobs
-    WHERE dead_lettered_at IS NOT NULL AND dead_letter_retain IS NOT NULL
+    WHERE dead_lettered_at IS NOT NULL AND dead_letter_retain IS NOT NULL AND discarded_at IS NULL
       AND status = 'dead_letter'
       AND dead_lettered_at + dead_letter_retain <= now()
     ORDER BY dead_lettered_at
