@@ -157,3 +157,18 @@ def test_complete_in_transaction_rolls_back_with_a_failing_body_and_its_report_i
     assert (_effects(db, bad), _children(db, bad)) == ([], [])  # every attempt's write rolled back
     assert sup.core_totals()[-1]["fenced"] >= 1  # the worker's own report of ok's completion
     assert " ERROR " not in sup.log(), sup.log_tail()
+
+
+def test_a_job_that_completed_in_its_transaction_is_not_taken_for_lost_while_it_works_on(supervisor, db):
+    sup = supervisor(workers=1, modules=MODULES, heartbeat_interval="200ms", heartbeat_timeout="1.5s")
+    job_id = forge.dispatch(db, jobs.complete_then_linger, jobs.Linger(seconds=1.0))
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="the completion")
+    started = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                         (f"forge {sup.node_id} worker",)).fetchone()[0]
+    time.sleep(1.5)  # the job works on past its commit, for several heartbeats
+    sup.stop()
+    row = job_row(db, job_id)
+    assert (row["status"], row["attempts"], row["result"]) == ("completed", 1, {"completed": True})
+    assert started == 1
+    assert "lease(s) lost" not in sup.log() and " ERROR " not in sup.log(), sup.log_tail()
+    assert sup.core_totals()[-1]["fenced"] == 1  # the worker's report, after it returned

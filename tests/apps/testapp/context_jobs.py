@@ -6,6 +6,7 @@ They write to ctx_effects (created by the tests): one row per write a job means 
 
 import os
 import signal
+import time
 
 import msgspec
 
@@ -177,3 +178,16 @@ async def charge_once_async(ctx: forge.AsyncJobContext, input: Order) -> dict:
         await ctx.db.execute("LISTEN ctx_test_commit")
         await ctx.db.execute("NOTIFY ctx_test_commit")
     return {"charged": input.note}
+
+
+class Linger(msgspec.Struct):
+    seconds: float
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def complete_then_linger(ctx: forge.JobContext, input: Linger) -> dict:
+    """Completes in its transaction, then works on for a while (heartbeats meanwhile must not take it for lost)."""
+    with ctx.transaction():
+        ctx.complete({"completed": True})
+    time.sleep(input.seconds)
+    return {"returned": True}
