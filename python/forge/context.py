@@ -119,7 +119,7 @@ class JobContext(BaseContext):
         """`with ctx.transaction() as db:` one transaction on ctx.db (a savepoint inside another), committed
         at the end of the block, rolled back if it raises; with ctx.complete() the job's end commits in it."""
         conn = self.db
-        self._completion.enter(_idle(conn))
+        self._completion.enter(idle(conn))
         try:
             with conn.transaction():
                 yield conn
@@ -153,7 +153,7 @@ class JobContext(BaseContext):
         """Dispatch a child job (parent_id: this job) in the transaction open on ctx.db, if any (inside
         ctx.transaction() or ctx.mutate(): it exists only if that commits), else committed at once; its id."""
         return dispatch(self.db, job, input, at=at, delay=delay, priority=priority, parent_id=self.job_id,
-                        **_idempotency(idempotency_key))
+                        **idempotency_option(idempotency_key))
 
     def dispatch_job_at(self, at: datetime, job: Job[Any], input: Any) -> int:
         """dispatch_job(job, input, at=at): run no earlier than `at` (an aware datetime)."""
@@ -174,14 +174,14 @@ def _write_completion(conn: psycopg.Connection[Any], completion: Completion) -> 
             raise completion.lost()
 
 
-def _idle(conn: Any) -> bool:
+def idle(conn: Any) -> bool:
     """Whether no transaction is open on `conn` (a sync or async psycopg connection)."""
     from psycopg.pq import TransactionStatus
 
     return bool(conn.info.transaction_status == TransactionStatus.IDLE)
 
 
-def _idempotency(key: str | None) -> dict[str, str]:
+def idempotency_option(key: str | None) -> dict[str, str]:
     """The idempotency_key keyword for dispatch, only when given (forge.dispatch takes it from issue 14 on)."""
     return {} if key is None else {"idempotency_key": key}
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..completion import Completion, JobLease
-from ..context import BaseContext, JobContext
+from ..context import BaseContext, JobContext, idle
 from ..context_async import AsyncJobContext
 from ..errors import InputDecodeError, ResultNotStorable, UnknownJobType
 from ..job import Job, registry
@@ -100,6 +100,13 @@ class JobRunner:
         completion = Completion(JobLease(frame.id, frame.attempt, self._owner, time.monotonic()))
         ctx = self._context(frame, completion, job.is_async)
         try:
+            return self._outcome(frame, job, ctx, value, completion)
+        finally:
+            self._end_transactions(frame)
+
+    def _outcome(self, frame: RunJob, job: Job[Any], ctx: BaseContext, value: Any,
+                 completion: Completion) -> Completed | Failed:
+        try:
             result = self._call(job, ctx, value)
         except BaseException as exc:  # job code may raise anything, SystemExit included
             if completion.committed is not None:
@@ -123,6 +130,30 @@ class JobRunner:
 
             self._loop = uvloop.new_event_loop()
         return self._loop.run_until_complete(_call_async(job, ctx, value))
+
+    def _end_transactions(self, frame: RunJob) -> None:
+        """Roll back a transaction a job left open on a worker connection (a bare BEGIN), so the next job starts
+        on an idle one: what it left uncommitted is lost, as if its worker had died. One that cannot be rolled
+        back is closed (the next use opens another)."""
+        for conn in (self._conn, self._async_conn):
+            if conn is not None and not conn.closed and not idle(conn):
+                _log.warning("job %s (attempt %s) left a transaction open on ctx.db: rolled back", frame.id,
+                             frame.attempt)
+                self._roll_back(conn)
+
+    def _roll_back(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        import psycopg
+
+        if isinstance(conn, psycopg.AsyncConnection):
+            try:
+                self._loop.run_until_complete(conn.rollback())
+            except psycopg.Error:  # the connection broke meanwhile
+                self._loop.run_until_complete(conn.close())
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()
 
     def _context(self, frame: RunJob, completion: Completion, is_async: bool) -> BaseContext:
         def report(kind: str, percent: int | None, message: str | None) -> None:
