@@ -172,3 +172,21 @@ def test_a_job_that_completed_in_its_transaction_is_not_taken_for_lost_while_it_
     assert started == 1
     assert "lease(s) lost" not in sup.log() and " ERROR " not in sup.log(), sup.log_tail()
     assert sup.core_totals()[-1]["fenced"] == 1  # the worker's report, after it returned
+
+
+def test_a_raise_after_the_commit_leaves_the_job_completed_and_an_open_transaction_is_rolled_back(supervisor, db):
+    _setup(db)
+    sup = supervisor(workers=1, modules=MODULES)
+    raised = forge.dispatch(db, jobs.complete_then_raise, jobs.Quiet())
+    left = forge.dispatch(db, jobs.leave_open, jobs.Order(note="uncommitted"))
+    wait_for(lambda: finished(db, raised, left), what="the jobs")
+    after = forge.dispatch(db, jobs.transaction_status, jobs.Quiet())  # the same worker, its next job
+    wait_for(lambda: finished(db, after), what="the next job")
+    sup.stop()
+    row = job_row(db, raised)
+    assert (row["status"], row["result"]) == ("completed", {"completed": "before the raise"})
+    assert "after its completion committed (ctx.complete); it stays completed" in sup.log()  # a warning
+    assert job_row(db, left)["result"] == "INTRANS"
+    assert job_row(db, after)["result"] == "IDLE"
+    assert _effects(db, left) == []  # what the job left uncommitted was rolled back
+    assert "left a transaction open on ctx.db" in sup.log()

@@ -148,3 +148,25 @@ def test_the_async_context_awaits_async_functions_and_completes_in_its_transacti
     assert asyncio.run(run()) is not None
     assert _row(conn, job_id)[:2] == ("completed", "done")
     assert [n for (n,) in conn.execute("SELECT note FROM ctx_effects")] == ["written"]
+
+
+@forge.job(name="ctx_integration_child")
+def _child(ctx, input: int) -> None: ...
+
+
+def test_dispatch_job_and_dispatch_job_at_enqueue_children_in_the_open_transaction(job_conn, conn):
+    from datetime import datetime, timedelta, timezone
+
+    parent = _running_job(conn)
+    ctx, _ = _context(job_conn, parent)
+    at = datetime.now(timezone.utc) + timedelta(hours=1)
+    with pytest.raises(ZeroDivisionError), ctx.transaction():
+        ctx.dispatch_job(_child, 1)
+        raise ZeroDivisionError
+    with ctx.transaction():
+        later = ctx.dispatch_job_at(at, _child, 2)
+        now = ctx.dispatch(_child, 3, priority="low")  # the alias
+    rows = conn.execute("SELECT id, parent_id, input, scheduled_at, priority FROM forge_jobs WHERE parent_id = %s "
+                        "ORDER BY id", (parent,)).fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [(later, parent, 2), (now, parent, 3)]
+    assert rows[0][3] == at and rows[1][4] == 3

@@ -191,3 +191,25 @@ def complete_then_linger(ctx: forge.JobContext, input: Linger) -> dict:
         ctx.complete({"completed": True})
     time.sleep(input.seconds)
     return {"returned": True}
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def complete_then_raise(ctx: forge.JobContext, input: Quiet) -> None:
+    """Raises after its completion committed: it stays completed, with the committed result."""
+    with ctx.transaction():
+        ctx.complete({"completed": "before the raise"})
+    raise OrderFailed("raised after the commit")
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def leave_open(ctx: forge.JobContext, input: Order) -> str:
+    """Begins a transaction on ctx.db by hand, writes, and returns without ending it."""
+    ctx.db.execute("BEGIN")
+    ctx.db.execute("INSERT INTO ctx_effects (job_id, attempt, note) VALUES (%s, %s, %s)",
+                   (ctx.job_id, ctx.attempt, input.note))
+    return str(ctx.db.info.transaction_status.name)
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def transaction_status(ctx: forge.JobContext, input: Quiet) -> str:
+    return str(ctx.db.info.transaction_status.name)
