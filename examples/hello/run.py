@@ -58,6 +58,7 @@ def _wait_for_database() -> str:
 
 def _dispatch(url: str) -> list[int]:
     with psycopg.connect(url) as conn:  # one transaction: all of these exist, or none
+        conn.execute("CREATE TABLE IF NOT EXISTS welcome_emails (user_id int PRIMARY KEY, email text NOT NULL)")
         ids = forge.dispatch_many(
             conn, jobs.send_welcome_email, [jobs.Welcome(user_id=i, email=f"user{i}@example.com") for i in range(8)]
         )

@@ -17,6 +17,7 @@ Run the jobs with `forge-supervisor -c forge.toml`.
 from typing import TYPE_CHECKING
 
 from .context import JobContext
+from .context_async import AsyncJobContext
 from .dispatch import dispatch, dispatch_async, dispatch_many, dispatch_many_async
 from .errors import (
     ConfigError,
@@ -34,6 +35,7 @@ from .errors import (
     WorkerDisconnected,
 )
 from .job import PRIORITIES, Job, Resources, job
+from .marks import mutation, query
 from .operations import AsyncJobs, JobRecord, Jobs
 from .retry import Retry
 from .version import version as _version
@@ -49,6 +51,7 @@ else:
 
 __all__ = [
     "PRIORITIES",
+    "AsyncJobContext",
     "AsyncJobs",
     "ConfigError",
     "DatabaseError",
@@ -75,4 +78,6 @@ __all__ = [
     "dispatch_many",
     "dispatch_many_async",
     "job",
+    "mutation",
+    "query",
 ]

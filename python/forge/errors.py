@@ -74,7 +74,8 @@ class ResultNotStorable(ForgeError):
 
 
 class LeaseLost(ForgeError):
-    """The node could not renew (or was found to have lost) a job's lease; the job's worker was killed."""
+    """A job's lease is no longer this node's: the node could not renew it (or found it lost) and killed the job's
+    worker, or a completion written in the job's own transaction found it gone, and rolled the transaction back."""
 
 
 class NodeLost(ForgeError):

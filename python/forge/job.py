@@ -74,6 +74,7 @@ class Job(Generic[R]):
         heartbeat_timeout: float | None,
         dead_letter_after: float | None,
         dead_letter_retain: float | None,
+        complete_in_transaction: bool = False,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -88,6 +89,7 @@ class Job(Generic[R]):
         self.heartbeat_timeout = heartbeat_timeout
         self.dead_letter_after = dead_letter_after
         self.dead_letter_retain = dead_letter_retain
+        self.complete_in_transaction = complete_in_transaction
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
 
@@ -118,6 +120,7 @@ def job(
     heartbeat_timeout: Any = None,
     dead_letter_after: Any = None,
     dead_letter_retain: Any = None,
+    complete_in_transaction: bool = False,
 ) -> Any:
     """Register a function `fn(ctx, input)` as a job type.
 
@@ -125,6 +128,9 @@ def job(
     input type is the annotation of the second parameter (any type msgspec
     can decode; unannotated means any JSON). Timeouts and durations take
     "30s"/"5m"/"7d", seconds or a timedelta. Usable as @job or @job(...).
+    complete_in_transaction: the whole body runs in one transaction on
+    ctx.db, and the job's completion is written in it just before it commits
+    (forge/completion.py: exactly-once database effects).
     """
 
     def register(func: Callable[..., Any]) -> Job[Any]:
@@ -140,6 +146,7 @@ def job(
             heartbeat_timeout=_optional_duration(heartbeat_timeout, "heartbeat_timeout"),
             dead_letter_after=_optional_duration(dead_letter_after, "dead_letter_after", zero_ok=True),
             dead_letter_retain=_optional_duration(dead_letter_retain, "dead_letter_retain"),
+            complete_in_transaction=_flag(complete_in_transaction, "complete_in_transaction"),
         )
         if not isinstance(definition.retry, Retry):
             raise JobDefinitionError(f"job {definition.name!r}: retry= must be a forge.Retry")
@@ -198,6 +205,12 @@ def _optional_duration(value: Any, what: str, *, zero_ok: bool = False) -> float
     if seconds == 0 and not zero_ok:
         raise JobDefinitionError(f"{what}={value!r}: must be longer than zero")
     return seconds
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise JobDefinitionError(f"{what}={value!r}: must be True or False")
+    return value
 
 
 def _priority(value: str) -> str:

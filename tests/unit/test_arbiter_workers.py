@@ -67,7 +67,7 @@ class _Zygote:
 @pytest.fixture
 def arbiter() -> Arbiter:
     zygote = _Zygote()
-    settings = WorkerSettings(dsn="", max_jobs=None, max_memory=None, log_level="info")
+    settings = WorkerSettings(dsn="", max_jobs=None, max_memory=None, log_level="info", owner="")
     node = NodeConfig(workers=1)
     arbiter = Arbiter(node, _Core(), zygote, {"arbiter_unit_job": _unit_job}, settings, LeaseClock())  # type: ignore
     arbiter._spawn(arbiter.slots[0])

@@ -1,9 +1,11 @@
-"""The example app's jobs: a welcome email, a flaky sync that retries, a report with progress."""
+"""The example app's jobs: a welcome email recorded once (ctx.mutate), a flaky sync that retries, a report with
+progress that reads the app's table (ctx.query). run.py creates the table, welcome_emails."""
 
 import random
 import time
 
 import msgspec
+import psycopg
 
 import forge
 
@@ -25,9 +27,21 @@ class NetworkError(Exception):
     pass
 
 
+@forge.mutation
+def record_welcome(db: psycopg.Connection, input: Welcome) -> None:
+    db.execute("INSERT INTO welcome_emails (user_id, email) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+               (input.user_id, input.email))
+
+
+@forge.query
+def welcomes_sent(db: psycopg.Connection, _: None) -> int:
+    return db.execute("SELECT count(*) FROM welcome_emails").fetchone()[0]
+
+
 @forge.job(priority="high", timeout="30s")
 def send_welcome_email(ctx: forge.JobContext, input: Welcome) -> dict:
     time.sleep(0.05)  # talking to the mail server
+    ctx.mutate(record_welcome, input)  # its own transaction on ctx.db, the worker's connection
     ctx.log.info("welcome email sent", to=input.email)
     return {"sent_to": input.email}
 
@@ -44,4 +58,4 @@ def generate_report(ctx: forge.JobContext, input: Report) -> dict:
     for page in range(1, input.pages + 1):
         time.sleep(0.1)
         ctx.progress(page * 100 // input.pages, f"page {page}/{input.pages}")
-    return {"pages": input.pages}
+    return {"pages": input.pages, "welcomes_sent": ctx.query(welcomes_sent, None)}  # a read-only transaction

@@ -150,6 +150,7 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
         max_jobs=config.node.max_jobs_per_worker,
         max_memory=config.node.max_worker_memory,
         log_level=config.log.level,
+        owner=str(node_id),
     )
     _log.info("node %s started", node_id)
     try:

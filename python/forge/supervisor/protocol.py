@@ -222,3 +222,4 @@ class WorkerSettings(msgspec.Struct, array_like=True):
     max_jobs: int | None
     max_memory: int | None
     log_level: str
+    owner: str  # the node's lease owner (forge_jobs.claimed_by): completions written in a job's own transaction

@@ -13,12 +13,16 @@ from __future__ import annotations
 import logging
 import resource
 import socket
+import threading
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..context import JobContext
+from ..completion import Completion, JobLease
+from ..context import BaseContext, JobContext, idle
+from ..context_async import AsyncJobContext
 from ..errors import InputDecodeError, ResultNotStorable, UnknownJobType
 from ..job import Job, registry
 from .protocol import (
@@ -48,7 +52,7 @@ EXIT_CANNOT_REPORT = 72
 
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
-    runner = JobRunner(sock, settings.dsn)
+    runner = JobRunner(sock, settings.dsn, settings.owner)
     code = _serve(sock, settings, runner)
     # The worker ends in os._exit: its connection (ctx.db, ctx.jobs) is closed here rather than dropped. Not
     # after a job broke its socket: it may have closed the connection's descriptor too, now maybe another file.
@@ -85,10 +89,12 @@ def _serve(sock: socket.socket, settings: WorkerSettings, runner: JobRunner) -> 
 class JobRunner:
     """Decodes, runs and encodes the outcome of one job at a time."""
 
-    def __init__(self, sock: socket.socket, dsn: str) -> None:
+    def __init__(self, sock: socket.socket, dsn: str, owner: str) -> None:
         self._sock = sock
         self._dsn = dsn
+        self._owner = owner  # the node's lease owner, for completions written in a job's transaction
         self._conn: psycopg.Connection[Any] | None = None
+        self._async_conn: psycopg.AsyncConnection[Any] | None = None
         self._loop: Any = None
 
     def run(self, frame: RunJob) -> Completed | Failed:
@@ -100,11 +106,23 @@ class JobRunner:
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             error = InputDecodeError(f"input of job {frame.id} does not decode into {_name(job.input_type)}: {exc}")
             return _failure(frame, error, False)
-        ctx = self._context(frame)
+        completion = Completion(JobLease(frame.id, frame.attempt, self._owner, time.monotonic()))
+        ctx = self._context(frame, completion, job.is_async)
+        try:
+            return self._outcome(frame, job, ctx, value, completion)
+        finally:
+            self._end_transactions(frame)
+
+    def _outcome(self, frame: RunJob, job: Job[Any], ctx: BaseContext, value: Any,
+                 completion: Completion) -> Completed | Failed:
         try:
             result = self._call(job, ctx, value)
         except BaseException as exc:  # job code may raise anything, SystemExit included
-            return _failure(frame, exc, job.retry.retries(exc))
+            if completion.committed is not None:
+                return _after_commit(frame, completion, exc)
+            return _failure(frame, exc, job.retry.retries(exc) and not isinstance(exc, ResultNotStorable))
+        if completion.committed is not None:  # the job's end is written already: this report is fenced
+            return Completed(frame.id, frame.attempt, completion.committed.result)
         try:
             encoded = None if result is None else msgspec.json.encode(result)
         except BaseException as exc:  # TypeError, UnicodeEncodeError (a surrogate), or whatever a value raises
@@ -112,16 +130,41 @@ class JobRunner:
         # The core checks the rest (NUL characters, the size limit) and fails the job if it cannot be stored.
         return Completed(frame.id, frame.attempt, encoded)
 
-    def _call(self, job: Job[Any], ctx: JobContext, value: Any) -> Any:
-        if not job.is_async:
-            return job.fn(ctx, value)
+    def _call(self, job: Job[Any], ctx: BaseContext, value: Any) -> Any:
+        if isinstance(ctx, JobContext):
+            return _call_sync(job, ctx, value)
+        assert isinstance(ctx, AsyncJobContext)
         if self._loop is None:
             import uvloop
 
             self._loop = uvloop.new_event_loop()
-        return self._loop.run_until_complete(job.fn(ctx, value))
+        return self._loop.run_until_complete(_call_async(job, ctx, value))
 
-    def _context(self, frame: RunJob) -> JobContext:
+    def _end_transactions(self, frame: RunJob) -> None:
+        """Roll back a transaction a job left open on a worker connection (a bare BEGIN), so the next job starts
+        on an idle one: what it left uncommitted is lost, as if its worker had died. One that cannot be rolled
+        back is closed (the next use opens another)."""
+        for conn in (self._conn, self._async_conn):
+            if conn is not None and not conn.closed and not idle(conn):
+                _log.warning("job %s (attempt %s) left a transaction open on ctx.db: rolled back", frame.id,
+                             frame.attempt)
+                self._roll_back(conn)
+
+    def _roll_back(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        import psycopg
+
+        if isinstance(conn, psycopg.AsyncConnection):
+            try:
+                self._loop.run_until_complete(conn.rollback())
+            except psycopg.Error:  # the connection broke meanwhile
+                self._loop.run_until_complete(conn.close())
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()
+
+    def _context(self, frame: RunJob, completion: Completion, is_async: bool) -> BaseContext:
         def report(kind: str, percent: int | None, message: str | None) -> None:
             if kind == "progress":
                 text = None if message is None else storable(_text(message))
@@ -129,26 +172,87 @@ class JobRunner:
             else:
                 self._sock.sendall(encode(Heartbeat(frame.id, frame.attempt)))
 
-        return JobContext(
-            job_id=frame.id,
-            job_type=frame.job_type,
-            attempt=frame.attempt,
-            parent_id=frame.parent_id,
-            report=report,
-            connect=self._connection,
-        )
+        run = {"job_id": frame.id, "job_type": frame.job_type, "attempt": frame.attempt,
+               "parent_id": frame.parent_id, "report": report, "completion": completion}
+        if is_async:
+            return AsyncJobContext(connect=self._async_connection, **run)
+        return JobContext(connect=self._connection, **run)
 
     def close(self) -> None:
-        """Close the job's connection, if one was opened."""
+        """Close the jobs' connections, those opened (the async one at the libpq level: no loop runs here)."""
         if self._conn is not None:
             self._conn.close()
+        if self._async_conn is not None:
+            self._async_conn.pgconn.finish()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             import psycopg  # usually loaded already: by the app, or by the zygote once idle
 
-            self._conn = psycopg.connect(self._dsn, autocommit=True)
+            self._conn = psycopg.connect(self._dsn, autocommit=True, application_name=self._application_name())
         return self._conn
+
+    def _async_connection(self) -> psycopg.AsyncConnection[Any]:
+        """The async jobs' connection. ctx.db is a property, which cannot await the connect from the job's
+        running loop, so the first use in a worker's life connects on a helper thread with a loop of its own,
+        joined at once (the job waits for it, as a sync job waits for its first ctx.db); the connection then
+        serves on the worker's loop (psycopg binds none to it)."""
+        if self._async_conn is None or self._async_conn.closed or self._async_conn.broken:
+            self._async_conn = _connect_async(self._dsn, self._application_name())
+        return self._async_conn
+
+    def _application_name(self) -> str:
+        """What pg_stat_activity shows of a worker's connection, like the core's `forge <owner> <role>`."""
+        return f"forge {self._owner} worker"
+
+
+def _call_sync(job: Job[Any], ctx: JobContext, value: Any) -> Any:
+    if not job.complete_in_transaction:
+        return job.fn(ctx, value)
+    with ctx.transaction():  # the whole body, and the job's end written just before it commits
+        result = job.fn(ctx, value)
+        ctx.complete(result)
+    return result
+
+
+async def _call_async(job: Job[Any], ctx: AsyncJobContext, value: Any) -> Any:
+    if not job.complete_in_transaction:
+        return await job.fn(ctx, value)
+    async with ctx.transaction():
+        result = await job.fn(ctx, value)
+        ctx.complete(result)
+    return result
+
+
+def _connect_async(dsn: str, application_name: str) -> psycopg.AsyncConnection[Any]:
+    import asyncio
+
+    import psycopg
+
+    opened: list[psycopg.AsyncConnection[Any]] = []
+    failed: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            opened.append(asyncio.run(psycopg.AsyncConnection.connect(dsn, autocommit=True,
+                                                                       application_name=application_name)))
+        except BaseException as exc:  # raised again in the job, where it belongs
+            failed.append(exc)
+
+    thread = threading.Thread(target=connect, name="forge-connect")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return opened[0]
+
+
+def _after_commit(frame: RunJob, completion: Completion, exc: BaseException) -> Completed:
+    """The job raised after its completion committed: it is completed (with the committed result), and says so."""
+    assert completion.committed is not None
+    _log.warning("job %s (attempt %s) raised %s after its completion committed (ctx.complete); it stays "
+                 "completed", frame.id, frame.attempt, _text(exc))
+    return Completed(frame.id, frame.attempt, completion.committed.result)
 
 
 def _failure(frame: RunJob, exc: BaseException, retryable: bool) -> Failed:

@@ -200,6 +200,9 @@ WHERE j.id = ANY($1::bigint[]) AND j.id NOT IN (SELECT id FROM free);
 -- is lost. A lock by a rescuer that then takes the job shows as lost at the
 -- next renewal. cancel says an operator asked the job to stop (0007): the
 -- fallback of request_cancel's notice (operations.sql), read every round.
+-- A job that completed itself in its own transaction (context.sql complete)
+-- is still this lease's: reported as renewed, never lost, until the
+-- supervisor's own report of that end (fenced) ends the lease.
 WITH sent AS MATERIALIZED (
     SELECT * FROM unnest($1::bigint[], $2::integer[]) AS h(id, attempt)
 ), locked AS MATERIALIZED (
@@ -221,7 +224,11 @@ SELECT j.id, false, extract(epoch FROM now() - j.heartbeat_at)::float8 * 1000,
 FROM sent JOIN forge_jobs AS j ON j.id = sent.id
 WHERE sent.id NOT IN (SELECT id FROM locked)
   AND j.attempts = sent.attempt AND j.claimed_by = $3
-  AND j.status IN ('claimed', 'running');
+  AND j.status IN ('claimed', 'running')
+UNION ALL
+SELECT j.id, true, 0::float8, false
+FROM sent JOIN forge_jobs AS j ON j.id = sent.id
+WHERE j.attempts = sent.attempt AND j.claimed_by = $3 AND j.status = 'completed';
 
 -- name: close_claims
 -- Claim rows $1 of owner $2 whose jobs have all ended, written after the
