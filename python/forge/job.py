@@ -15,6 +15,7 @@ from typing import Any, Callable, Generic, TypeVar
 import msgspec
 
 from .errors import DispatchError, JobDefinitionError
+from .keys import key_function
 from .retry import Retry
 from .units import LONGEST_DEFINED_DURATION, parse_duration, parse_size
 
@@ -74,6 +75,7 @@ class Job(Generic[R]):
         heartbeat_timeout: float | None,
         dead_letter_after: float | None,
         dead_letter_retain: float | None,
+        idempotent: Callable[[Any], Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -88,6 +90,7 @@ class Job(Generic[R]):
         self.heartbeat_timeout = heartbeat_timeout
         self.dead_letter_after = dead_letter_after
         self.dead_letter_retain = dead_letter_retain
+        self.idempotent = idempotent  # input -> its idempotency key, or None: no key
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
 
@@ -118,6 +121,7 @@ def job(
     heartbeat_timeout: Any = None,
     dead_letter_after: Any = None,
     dead_letter_retain: Any = None,
+    idempotent: str | Callable[[Any], Any] | None = None,
 ) -> Any:
     """Register a function `fn(ctx, input)` as a job type.
 
@@ -125,13 +129,17 @@ def job(
     input type is the annotation of the second parameter (any type msgspec
     can decode; unannotated means any JSON). Timeouts and durations take
     "30s"/"5m"/"7d", seconds or a timedelta. Usable as @job or @job(...).
+    idempotent: the job's idempotency key, a dotted path into the input
+    ("input.payment_id") or a function of the input; a dispatch whose key a
+    job of this type still holds inserts nothing and returns that job's id.
     """
 
     def register(func: Callable[..., Any]) -> Job[Any]:
+        input_type = _input_type(func)
         definition: Job[Any] = Job(
             func,
             name=_text_option(func.__name__ if name is None else name, "name"),
-            input_type=_input_type(func),
+            input_type=input_type,
             retry=retry if retry is not None else Retry(),
             timeout=_timeout(timeout),
             priority=_priority(priority),
@@ -140,6 +148,7 @@ def job(
             heartbeat_timeout=_optional_duration(heartbeat_timeout, "heartbeat_timeout"),
             dead_letter_after=_optional_duration(dead_letter_after, "dead_letter_after", zero_ok=True),
             dead_letter_retain=_optional_duration(dead_letter_retain, "dead_letter_retain"),
+            idempotent=key_function(idempotent, input_type),
         )
         if not isinstance(definition.retry, Retry):
             raise JobDefinitionError(f"job {definition.name!r}: retry= must be a forge.Retry")
