@@ -131,6 +131,7 @@ class RetentionConfig(_Section):
     completed: Retention | None = Retention(86400.0)  # after completed_at
     cancelled: Retention | None = Retention(7 * 86400.0)  # after failed_at, when it was cancelled
     discarded: Retention | None = Retention(7 * 86400.0)  # after failed_at, when it was discarded
+    idempotency: Retention | None = Retention(86400.0)  # a finished job's idempotency key is held this long
 
 
 class LogConfig(_Section):
