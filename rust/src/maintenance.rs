@@ -445,6 +445,14 @@ mod tests {
             ..Round::default()
         };
         assert!(walking.full());
+        let releasing = Round {
+            keys: Released {
+                keys: 20_000,
+                unfinished: true,
+            },
+            ..Round::default()
+        };
+        assert!(releasing.full());
     }
 
     #[test]
