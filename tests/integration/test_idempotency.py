@@ -172,6 +172,31 @@ def test_concurrent_dispatch_many_batches_share_their_keys(database_url):
     assert len(rows(database_url)) == 20
 
 
+def test_batches_taking_their_keys_in_opposite_orders_do_not_deadlock(database_url):
+    """A conflicting insert waits for the key's transaction: two batches each holding a key the other waits
+    for would deadlock, unless both take their keys in one order (jobs.sql insert_keyed_jobs)."""
+    barrier = threading.Barrier(2)
+    keys = [f"k{n:05}" for n in range(3000)]
+
+    def dispatch_batch(reverse: bool) -> dict[str, int]:
+        order = keys[::-1] if reverse else keys
+        with psycopg.connect(database_url) as conn:
+            barrier.wait()
+            ids = forge.dispatch_many(conn, payment, [Payment(payment_id=k) for k in order])
+            conn.commit()
+        return dict(zip(order, ids))
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(dispatch_batch, [False, True])
+    assert first == second and len(rows(database_url)) == 3000
+
+
+def test_a_keyed_batchs_ids_follow_the_input_order(conn):
+    """So equal jobs are claimed (by id) in the order given, though they are inserted in key order."""
+    ids = forge.dispatch_many(conn, payment, [Payment(payment_id=k) for k in ["z", "a", "m", "a", "b"]])
+    assert ids[0] < ids[1] < ids[2] < ids[4] and ids[3] == ids[1]
+
+
 def test_under_repeatable_read_an_unseen_holder_is_a_serialization_failure(database_url):
     with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
         second.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
