@@ -212,7 +212,7 @@ def _batch_statement(job: Job[Any], batch: _Batch, options: tuple[Any, ...]) -> 
     """insert_jobs, or insert_keyed_jobs when the inputs have keys (its dedupe costs the others nothing)."""
     if not batch.keys:
         return _SQL["insert_jobs"], (job.name, batch.inputs, *options)
-    return _SQL["insert_keyed_jobs"], (job.name, batch.inputs, *options, batch.keys)
+    return _SQL["insert_keyed_jobs"], (job.name, batch.inputs, *options, msgspec.json.encode(batch.keys).decode())
 
 
 def _key(job: Job[Any], input: Any, given: object) -> str | None:

@@ -70,8 +70,10 @@ SELECT coalesce((SELECT array_agg(id ORDER BY id) FROM job), '{}'::bigint[]),
 FROM told;
 
 -- name: insert_keyed_jobs
--- insert_jobs for jobs that each have an idempotency key ($12, a text array
--- in the order of the inputs $2): one round trip, ids in input order. An
+-- insert_jobs for jobs that each have an idempotency key ($12, a JSON array
+-- of strings in the order of the inputs $2: parsed as jsonb, it costs a
+-- sixth of a text[] parameter's time on 50,000 keys): one round trip, ids in
+-- input order. An
 -- input whose key an earlier one of the batch has conflicts with the row
 -- that one inserted, so it is not inserted (DO NOTHING skips it, where DO
 -- UPDATE would refuse the statement: "cannot affect row a second time"),
@@ -94,7 +96,7 @@ FROM told;
 WITH given AS MATERIALIZED (
     SELECT e.n, e.value, k.key
     FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(value, n)
-    JOIN unnest($12::text[]) WITH ORDINALITY AS k(key, n) ON k.n = e.n
+    JOIN jsonb_array_elements_text($12::jsonb) WITH ORDINALITY AS k(key, n) ON k.n = e.n
 ), numbered AS MATERIALIZED (
     SELECT nextval((SELECT pg_get_serial_sequence('forge_jobs', 'id'))::regclass) AS id, value, key, n
     FROM (SELECT * FROM given ORDER BY n) AS g
