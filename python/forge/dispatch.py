@@ -96,7 +96,8 @@ def dispatch_many(
 
     Every input is validated first: one bad input raises (naming its index) and inserts nothing. A batch
     sent as several statements is still all in the caller's transaction (on an autocommit connection, in one
-    transaction of its own): every job is inserted, or none.
+    transaction of its own): every job is inserted, or none. With the job's idempotency keys, an input whose key a
+    job holds (or an earlier input of the batch has) inserts nothing and gets that job's id.
     """
     batches = _encode_many(job, inputs)
     options = _insert_options(job, at, delay, priority, parent_id)
