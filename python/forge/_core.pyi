@@ -71,7 +71,9 @@ class CoreSettings:
     (dead_letter_after likewise), completed, cancelled and discarded rows
     deleted after retain_completed, retain_cancelled and retain_discarded
     (None: kept forever; by a walk of the primary key, 20 windows of 1,000
-    rows a round at most), due jobs of types no node has run for unknown_type_grace failed,
+    rows a round at most), idempotency keys of jobs finished over retain_idempotency ago
+    released (None: held as long as the row; by a walk of the keyed rows, as many
+    windows), due jobs of types no node has run for unknown_type_grace failed,
     registrations of nodes silent for max(10 x heartbeat timeout, 1 h)
     deleted). Each connection's application_name is "forge <owner> <role>"
     (role: claim, main, heartbeat, maintenance, LISTEN).
@@ -107,6 +109,7 @@ class CoreSettings:
         retain_completed: float | None,
         retain_cancelled: float | None,
         retain_discarded: float | None,
+        retain_idempotency: float | None,
     ) -> CoreSettings: ...
 
 @final
@@ -205,14 +208,15 @@ class Core:
         poisoned, rescued, dead_lettered, pruned, pruned_completed,
         pruned_cancelled, pruned_discarded, unknown_failed, nodes_reaped,
         sweeps, connects, claims_closed, claims_pruned, refused, held,
-        loop_unseen, cancelled.
+        loop_unseen, cancelled, keys_released.
 
         poisoned counts this node's failures that the crash cap stopped from
         being retried (also counted in failed); cancelled, this node's ends
         (a fail or a release) of jobs an operator cancelled while it held them. rescued (started or only
         claimed, those uncharged), dead_lettered,
         pruned (dead letters), pruned_completed, pruned_cancelled,
-        pruned_discarded ([retention]), unknown_failed and nodes_reaped count rows this node's
+        pruned_discarded ([retention]), keys_released ([retention] idempotency), unknown_failed
+        and nodes_reaped count rows this node's
         maintenance sweeps changed; sweeps counts completed sweep rounds;
         connects counts connection attempts (all connections, the first ones
         included).

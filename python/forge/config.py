@@ -13,7 +13,6 @@ embedded cluster under `<config folder>/.forge/postgres`.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import re
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from forge.config_source import Source, dotted
 from forge.errors import ConfigError, DatabaseError
 from forge.supervisor.lease import MIN_SLACK, fence_after, refresh_period, renewal_slack
 from forge.units import LONGEST_DEFINED_DURATION, UnitError, parse_duration, parse_size
@@ -131,6 +131,7 @@ class RetentionConfig(_Section):
     completed: Retention | None = Retention(86400.0)  # after completed_at
     cancelled: Retention | None = Retention(7 * 86400.0)  # after failed_at, when it was cancelled
     discarded: Retention | None = Retention(7 * 86400.0)  # after failed_at, when it was discarded
+    idempotency: Retention | None = Retention(86400.0)  # a finished job's idempotency key is held this long
 
 
 class LogConfig(_Section):
@@ -194,7 +195,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Validate forge.toml contents `text`; `path` is where it came from (for messages and `folder`)."""
     file = Path(path)
-    source = _Source(str(path), text)
+    source = Source(str(path), text, Config)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -218,13 +219,13 @@ _CORE_MIN_INTERVAL = 0.001
 _CORE_MAX_COUNTS = {"workers": 2**31 - 1, "max_crashes": 2**31 - 1, "claim_batch": 2**32 - 1}
 
 
-def _check_relations(config: Config, source: _Source) -> None:
+def _check_relations(config: Config, source: Source) -> None:
     """Checks between keys, and against the core's limits, which msgspec's per-value checks cannot express."""
     _check_core_limits(config.node, source)
     _check_lease(config.node, source)
 
 
-def _check_core_limits(node: NodeConfig, source: _Source) -> None:
+def _check_core_limits(node: NodeConfig, source: Source) -> None:
     for key in _CORE_INTERVALS:
         seconds = getattr(node, key)
         if seconds < _CORE_MIN_INTERVAL:
@@ -234,7 +235,7 @@ def _check_core_limits(node: NodeConfig, source: _Source) -> None:
             raise _invalid(source, key, f"{getattr(node, key)} is more than the core can hold ({most})")
 
 
-def _check_lease(node: NodeConfig, source: _Source) -> None:
+def _check_lease(node: NodeConfig, source: Source) -> None:
     """The lease settings must let a healthy node renew its leases well before it would fence itself."""
     interval, timeout = node.heartbeat_interval, node.heartbeat_timeout
     if timeout < 3 * interval:
@@ -255,7 +256,7 @@ def _check_lease(node: NodeConfig, source: _Source) -> None:
         )
 
 
-def _invalid(source: _Source, key: str, detail: str) -> ConfigError:
+def _invalid(source: Source, key: str, detail: str) -> ConfigError:
     at = ("node", key)
     return ConfigError(f"invalid value for 'node.{key}'{source.where(at)}: {detail}")
 
@@ -281,7 +282,7 @@ def _dec_hook(kind: type, value: Any) -> Any:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand_env(value: Any, at: tuple[str | int, ...], source: _Source, environ: Mapping[str, str]) -> Any:
+def _expand_env(value: Any, at: tuple[str | int, ...], source: Source, environ: Mapping[str, str]) -> Any:
     """Replace ${VAR} in every string value of the parsed TOML (keys are left alone)."""
     if isinstance(value, dict):
         return {k: _expand_env(v, (*at, k), source, environ) for k, v in value.items()}
@@ -294,161 +295,11 @@ def _expand_env(value: Any, at: tuple[str | int, ...], source: _Source, environ:
         name = match.group(1)
         if name not in environ:
             raise ConfigError(
-                f"environment variable {name!r} is not set (used by {_dotted(at)!r}{source.where(at)})"
+                f"environment variable {name!r} is not set (used by {dotted(at)!r}{source.where(at)})"
             )
         return environ[name]
 
     return _ENV_REF.sub(replace, value)
-
-
-# --- error messages ------------------------------------------------------------
-
-
-def _dotted(at: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in at:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-def _split_path(msgspec_path: str) -> tuple[str | int, ...]:
-    """'$.alerts[0].name' -> ('alerts', 0, 'name')."""
-    parts: list[str | int] = []
-    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", msgspec_path):
-        parts.append(int(index) if index else name)
-    return tuple(parts)
-
-
-def _lookup(data: Any, at: tuple[str | int, ...]) -> Any:
-    for part in at:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def _struct_at(at: tuple[str | int, ...]) -> type[msgspec.Struct] | None:
-    """The Struct type that validates the table at `at` (list indexes skipped), or None."""
-    struct: type[msgspec.Struct] = Config
-    for part in at:
-        if isinstance(part, int):
-            continue
-        fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
-        kind: Any = fields.get(part)  # an annotation: a Struct, list[...], a scalar type...
-        while getattr(kind, "__origin__", None) is list:
-            kind = kind.__args__[0]
-        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
-            return None
-        struct = kind
-    return struct
-
-
-def _suggest(field: str, at: tuple[str | int, ...]) -> str:
-    kind = _struct_at(at)
-    if kind is None:
-        return ""
-    names = [f.encode_name for f in msgspec.structs.fields(kind)]
-    close = difflib.get_close_matches(field, names, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
-
-
-_MISSING_HINTS = {
-    "app": '; add an [app] section with modules = ["myapp.jobs"]',
-    "app.modules": '; list the modules defining your jobs, e.g. modules = ["myapp.jobs"]',
-}
-
-
-class _Source:
-    """The file's name and text, to turn key paths into 'at FILE:LINE'."""
-
-    _TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(?:#.*)?$")
-    _ARRAY_TABLE = re.compile(r"^\s*\[\[\s*([^\[\]]+?)\s*\]\]\s*(?:#.*)?$")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*)\s*=")
-
-    def __init__(self, name: str, text: str) -> None:
-        self.name = name
-        self.lines = self._key_lines(text)
-
-    @classmethod
-    def _key_lines(cls, text: str) -> dict[tuple[str | int, ...], int]:
-        """Map each table and key path to the line defining it (best effort; quoted keys ignored)."""
-        lines: dict[tuple[str | int, ...], int] = {}
-        counts: dict[tuple[str, ...], int] = {}
-        table: tuple[str | int, ...] = ()
-        for number, line in enumerate(text.splitlines(), start=1):
-            if match := cls._ARRAY_TABLE.match(line):
-                name = tuple(p.strip() for p in match.group(1).split("."))
-                counts[name] = counts.get(name, -1) + 1
-                table = (*name, counts[name])
-                lines.setdefault(name, number)
-            elif match := cls._TABLE.match(line):
-                table = tuple(p.strip() for p in match.group(1).split("."))
-            elif match := cls._KEY.match(line):
-                table_key = (*table, *(p.strip() for p in match.group(1).split(".")))
-                lines.setdefault(table_key, number)
-                continue
-            else:
-                continue
-            lines.setdefault(table, number)
-        return lines
-
-    def line_of(self, at: tuple[str | int, ...]) -> int | None:
-        """Line of `at`, or of its nearest enclosing key or table that has one."""
-        for end in range(len(at), 0, -1):
-            if (line := self.lines.get(at[:end])) is not None:
-                return line
-        return None
-
-    def where(self, at: tuple[str | int, ...]) -> str:
-        line = self.line_of(at)
-        return f" at {self.name}:{line}" if line is not None else f" in {self.name}"
-
-    def syntax_error(self, exc: tomllib.TOMLDecodeError) -> ConfigError:
-        message = str(exc)
-        match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
-        if match is None:
-            return ConfigError(f"invalid TOML in {self.name}: {message}")
-        detail = message[: match.start()]
-        return ConfigError(f"invalid TOML at {self.name}:{match.group(1)} (column {match.group(2)}): {detail}")
-
-    def validation_error(self, message: str, data: Any) -> ConfigError:
-        """Rewrite a msgspec ValidationError ('Detail - at `$.a.b`') into a message naming the key."""
-        detail, _, path = message.partition(" - at `")
-        at = _split_path(path.rstrip("`"))
-        if match := re.fullmatch(r"Object contains unknown field `(.+)`", detail):
-            key = (*at, match.group(1))
-            return ConfigError(f"unknown key {_dotted(key)!r}{self.where(key)}{_suggest(match.group(1), at)}")
-        if match := re.fullmatch(r"Object missing required field `(.+)`", detail):
-            key = (*at, match.group(1))
-            hint = _MISSING_HINTS.get(_dotted(key), "")
-            return ConfigError(f"missing required key {_dotted(key)!r}{self.where(at)}{hint}")
-        dotted = _dotted(at) or "(top level)"
-        return ConfigError(f"invalid value for {dotted!r}{self.where(at)}: {_detail(detail, at, data)}")
-
-
-def _detail(detail: str, at: tuple[str | int, ...], data: Any) -> str:
-    """msgspec's detail made to read as a sentence that shows the offending value."""
-    value = _lookup(data, at)
-    shown = repr(value) if len(repr(value)) <= 60 else type(value).__name__
-    if detail.startswith("Invalid enum value") and (choices := _choices(at)):
-        return f"expected one of {', '.join(map(repr, choices))}, got {shown}"
-    detail = detail[:1].lower() + detail[1:]
-    if ", got `" in detail:
-        return f"{detail} {shown}"
-    if ", got" not in detail and at:
-        return f"{detail}, got {shown}"
-    return detail
-
-
-def _choices(at: tuple[str | int, ...]) -> tuple[Any, ...]:
-    """The allowed values of a Literal-typed key, else ()."""
-    kind = _struct_at(at[:-1])
-    if kind is None or not at or isinstance(at[-1], int):
-        return ()
-    fields = {f.encode_name: f.type for f in msgspec.structs.fields(kind)}
-    field = fields.get(at[-1])
-    return tuple(getattr(field, "__args__", ())) if getattr(field, "__origin__", None) is Literal else ()
 
 
 # --- using the config ------------------------------------------------------------

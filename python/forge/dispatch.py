@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from .db.queries import load_queries
 from .errors import DispatchError
 from .job import PRIORITIES, Job, convert_input
+from .keys import check_key
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ MAX_INPUT_BYTES = 1024 * 1024
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 _MAX_ID = 2**63 - 1  # ids are bigint
+# Statements one dispatch sends at most while the job holding its key was committed after each one's snapshot
+# (jobs.sql insert_job): the second sees it, unless that job was removed and another inserted meanwhile.
+_UNSEEN_TRIES = 5
 # What msgspec.json.encode raises for a value it cannot write (RecursionError: nested too deep).
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 # How msgspec writes a NUL character: jsonb refuses it (its text cannot hold NUL).
@@ -54,21 +58,28 @@ def dispatch(
     delay: Any = None,
     priority: str | None = None,
     parent_id: int | None = None,
+    idempotency_key: str | int | None = None,
 ) -> int:
     """Insert one job in `conn`'s current transaction and return its id.
 
     at: run no earlier than this aware datetime; delay: a duration from now
     ("5m", seconds, timedelta); priority overrides the job's own. Everything is
     checked before anything is sent: a refusal is a DispatchError, and leaves
-    the transaction as it was.
+    the transaction as it was. idempotency_key overrides the job's own key
+    (@forge.job(idempotent=...)): while a job of this type holds the key, this
+    inserts nothing and returns that job's id.
     """
     encoded = _encode(job, input)  # checks that `job` is one, first
-    params = (job.name, encoded, *_insert_options(job, at, delay, priority, parent_id))
+    key = _key(job, input, idempotency_key)
+    params = (job.name, encoded, *_insert_options(job, at, delay, priority, parent_id), key)
     with _raw_cursor(conn) as cur:
-        cur.execute(_SQL["insert_job"], params)
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
+        for _ in range(_UNSEEN_TRIES):
+            cur.execute(_SQL["insert_job"], params)
+            row = cur.fetchone()
+            assert row is not None
+            if row[0] is not None:
+                return int(row[0])
+    raise _unseen(job, key)
 
 
 def dispatch_many(
@@ -85,16 +96,22 @@ def dispatch_many(
 
     Every input is validated first: one bad input raises (naming its index) and inserts nothing. A batch
     sent as several statements is still all in the caller's transaction (on an autocommit connection, in one
-    transaction of its own): every job is inserted, or none.
+    transaction of its own): every job is inserted, or none. With the job's idempotency keys, an input whose key a
+    job holds (or an earlier input of the batch has) inserts nothing and gets that job's id.
     """
     batches = _encode_many(job, inputs)
     options = _insert_options(job, at, delay, priority, parent_id)
     ids: list[int] = []
     with _raw_cursor(conn) as cur, _one_transaction(conn, batches):
         for batch in batches:
-            cur.execute(_SQL["insert_jobs"], (job.name, batch, *options))
-            row = cur.fetchone()
-            assert row is not None
+            for _ in range(_UNSEEN_TRIES):
+                cur.execute(*_batch_statement(job, batch, options))
+                row = cur.fetchone()
+                assert row is not None
+                if None not in row[0]:
+                    break
+            else:
+                raise _unseen(job, batch.keys)
             ids.extend(row[0])
     return ids
 
@@ -108,15 +125,20 @@ async def dispatch_async(
     delay: Any = None,
     priority: str | None = None,
     parent_id: int | None = None,
+    idempotency_key: str | int | None = None,
 ) -> int:
     """dispatch() for a psycopg.AsyncConnection."""
     encoded = _encode(job, input)  # checks that `job` is one, first
-    params = (job.name, encoded, *_insert_options(job, at, delay, priority, parent_id))
+    key = _key(job, input, idempotency_key)
+    params = (job.name, encoded, *_insert_options(job, at, delay, priority, parent_id), key)
     async with _async_raw_cursor(conn) as cur:
-        await cur.execute(_SQL["insert_job"], params)
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
+        for _ in range(_UNSEEN_TRIES):
+            await cur.execute(_SQL["insert_job"], params)
+            row = await cur.fetchone()
+            assert row is not None
+            if row[0] is not None:
+                return int(row[0])
+    raise _unseen(job, key)
 
 
 async def dispatch_many_async(
@@ -135,21 +157,27 @@ async def dispatch_many_async(
     ids: list[int] = []
     async with _async_raw_cursor(conn) as cur, _one_async_transaction(conn, batches):
         for batch in batches:
-            await cur.execute(_SQL["insert_jobs"], (job.name, batch, *options))
-            row = await cur.fetchone()
-            assert row is not None
+            for _ in range(_UNSEEN_TRIES):
+                await cur.execute(*_batch_statement(job, batch, options))
+                row = await cur.fetchone()
+                assert row is not None
+                if None not in row[0]:
+                    break
+            else:
+                raise _unseen(job, batch.keys)
             ids.extend(row[0])
     return ids
 
 
-def _one_transaction(conn: psycopg.Connection[Any], batches: list[str]) -> AbstractContextManager[Any]:
+def _one_transaction(conn: psycopg.Connection[Any], batches: list[_Batch]) -> AbstractContextManager[Any]:
     """What keeps several statements of one batch all-or-nothing. Without autocommit the caller's own
     transaction already does, and a transaction() here would be a savepoint for nothing or, before the
     caller's first statement, a transaction of its own, committed before the caller decides."""
     return conn.transaction() if conn.autocommit and len(batches) > 1 else nullcontext()
 
 
-def _one_async_transaction(conn: psycopg.AsyncConnection[Any], batches: list[str]) -> AbstractAsyncContextManager[Any]:
+def _one_async_transaction(conn: psycopg.AsyncConnection[Any], batches: list[_Batch]
+                           ) -> AbstractAsyncContextManager[Any]:
     """_one_transaction for an AsyncConnection."""
     return conn.transaction() if conn.autocommit and len(batches) > 1 else nullcontext()
 
@@ -159,17 +187,68 @@ def _encode(job: Job[Any], input: Any) -> str:
     return _encode_input(job, input).decode()
 
 
-def _encode_many(job: Job[Any], inputs: Iterable[Any]) -> list[str]:
-    """The inputs as JSON arrays of at most MAX_BATCH_BYTES each, in order: one statement's $2 each."""
+class _Batch(NamedTuple):
+    """One statement's inputs: a JSON array (its $2), and their idempotency keys in order, if the job has them."""
+
+    inputs: str
+    keys: list[str] | None
+
+
+def _encode_many(job: Job[Any], inputs: Iterable[Any]) -> list[_Batch]:
+    """The inputs as JSON arrays of at most MAX_BATCH_BYTES each, in order, with their keys."""
     _check_job(job)
     values = list(_iterable(inputs))
     batches = _batches_fast(job, values)
     if batches is None:  # one of them may be refused: check each, to name it
         batches = _batches(_encode_each(job, values))
-    return [batch.decode() for batch in batches]
+    keys = _keys(job, values)
+    result, start = [], 0
+    for batch, count in batches:
+        result.append(_Batch(batch.decode(), None if keys is None else keys[start:start + count]))
+        start += count
+    return result
 
 
-def _batches_fast(job: Job[Any], values: list[Any]) -> list[bytes] | None:
+def _batch_statement(job: Job[Any], batch: _Batch, options: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """insert_jobs, or insert_keyed_jobs when the inputs have keys (its dedupe costs the others nothing)."""
+    if not batch.keys:
+        return _SQL["insert_jobs"], (job.name, batch.inputs, *options)
+    return _SQL["insert_keyed_jobs"], (job.name, batch.inputs, *options, msgspec.json.encode(batch.keys).decode())
+
+
+def _key(job: Job[Any], input: Any, given: object) -> str | None:
+    """The idempotency key of one dispatch: `given`, else the job's key of `input`, else None."""
+    where = f"job {job.name!r}"
+    if given is not None:
+        return check_key(given, where)
+    return None if job.idempotent is None else check_key(_job_key(job, input), where)
+
+
+def _keys(job: Job[Any], values: list[Any]) -> list[str] | None:
+    if job.idempotent is None:
+        return None
+    return [check_key(_job_key(job, value), f"job {job.name!r}: inputs[{index}]") for index, value in
+            enumerate(values)]
+
+
+def _job_key(job: Job[Any], value: Any) -> Any:
+    assert job.idempotent is not None
+    try:
+        return job.idempotent(convert_input(job, value))
+    except DispatchError:
+        raise
+    except Exception as exc:  # the job's own key function failed: say whose
+        raise DispatchError(f"the idempotency key of job {job.name!r} could not be taken: {exc!r}") from exc
+
+
+def _unseen(job: Job[Any], key: object) -> DispatchError:
+    """What a dispatch raises when the job holding its key stayed out of sight of every try (the key's job
+    kept being inserted and removed meanwhile): nothing of it was inserted."""
+    return DispatchError(f"job {job.name!r}: the job holding idempotency key {key!r} was committed and gone "
+                         f"again {_UNSEEN_TRIES} times while this dispatch looked for it; dispatch again")
+
+
+def _batches_fast(job: Job[Any], values: list[Any]) -> list[tuple[bytes, int]] | None:
     """The inputs encoded and joined at C speed, or None if one of them may be refused. (Checking each in
     Python, as _encode_each does, made a batch of small inputs cost 2.4 times as much to encode.)"""
     try:
@@ -179,20 +258,21 @@ def _batches_fast(job: Job[Any], values: list[Any]) -> list[bytes] | None:
     if max(map(len, encoded), default=0) > MAX_INPUT_BYTES:
         return None
     batches = _batches(encoded)
-    return None if any(_NUL_ESCAPE in batch for batch in batches) else batches
+    return None if any(_NUL_ESCAPE in batch for batch, _ in batches) else batches
 
 
-def _batches(encoded: list[bytes]) -> list[bytes]:
-    """`encoded` as consecutive JSON arrays of at most MAX_BATCH_BYTES each (one, "[]", for no input)."""
+def _batches(encoded: list[bytes]) -> list[tuple[bytes, int]]:
+    """`encoded` as consecutive JSON arrays of at most MAX_BATCH_BYTES each (one, "[]", for no input), each with
+    how many inputs it holds."""
     if sum(map(len, encoded)) + len(encoded) + 1 <= MAX_BATCH_BYTES:  # the usual case, at C speed
-        return [b"[" + b",".join(encoded) + b"]"]
+        return [(b"[" + b",".join(encoded) + b"]", len(encoded))]
     batches, start, size = [], 0, 1  # size: the array's bytes so far, its "[" and each input with its "," or "]"
     for index, item in enumerate(encoded):
         if index > start and size + len(item) + 1 > MAX_BATCH_BYTES:
-            batches.append(b"[" + b",".join(encoded[start:index]) + b"]")
+            batches.append((b"[" + b",".join(encoded[start:index]) + b"]", index - start))
             start, size = index, 1
         size += len(item) + 1
-    batches.append(b"[" + b",".join(encoded[start:]) + b"]")
+    batches.append((b"[" + b",".join(encoded[start:]) + b"]", len(encoded) - start))
     return batches
 
 
@@ -291,7 +371,7 @@ def _insert_options(
         raise DispatchError("give at= or delay=, not both")
     rank = job.priority_rank if priority is None else _rank(priority)
     resources = None if job.resources is None else msgspec.json.encode(job.resources.to_json()).decode()
-    return (  # $3 to $11 of insert_job and insert_jobs, after the job type and the input
+    return (  # $3 to $11 of insert_job and insert_jobs, after the job type and the input; $12 is the key
         rank,
         job.retry.max_attempts,
         None if at is None else _check_at(at),

@@ -15,6 +15,7 @@ from typing import Any, Callable, Generic, TypeVar
 import msgspec
 
 from .errors import DispatchError, JobDefinitionError
+from .keys import key_function
 from .retry import Retry
 from .units import LONGEST_DEFINED_DURATION, parse_duration, parse_size
 
@@ -75,6 +76,7 @@ class Job(Generic[R]):
         dead_letter_after: float | None,
         dead_letter_retain: float | None,
         complete_in_transaction: bool = False,
+        idempotent: Callable[[Any], Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -90,6 +92,7 @@ class Job(Generic[R]):
         self.dead_letter_after = dead_letter_after
         self.dead_letter_retain = dead_letter_retain
         self.complete_in_transaction = complete_in_transaction
+        self.idempotent = idempotent  # input -> its idempotency key, or None: no key
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
 
@@ -121,6 +124,7 @@ def job(
     dead_letter_after: Any = None,
     dead_letter_retain: Any = None,
     complete_in_transaction: bool = False,
+    idempotent: str | Callable[[Any], Any] | None = None,
 ) -> Any:
     """Register a function `fn(ctx, input)` as a job type.
 
@@ -131,13 +135,17 @@ def job(
     complete_in_transaction: the whole body runs in one transaction on
     ctx.db, and the job's completion is written in it just before it commits
     (forge/completion.py: exactly-once database effects).
+    idempotent: the job's idempotency key, a dotted path into the input
+    ("input.payment_id") or a function of the input; a dispatch whose key a
+    job of this type still holds inserts nothing and returns that job's id.
     """
 
     def register(func: Callable[..., Any]) -> Job[Any]:
+        input_type = _input_type(func)
         definition: Job[Any] = Job(
             func,
             name=_text_option(func.__name__ if name is None else name, "name"),
-            input_type=_input_type(func),
+            input_type=input_type,
             retry=retry if retry is not None else Retry(),
             timeout=_timeout(timeout),
             priority=_priority(priority),
@@ -147,6 +155,7 @@ def job(
             dead_letter_after=_optional_duration(dead_letter_after, "dead_letter_after", zero_ok=True),
             dead_letter_retain=_optional_duration(dead_letter_retain, "dead_letter_retain"),
             complete_in_transaction=_flag(complete_in_transaction, "complete_in_transaction"),
+            idempotent=key_function(idempotent, input_type),
         )
         if not isinstance(definition.retry, Retry):
             raise JobDefinitionError(f"job {definition.name!r}: retry= must be a forge.Retry")

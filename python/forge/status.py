@@ -1,5 +1,6 @@
 """The queue at a glance (`forge status`): counts by status, type and priority, how long due jobs have
-waited, paused types and the nodes alive, read in a bounded time on a table of any size.
+waited, paused types, the nodes alive and the waiting jobs none of them can run (their worker capability is
+no live node's: they stay pending until such a node starts), read in a bounded time on a table of any size.
 
 How each count is made is said in db/sql/status.sql: the live states are counted exactly through the partial
 indexes, the finished ones (completed jobs) on a sample of at
@@ -20,7 +21,8 @@ from forge.job import PRIORITIES
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SAMPLE_PAGES", "STATUSES", "NodeStatus", "QueueStatus", "known_job_types", "read_status"]
+__all__ = ["SAMPLE_PAGES", "STATUSES", "NodeStatus", "QueueStatus", "Unschedulable", "known_job_types",
+           "read_status"]
 
 #: Every status a job can have (the forge_jobs_status_valid CHECK), in lifecycle order.
 STATUSES = ("pending", "claimed", "running", "retry", "completed", "failed", "dead_letter", "discarded", "cancelled")
@@ -54,6 +56,14 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     heartbeat_at: datetime
 
 
+class Unschedulable(msgspec.Struct, kw_only=True):
+    """Jobs of one type waiting (pending or retry) for a worker capability that no live node has."""
+
+    job_type: str
+    capability: str
+    pending: int
+
+
 class QueueStatus(msgspec.Struct, kw_only=True):
     """What `forge status` shows; msgspec.to_builtins() of it is its JSON."""
 
@@ -64,6 +74,7 @@ class QueueStatus(msgspec.Struct, kw_only=True):
     paused: list[str]
     nodes: list[NodeStatus]
     estimated: list[str]  # the statuses counted on a sample of the table, not exactly
+    unschedulable: list[Unschedulable]  # by type and capability
 
 
 def read_status(conn: psycopg.Connection[Any], *, heartbeat_timeout: float, sample_pages: int = SAMPLE_PAGES
@@ -84,8 +95,10 @@ def read_status(conn: psycopg.Connection[Any], *, heartbeat_timeout: float, samp
 def _read(conn: psycopg.Connection[Any], heartbeat_timeout: float, sample_pages: int) -> QueueStatus:
     tally = _Tally()
     oldest: dict[str, float] = {}
-    for job_type, status, priority, count, waited in _rows(conn, "claimable"):
+    waiting: dict[tuple[str, str], int] = {}  # (type, capability) -> pending and retrying jobs
+    for job_type, status, priority, capability, count, waited in _rows(conn, "claimable"):
         tally.add(job_type, status, priority, count)
+        _bump(waiting, (job_type, capability), count)
         if waited is not None and status in _CLAIMABLE:
             oldest[job_type] = max(waited, oldest.get(job_type, 0.0))
     for part in ("failed", "cancelled"):
@@ -97,14 +110,16 @@ def _read(conn: psycopg.Connection[Any], heartbeat_timeout: float, sample_pages:
         by_owner = held.setdefault(owner, {})
         by_owner[status] = by_owner.get(status, 0) + count
     estimated = _count_finished(conn, tally, sample_pages)
+    nodes = _nodes(conn, heartbeat_timeout, held)
     return QueueStatus(
         by_status=tally.by_status,
         by_type=tally.by_type,
         by_priority=tally.by_priority,
         oldest_pending_seconds=dict(sorted(oldest.items())),
         paused=_paused(conn),
-        nodes=_nodes(conn, heartbeat_timeout, held),
+        nodes=nodes,
         estimated=estimated,
+        unschedulable=_unschedulable(waiting, nodes),
     )
 
 
@@ -124,6 +139,13 @@ def _count_finished(conn: psycopg.Connection[Any], tally: _Tally, sample_pages: 
         if percent < 100.0:
             estimated.add(status)
     return sorted(estimated)
+
+
+def _unschedulable(waiting: dict[tuple[str, str], int], nodes: list[NodeStatus]) -> list[Unschedulable]:
+    """The waiting jobs whose capability no live node has, by type and capability: no node claims them."""
+    served = {capability for node in nodes for capability in node.capabilities}
+    return [Unschedulable(job_type=job_type, capability=capability, pending=count)
+            for (job_type, capability), count in sorted(waiting.items()) if capability not in served]
 
 
 def _paused(conn: psycopg.Connection[Any]) -> list[str]:
@@ -168,5 +190,5 @@ class _Tally:
         _bump(self.by_priority.setdefault(_PRIORITY_NAMES[priority], {}), status, count)
 
 
-def _bump(counts: dict[str, int], key: str, count: int) -> None:
+def _bump(counts: dict[Any, int], key: Any, count: int) -> None:
     counts[key] = counts.get(key, 0) + count

@@ -41,6 +41,9 @@ pub struct Config {
     pub unknown_type_grace: Duration,
     /// How long finished rows are kept ([retention]).
     pub retention: Retention,
+    /// How long a finished job keeps its idempotency key ([retention]
+    /// idempotency); None: as long as its row.
+    pub idempotency: Option<Duration>,
 }
 
 /// How long completed, cancelled and discarded rows are kept before the

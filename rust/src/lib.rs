@@ -138,7 +138,7 @@ impl CoreSettings {
         *, dsn, owner, hostname, roles, workers, capabilities, policies, default_policy,
         claim_batch, poll_interval, heartbeat_interval, heartbeat_timeout, fence_after, max_crashes,
         maintenance_interval, dead_letter_after, dead_letter_retain, unknown_type_grace,
-        retain_completed, retain_cancelled, retain_discarded
+        retain_completed, retain_cancelled, retain_discarded, retain_idempotency
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -163,6 +163,7 @@ impl CoreSettings {
         retain_completed: Option<f64>,
         retain_cancelled: Option<f64>,
         retain_discarded: Option<f64>,
+        retain_idempotency: Option<f64>,
     ) -> PyResult<Self> {
         let heartbeat_interval = interval(heartbeat_interval, "heartbeat_interval")?;
         let heartbeat_timeout = interval(heartbeat_timeout, "heartbeat_timeout")?;
@@ -206,6 +207,7 @@ impl CoreSettings {
                 cancelled: kept(retain_cancelled, "retain_cancelled")?,
                 discarded: kept(retain_discarded, "retain_discarded")?,
             },
+            idempotency: kept(retain_idempotency, "retain_idempotency")?,
         };
         let policies = Policies {
             by_type: policies

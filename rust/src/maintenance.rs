@@ -2,7 +2,8 @@
 //! own connection, one function each: rescue jobs of lost nodes, delete the
 //! forge_claims rows that hold nothing any more, move failed jobs to the
 //! dead letter queue, prune old dead letters, prune completed, cancelled and
-//! discarded rows past their [retention], fail due jobs of types no node has
+//! discarded rows past their [retention], release the idempotency keys of
+//! finished jobs past [retention] idempotency, fail due jobs of types no node has
 //! run for unknown_type_grace, and delete registrations of long-gone nodes
 //! (remembering when their job types last ran). Each statement is one
 //! bounded `FOR UPDATE SKIP LOCKED` batch (engine.sql), so nodes sweeping at
@@ -44,6 +45,7 @@ pub struct Round {
     pub dead_lettered: u64,
     pub pruned: u64,
     pub finished: Finished,
+    pub keys: Released,
     pub unknown_failed: u64,
     pub nodes_reaped: u64,
 }
@@ -58,11 +60,26 @@ pub struct Finished {
     pub unfinished: bool,
 }
 
-/// Where the retention walk (prune_finished) has got to: the last id it
+/// What the key walk (release_keys) released in one round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub keys: u64,
+    /// The walk stopped at WALK_WINDOWS before its end: more may be due.
+    pub unfinished: bool,
+}
+
+/// Where a walk (prune_finished, release_keys) has got to: the last id it
 /// looked at, 0 to start from the first. Each node walks on its own.
 #[derive(Debug, Default)]
 pub struct Walk {
     after: i64,
+}
+
+/// The walks a node keeps going from round to round.
+#[derive(Debug, Default)]
+pub struct Walks {
+    finished: Walk,
+    keys: Walk,
 }
 
 impl Round {
@@ -79,6 +96,7 @@ impl Round {
         .iter()
         .any(|n| *n >= BATCH)
             || self.finished.unfinished
+            || self.keys.unfinished
     }
 
     pub fn rescued(&self) -> u64 {
@@ -142,10 +160,10 @@ pub async fn maintain(db: Arc<Db>) {
         Instant::now(),
         fastrand::f64(),
     );
-    let mut walk = Walk::default();
+    let mut walks = Walks::default();
     loop {
         tokio::time::sleep_until(schedule.next().into()).await;
-        let outcome = sweep(&db, &mut walk).await;
+        let outcome = sweep(&db, &mut walks).await;
         match &outcome {
             Ok(round) => {
                 streak.ok(shared);
@@ -162,7 +180,7 @@ pub async fn maintain(db: Arc<Db>) {
 
 /// One round: every sweep in turn, counted as it goes (a failure part-way
 /// keeps what was done). A new sweep is a function below and a line here.
-async fn sweep(db: &Db, walk: &mut Walk) -> Result<Round, CoreError> {
+async fn sweep(db: &Db, walks: &mut Walks) -> Result<Round, CoreError> {
     let conn = db.maintenance_client().await?;
     let mut round = Round::default();
     (
@@ -173,7 +191,8 @@ async fn sweep(db: &Db, walk: &mut Walk) -> Result<Round, CoreError> {
     round.claims_pruned = prune_claims(db, &conn).await?;
     round.dead_lettered = dead_letter(db, &conn).await?;
     round.pruned = prune_dead_letters(db, &conn).await?;
-    round.finished = prune_finished(db, &conn, walk).await?;
+    round.finished = prune_finished(db, &conn, &mut walks.finished).await?;
+    round.keys = release_keys(db, &conn, &mut walks.keys).await?;
     round.unknown_failed = fail_unknown_types(db, &conn).await?;
     round.nodes_reaped = reap_nodes(db, &conn).await?;
     Ok(round)
@@ -271,7 +290,7 @@ async fn prune_finished(db: &Db, conn: &Conn, walk: &mut Walk) -> Result<Finishe
         stats.add(Stat::PrunedCompleted, window.0);
         stats.add(Stat::PrunedCancelled, window.1);
         stats.add(Stat::PrunedDiscarded, window.2);
-        let (last, all) = walked(&rows)?;
+        let (last, all) = walked(&rows, "prune_finished")?;
         if all {
             walk.after = 0;
             return Ok(finished);
@@ -282,16 +301,42 @@ async fn prune_finished(db: &Db, conn: &Conn, walk: &mut Walk) -> Result<Finishe
     Ok(finished)
 }
 
-/// The last id of prune_finished's window, and whether the walk is over.
-fn walked(rows: &[Row]) -> Result<(i64, bool), CoreError> {
+/// Idempotency keys of jobs finished over [retention] idempotency ago,
+/// released by walking the keyed rows one window after another (engine.sql
+/// says why), up to WALK_WINDOWS windows a round, as prune_finished walks.
+async fn release_keys(db: &Db, conn: &Conn, walk: &mut Walk) -> Result<Released, CoreError> {
+    let mut released = Released::default();
+    let Some(window) = db.config().idempotency.map(ms) else {
+        return Ok(released);
+    };
+    for _ in 0..WALK_WINDOWS {
+        let params: [&(dyn ToSql + Sync); 2] = [&walk.after, &window];
+        let rows = db.query(conn, sql::RELEASE_KEYS, &params).await?;
+        let n = counted(&rows, "released")?;
+        released.keys += n;
+        db.shared().stats.add(Stat::KeysReleased, n);
+        let (last, all) = walked(&rows, "release_keys")?;
+        if all {
+            walk.after = 0;
+            return Ok(released);
+        }
+        walk.after = last;
+    }
+    released.unfinished = true;
+    Ok(released)
+}
+
+/// The last id of a walk's window (statement `what`), and whether the walk
+/// is over.
+fn walked(rows: &[Row], what: &str) -> Result<(i64, bool), CoreError> {
     let row = rows
         .first()
-        .ok_or_else(|| CoreError::Database("prune_finished returned no row".into()))?;
+        .ok_or_else(|| CoreError::Database(format!("{what} returned no row")))?;
     let last = row.try_get("last_id");
     let all = row.try_get("walked_all");
     match (last, all) {
         (Ok(last), Ok(all)) => Ok((last, all)),
-        (Err(e), _) | (_, Err(e)) => Err(CoreError::Database(format!("prune_finished: {e}"))),
+        (Err(e), _) | (_, Err(e)) => Err(CoreError::Database(format!("{what}: {e}"))),
     }
 }
 
@@ -400,6 +445,14 @@ mod tests {
             ..Round::default()
         };
         assert!(walking.full());
+        let releasing = Round {
+            keys: Released {
+                keys: 20_000,
+                unfinished: true,
+            },
+            ..Round::default()
+        };
+        assert!(releasing.full());
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub const PRUNE_CLAIMS: Query = query("prune_claims", 1);
 pub const DEAD_LETTER: Query = query("dead_letter", 1);
 pub const PRUNE_DEAD_LETTERS: Query = query("prune_dead_letters", 1);
 pub const PRUNE_FINISHED: Query = query("prune_finished", 5);
+pub const RELEASE_KEYS: Query = query("release_keys", 2);
 pub const FAIL_UNKNOWN_TYPES: Query = query("fail_unknown_types", 3);
 pub const REAP_NODES: Query = query("reap_nodes", 1);
 
@@ -83,6 +84,7 @@ pub const MAINTENANCE_CONNECTION: &[Query] = &[
     DEAD_LETTER,
     PRUNE_DEAD_LETTERS,
     PRUNE_FINISHED,
+    RELEASE_KEYS,
     FAIL_UNKNOWN_TYPES,
     REAP_NODES,
     NOTIFY,

@@ -66,9 +66,12 @@ pub enum Stat {
     /// Held jobs an operator cancelled whose end this node wrote (0007's
     /// trigger made it cancelled).
     Cancelled,
+    /// Idempotency keys of finished jobs released after [retention]
+    /// idempotency.
+    KeysReleased,
 }
 
-const NAMES: [&str; 31] = [
+const NAMES: [&str; 32] = [
     "claimed",
     "claims",
     "started",
@@ -100,6 +103,7 @@ const NAMES: [&str; 31] = [
     "held",
     "loop_unseen",
     "cancelled",
+    "keys_released",
 ];
 
 #[derive(Debug, Default)]

@@ -27,13 +27,19 @@ def refusal(text: str) -> str:
 
 
 def test_the_defaults_keep_a_day_of_completed_and_a_week_of_cancelled_and_discarded_rows():
-    assert retention() == {"completed": DAY, "cancelled": 7 * DAY, "discarded": 7 * DAY}
+    assert retention() == {"completed": DAY, "cancelled": 7 * DAY, "discarded": 7 * DAY, "idempotency": DAY}
     assert retention("[retention]\n") == retention()
+
+
+def test_the_idempotency_window_is_a_duration_or_forever():
+    assert retention('[retention]\nidempotency = "2s"\n')["idempotency"] == 2.0
+    assert retention('[retention]\nidempotency = "forever"\n')["idempotency"] is None
+    assert "retention.idempotency" in refusal('[retention]\nidempotency = "soon"\n')
 
 
 def test_durations_are_parsed_and_forever_keeps_rows():
     text = '[retention]\ncompleted = "10s"\ncancelled = "forever"\ndiscarded = 90\n'
-    assert retention(text) == {"completed": 10.0, "cancelled": None, "discarded": 90.0}
+    assert retention(text) == {"completed": 10.0, "cancelled": None, "discarded": 90.0, "idempotency": DAY}
 
 
 @pytest.mark.parametrize(("value", "detail"), [

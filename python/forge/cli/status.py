@@ -18,10 +18,10 @@ __all__ = ["status"]
 @click.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: by_status, by_type, by_priority, "
-              "oldest_pending_seconds, paused, nodes, estimated.")
+              "oldest_pending_seconds, paused, nodes, estimated, unschedulable.")
 def status(config: Config | None, as_json: bool) -> None:
     """Counts by status, type and priority; how long the oldest due job of each type has waited; paused types;
-    the nodes alive.
+    the nodes alive; the waiting jobs that need a worker capability no live node has.
 
     The live states are counted exactly; on a big table, completed jobs (and cancelled or discarded ones that
     never failed) are counted on a sample of its pages, shown with ~ (JSON: listed in `estimated`).
@@ -50,6 +50,8 @@ def _show(found: QueueStatus) -> None:
         for name in PRIORITIES if name in found.by_priority
     ])
     click.echo(f"Paused: {', '.join(found.paused) if found.paused else 'none'}")
+    for stuck in found.unschedulable:
+        click.echo(f"{stuck.pending} pending {stuck.job_type} jobs: no live node has capability {stuck.capability}")
     if not found.nodes:
         click.echo("Nodes alive: none")
         return

@@ -207,6 +207,7 @@ def core_settings(
         retain_completed=retention.completed,
         retain_cancelled=retention.cancelled,
         retain_discarded=retention.discarded,
+        retain_idempotency=retention.idempotency,
     )
 
 

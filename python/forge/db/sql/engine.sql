@@ -473,6 +473,52 @@ SELECT (SELECT count(*) FROM gone WHERE status = 'completed') AS completed,
                OR coalesce(bool_or(created_at > now() - $5::float8 * interval '1 millisecond'), false)
         FROM walked) AS walked_all;
 
+-- name: release_keys
+-- [retention] idempotency: the idempotency keys of completed, cancelled and
+-- discarded jobs that ended over $2 ms ago are released (set to NULL), so
+-- the key may be dispatched again; unfinished and failed jobs keep theirs
+-- until their row goes (0009). When a job ended is completed_at (or
+-- cancelled_at, discarded_at), which no index may look at (0003), so the
+-- sweep walks forge_jobs_keyed (the keyed rows by id, 0009): one window of
+-- at most 1000 keyed rows after id $1 (the walk's cursor, kept by the
+-- core), as prune_finished walks the primary key; only the rows it
+-- releases are locked (SKIP LOCKED), and the release is checked again on
+-- the locked row. It returns how many were released, the last id of the
+-- window and whether the walk is over: the window came back short, or
+-- reached rows created after now() - $2 ms, which cannot have ended that
+-- long ago; the core then starts the next walk at the first id again.
+WITH walked AS MATERIALIZED (
+    SELECT id, created_at,
+           coalesce(CASE status WHEN 'completed' THEN completed_at
+                                WHEN 'cancelled' THEN cancelled_at
+                                WHEN 'discarded' THEN discarded_at END
+                    <= now() - $2::float8 * interval '1 millisecond', false) AS expired
+    FROM forge_jobs
+    WHERE idempotency_key IS NOT NULL AND id > $1
+    ORDER BY id
+    LIMIT 1000
+), old AS (
+    SELECT j.id FROM forge_jobs AS j
+    WHERE j.id IN (SELECT id FROM walked WHERE expired)
+      AND j.idempotency_key IS NOT NULL
+    FOR UPDATE OF j SKIP LOCKED
+), released AS (
+    UPDATE forge_jobs AS j
+    SET idempotency_key = NULL
+    FROM old
+    WHERE j.id = old.id
+      AND CASE j.status WHEN 'completed' THEN j.completed_at
+                        WHEN 'cancelled' THEN j.cancelled_at
+                        WHEN 'discarded' THEN j.discarded_at END
+          <= now() - $2::float8 * interval '1 millisecond'
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM released) AS released,
+       (SELECT coalesce(max(id), 0) FROM walked) AS last_id,
+       (SELECT count(*) < 1000
+               OR coalesce(bool_or(created_at > now() - $2::float8 * interval '1 millisecond'), false)
+        FROM walked) AS walked_all;
+
 -- name: fail_unknown_types
 -- Due jobs of a type no node runs would wait forever, since nodes only
 -- claim their own types: fail them with the reason, but only once nobody

@@ -26,13 +26,14 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 SELECT pg_relation_size('forge_jobs') / current_setting('block_size')::bigint;
 
 -- name: claimable
--- Pending and retrying jobs by type, status and priority, with how long the
--- oldest of each group that is due has been due (NULL when none is).
-SELECT job_type, status, priority, count(*),
+-- Pending and retrying jobs by type, status, priority and the worker
+-- capability they need (status.py tells which no live node has), with how
+-- long the oldest of each group that is due has been due (NULL when none is).
+SELECT job_type, status, priority, capability, count(*),
        extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE scheduled_at <= now()))::float8
 FROM forge_jobs
 WHERE claimed_by IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
-GROUP BY job_type, status, priority;
+GROUP BY job_type, status, priority, capability;
 
 -- name: failed
 -- Jobs that keep a failure (failed_at), by type, status and priority.

@@ -1,0 +1,15 @@
+-- Idempotency keys (issue 14): @forge.job(idempotent=...) and
+-- dispatch(..., idempotency_key=...). 0001's forge_jobs_idempotency, UNIQUE
+-- (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL, is what
+-- dedupes: dispatch inserts ON CONFLICT DO NOTHING against it (jobs.sql).
+-- It looks at no column a completion writes, so completions stay HOT (0003).
+--
+-- A key is held while its row keeps it: unfinished and failed jobs keep it
+-- until their row is deleted; completed, cancelled and discarded ones until
+-- [retention] idempotency after their end, when the maintenance sweep
+-- (engine.sql release_keys) sets it to NULL. Whether a row is past that
+-- window depends on completed_at, which no index may look at, so the sweep
+-- walks the keyed rows in id order through this index, a window of 1,000
+-- at a time, as prune_finished walks the primary key. Unkeyed rows are not
+-- in it: a dispatch without a key writes no entry here.
+CREATE INDEX forge_jobs_keyed ON forge_jobs (id) WHERE idempotency_key IS NOT NULL;
