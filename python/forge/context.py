@@ -161,7 +161,7 @@ class JobContext(BaseContext):
         """Dispatch a child job (parent_id: this job) in the transaction open on ctx.db, if any (inside
         ctx.transaction() or ctx.mutate(): it exists only if that commits), else committed at once; its id."""
         return dispatch(self.db, job, input, at=at, delay=delay, priority=priority, parent_id=self.job_id,
-                        **idempotency_option(idempotency_key))
+                        idempotency_key=idempotency_key)
 
     def dispatch_job_at(self, at: datetime, job: Job[Any], input: Any) -> int:
         """dispatch_job(job, input, at=at): run no earlier than `at` (an aware datetime)."""
@@ -187,11 +187,6 @@ def idle(conn: Any) -> bool:
     from psycopg.pq import TransactionStatus
 
     return bool(conn.info.transaction_status == TransactionStatus.IDLE)
-
-
-def idempotency_option(key: str | None) -> dict[str, str]:
-    """The idempotency_key keyword for dispatch, only when given (forge.dispatch takes it from issue 14 on)."""
-    return {} if key is None else {"idempotency_key": key}
 
 
 def _value(fn: Callable[..., Any], value: T) -> T:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import marks
 from .completion import SQL, Completion
-from .context import BaseContext, idempotency_option, idle
+from .context import BaseContext, idle
 from .dispatch import dispatch_async, dispatch_many_async
 from .errors import ForgeError
 from .job import Job
@@ -82,7 +82,7 @@ class AsyncJobContext(BaseContext):
                            priority: str | None = None, idempotency_key: str | None = None) -> int:
         """JobContext.dispatch_job for async jobs."""
         return await dispatch_async(self.db, job, input, at=at, delay=delay, priority=priority,
-                                    parent_id=self.job_id, **idempotency_option(idempotency_key))
+                                    parent_id=self.job_id, idempotency_key=idempotency_key)
 
     async def dispatch_job_at(self, at: datetime, job: Job[Any], input: Any) -> int:
         """dispatch_job(job, input, at=at)."""

@@ -190,3 +190,12 @@ def test_a_raise_after_the_commit_leaves_the_job_completed_and_an_open_transacti
     assert job_row(db, after)["result"] == "IDLE"
     assert _effects(db, left) == []  # what the job left uncommitted was rolled back
     assert "left a transaction open on ctx.db" in sup.log()
+
+
+def test_dispatch_job_with_an_idempotency_key_makes_one_child(supervisor, db):
+    supervisor(workers=1, modules=MODULES)
+    parent = forge.dispatch(db, jobs.dispatch_keyed, jobs.Order(children=3))
+    wait_for(lambda: finished(db, parent), what="the job that dispatches its child three times")
+    ids = job_row(db, parent)["result"]
+    assert len(ids) == 3 and len(set(ids)) == 1
+    assert [row[0] for row in db.execute("SELECT id FROM forge_jobs WHERE parent_id = %s", (parent,))] == ids[:1]

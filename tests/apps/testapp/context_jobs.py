@@ -213,3 +213,9 @@ def leave_open(ctx: forge.JobContext, input: Order) -> str:
 @forge.job(retry=forge.Retry(max_attempts=1))
 def transaction_status(ctx: forge.JobContext, input: Quiet) -> str:
     return str(ctx.db.info.transaction_status.name)
+
+
+@forge.job(retry=forge.Retry(max_attempts=1))
+def dispatch_keyed(ctx: forge.JobContext, input: Order) -> list[int]:
+    """ctx.dispatch_job with an idempotency key, input.children times: every call returns the one child's id."""
+    return [ctx.dispatch_job(child, Quiet(), idempotency_key=f"child-of-{ctx.job_id}") for _ in range(input.children)]
