@@ -41,6 +41,8 @@ pub struct Config {
     pub unknown_type_grace: Duration,
     /// How long finished rows are kept ([retention]).
     pub retention: Retention,
+    /// Most log lines stored per attempt of a job.
+    pub job_log_lines: u32,
 }
 
 /// How long completed, cancelled and discarded rows are kept before the
