@@ -15,29 +15,42 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("forge.job")
 
+#: Where a JobLogger hands each line to be stored: (level: "debug", "info", "warn" or "error", message, the
+#: call's fields). It must not raise, nor block the job (the worker's sends the line to the supervisor).
+LogSink = Callable[[str, str, dict[str, Any]], None]
+
 
 class JobLogger:
-    """Structured logging for one job: ctx.log.info("charged", amount=12)."""
+    """Structured logging for one job: ctx.log.info("charged", amount=12).
 
-    def __init__(self, fields: dict[str, Any]) -> None:
+    A line at or above the log level ([log] level) goes to the log stream (stderr, with the job's fields) and to
+    the sink, which stores it in forge_job_logs; a line below it costs one level check. Never raises.
+    """
+
+    def __init__(self, fields: dict[str, Any], sink: LogSink | None = None) -> None:
         self._fields = fields
+        self._sink = sink
 
     def debug(self, message: str, **fields: Any) -> None:
-        self._emit(logging.DEBUG, message, fields)
+        self._emit(logging.DEBUG, "debug", message, fields)
 
     def info(self, message: str, **fields: Any) -> None:
-        self._emit(logging.INFO, message, fields)
+        self._emit(logging.INFO, "info", message, fields)
 
     def warn(self, message: str, **fields: Any) -> None:
-        self._emit(logging.WARNING, message, fields)
+        self._emit(logging.WARNING, "warn", message, fields)
 
     warning = warn
 
     def error(self, message: str, **fields: Any) -> None:
-        self._emit(logging.ERROR, message, fields)
+        self._emit(logging.ERROR, "error", message, fields)
 
-    def _emit(self, level: int, message: str, fields: dict[str, Any]) -> None:
+    def _emit(self, level: int, name: str, message: str, fields: dict[str, Any]) -> None:
+        if not _log.isEnabledFor(level):
+            return
         _log.log(level, message, extra={"forge_fields": {**self._fields, **fields}})
+        if self._sink is not None:
+            self._sink(name, message, fields)
 
 
 class JobContext:
@@ -58,6 +71,7 @@ class JobContext:
         parent_id: int | None,
         report: Callable[[str, int | None, str | None], None],
         connect: Callable[[], psycopg.Connection[Any]],
+        log_sink: LogSink | None = None,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
@@ -65,11 +79,13 @@ class JobContext:
         self.parent_id = parent_id
         self._report = report
         self._connect = connect
+        self._log_sink = log_sink
 
     @functools.cached_property
     def log(self) -> JobLogger:
         """The job's logger, made on first use: most jobs never log, and a context is made per job."""
-        return JobLogger({"job_id": self.job_id, "job_type": self.job_type, "attempt": self.attempt})
+        fields = {"job_id": self.job_id, "job_type": self.job_type, "attempt": self.attempt}
+        return JobLogger(fields, self._log_sink)
 
     @property
     def db(self) -> psycopg.Connection[Any]:

@@ -121,6 +121,7 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
         max_jobs=config.node.max_jobs_per_worker,
         max_memory=config.node.max_worker_memory,
         log_level=config.log.level,
+        node=str(node_id),
     )
     _log.info(
         "node %s: %d workers, capabilities %s, %d job types",
@@ -183,6 +184,7 @@ def core_settings(
         retain_completed=retention.completed,
         retain_cancelled=retention.cancelled,
         retain_discarded=retention.discarded,
+        job_log_lines=node.job_log_lines,
     )
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..context import JobContext
+from ..context import JobContext, LogSink
 from ..errors import InputDecodeError, ResultNotStorable, UnknownJobType
 from ..job import Job, registry
 from .protocol import (
@@ -26,6 +26,7 @@ from .protocol import (
     Failed,
     FrameReader,
     Heartbeat,
+    Log,
     Progress,
     RunJob,
     WorkerSettings,
@@ -48,6 +49,7 @@ EXIT_CANNOT_REPORT = 72
 
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
+    _name_node(settings.node)
     runner = JobRunner(sock, settings.dsn)
     reader = FrameReader(RunJob)
     done = 0
@@ -127,7 +129,17 @@ class JobRunner:
             parent_id=frame.parent_id,
             report=report,
             connect=self._connection,
+            log_sink=self._log_sink(frame),
         )
+
+    def _log_sink(self, frame: RunJob) -> LogSink:
+        """Where ctx.log's lines go to be stored: a Log frame each, to the supervisor, whose core caps them
+        ([node] job_log_lines, where job code cannot get around it) and cuts them to 4 KiB (storable.rs)."""
+        def send(level: str, message: str, fields: dict[str, Any]) -> None:
+            text, encoded = storable(_text(message)), _fields_json(fields) if fields else None
+            _send_unless_full(self._sock, encode(Log(frame.id, frame.attempt, level, text, encoded)))
+
+        return send
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -135,6 +147,39 @@ class JobRunner:
 
             self._conn = psycopg.connect(self._dsn, autocommit=True)
         return self._conn
+
+
+def _name_node(node: str) -> None:
+    """Job log lines of the stream name this node too, beside the job's fields that ctx.log gives them."""
+    def add_node(record: logging.LogRecord) -> bool:
+        fields = getattr(record, "forge_fields", None)
+        if fields is not None:  # a dict made for this line (JobLogger._emit)
+            fields["node"] = node
+        return True
+
+    logging.getLogger("forge.job").addFilter(add_node)
+
+
+def _fields_json(fields: dict[str, Any]) -> bytes:
+    """The JSON of a log line's fields: a value msgspec cannot encode as its repr(); if encoding fails anyway (a
+    surrogate), every value as text (a string as it is, anything else as its repr()) made storable. NUL escapes
+    are the core's (storable.rs)."""
+    try:
+        return msgspec.json.encode(fields, enc_hook=_repr)
+    except BaseException:  # job values run their own code
+        return msgspec.json.encode({storable(_text(k)): storable(v if isinstance(v, str) else _repr(v))
+                                    for k, v in fields.items()})
+
+
+def _send_unless_full(sock: socket.socket, frame: bytes) -> None:
+    """Send a frame unless the socket has no room at all (the supervisor is far behind): then it is dropped, and
+    the job does not wait for it. A frame begun is finished, so the stream stays whole."""
+    try:
+        sent = sock.send(frame, socket.MSG_DONTWAIT)
+        if sent < len(frame):
+            sock.sendall(memoryview(frame)[sent:])
+    except OSError:  # full (BlockingIOError), or broken by the job: the outcome's send tells (EXIT_CANNOT_REPORT)
+        pass
 
 
 def _failure(frame: RunJob, exc: BaseException, retryable: bool) -> Failed:
@@ -160,6 +205,14 @@ def _text(value: object) -> str:
         return str(value)
     except BaseException as exc:
         return f"<str() raised {type(exc).__name__}>"
+
+
+def _repr(value: object) -> str:
+    """repr(value), or a placeholder naming what repr() raised."""
+    try:
+        return repr(value)
+    except BaseException as exc:
+        return f"<repr() raised {type(exc).__name__}>"
 
 
 def _should_retire(settings: WorkerSettings, done: int) -> bool:
