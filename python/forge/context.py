@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("forge.job")
 
-#: Where a JobLogger hands each line to be stored: (level: "debug", "info", "warn" or "error", message, the
-#: call's fields). It must not raise, nor block the job (the worker's sends the line to the supervisor).
-LogSink = Callable[[str, str, dict[str, Any]], None]
+#: Where a job's log lines go to be stored: (job id, attempt, level: "debug", "info", "warn" or "error",
+#: message, the call's fields). It must not raise, nor block the job (the worker's sends each to the supervisor).
+LogSink = Callable[[int, int, str, str, dict[str, Any]], None]
 
 
 class JobLogger:
@@ -27,7 +27,7 @@ class JobLogger:
     the sink, which stores it in forge_job_logs; a line below it costs one level check. Never raises.
     """
 
-    def __init__(self, fields: dict[str, Any], sink: LogSink | None = None) -> None:
+    def __init__(self, fields: dict[str, Any], sink: Callable[[str, str, dict[str, Any]], None] | None = None) -> None:
         self._fields = fields
         self._sink = sink
 
@@ -85,7 +85,8 @@ class JobContext:
     def log(self) -> JobLogger:
         """The job's logger, made on first use: most jobs never log, and a context is made per job."""
         fields = {"job_id": self.job_id, "job_type": self.job_type, "attempt": self.attempt}
-        return JobLogger(fields, self._log_sink)
+        sink = None if self._log_sink is None else functools.partial(self._log_sink, self.job_id, self.attempt)
+        return JobLogger(fields, sink)
 
     @property
     def db(self) -> psycopg.Connection[Any]:

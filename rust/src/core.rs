@@ -190,14 +190,14 @@ impl Core {
         make: impl FnOnce(Option<Ending>) -> Report,
     ) -> Result<(), CoreError> {
         self.check()?;
-        let at = Instant::now();
         let (dropped, report) = {
             let mut inflight = lock(&self.shared.inflight);
             let lease = inflight.end(id, attempt);
             (lease.as_ref().map_or(0, |l| l.dropped), make(lease))
         };
         if dropped > 0 {
-            self.send(Report::Log(self.dropped_line(id, attempt, dropped, at)))?;
+            let line = self.dropped_line(id, attempt, dropped, Instant::now());
+            self.send(Report::Log(line))?;
         }
         self.send(report)
     }

@@ -83,6 +83,7 @@ class JobRunner:
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
         self._loop: Any = None
+        self._log_sink: LogSink = self._send_log  # bound once: a job that does not log costs nothing more
 
     def run(self, frame: RunJob) -> Completed | Failed:
         job = registry().get(frame.job_type)
@@ -129,17 +130,14 @@ class JobRunner:
             parent_id=frame.parent_id,
             report=report,
             connect=self._connection,
-            log_sink=self._log_sink(frame),
+            log_sink=self._log_sink,
         )
 
-    def _log_sink(self, frame: RunJob) -> LogSink:
+    def _send_log(self, job_id: int, attempt: int, level: str, message: str, fields: dict[str, Any]) -> None:
         """Where ctx.log's lines go to be stored: a Log frame each, to the supervisor, whose core caps them
         ([node] job_log_lines, where job code cannot get around it) and cuts them to 4 KiB (storable.rs)."""
-        def send(level: str, message: str, fields: dict[str, Any]) -> None:
-            text, encoded = storable(_text(message)), _fields_json(fields) if fields else None
-            _send_unless_full(self._sock, encode(Log(frame.id, frame.attempt, level, text, encoded)))
-
-        return send
+        text, encoded = storable(_text(message)), _fields_json(fields) if fields else None
+        _send_unless_full(self._sock, encode(Log(job_id, attempt, level, text, encoded)))
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
