@@ -131,3 +131,15 @@ def test_dead_letter_honours_a_jobs_own_dead_letter_after_over_the_default(db):
     moved = db.execute(SQL["dead_letter"], (0.0,)).fetchall()  # a default of 0: at the next sweep
     assert [r[0] for r in moved] == default
     assert statuses(db, waits) == ["failed"]
+
+
+def test_a_pruned_job_takes_its_log_lines_along(db):
+    old, kept = insert(db, "completed", age_s=7200), insert(db, "completed")
+    dead = insert(db, "dead_letter", age_s=7200)
+    for job_id in old + kept + dead:
+        db.execute("INSERT INTO forge_job_logs (job_id, attempt, level, message) VALUES ($1, 1, 'info', 'x'),"
+                   " ($1, 1, 'info', 'y')", (job_id,))
+    assert prune(db)[0] == 1
+    assert db.execute(SQL["prune_dead_letters"], (HOUR_MS,)).fetchone() == (1,)
+    left = db.execute("SELECT DISTINCT job_id FROM forge_job_logs").fetchall()
+    assert left == [(kept[0],)]
