@@ -25,8 +25,11 @@ def _value(value: object) -> str:
         return value
     try:
         return msgspec.json.encode(value).decode()
-    except TypeError:
-        return repr(value)
+    except Exception:  # not encodable (TypeError), a surrogate (UnicodeEncodeError): its repr, which may raise too
+        try:
+            return repr(value)
+        except Exception as exc:
+            return f"<repr() raised {type(exc).__name__}>"
 
 
 def configure(level: str) -> None:

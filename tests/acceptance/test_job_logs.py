@@ -43,9 +43,11 @@ def test_log_lines_are_stored_and_streamed_with_the_job_fields(supervisor, db):
 
 
 def test_odd_values_are_stored_made_storable_and_never_raise_into_the_job(supervisor, db):
-    supervisor(modules=MODULES)
+    sup = supervisor(modules=MODULES)
     job_id = forge.dispatch(db, logjobs.log_odd_values, logjobs.Lines())
     wait_for(lambda: completed(db, job_id), what="the job logging odd values")
+    wait_for(lambda: "surrogate" in sup.log(), what="the lines in the stream")
+    assert "Logging error" not in sup.log() and "bad=<repr() raised RuntimeError>" in sup.log()
     (objects, nul, surrogate) = stored(db, job_id)  # the debug line is below the log level: neither streamed nor stored
     assert objects[2] == "objects"
     assert objects[3]["thing"].startswith("<object object at ")
