@@ -181,7 +181,8 @@ class Core:
         saying so (fields that are not JSON are stored as {"forge_invalid": text}), and a line the database
         refuses anyway is dropped (counted in refused), never its job failed. Only the first job_log_lines
         lines of an attempt are queued; the others are counted (stats log_dropped) and the attempt's end
-        report is preceded by one more line (level warn, fields {"dropped": N}) saying how many. A line of an
+        report is preceded by one more line (level warn, fields {"dropped": N}) saying how many (none when
+        job_log_lines is 0: nothing is stored then). A line of an
         attempt not held here is counted as fenced."""
     def lease_age_ms(self) -> int:
         """Milliseconds since the last heartbeat round whose lease renewal was

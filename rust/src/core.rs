@@ -180,7 +180,8 @@ impl Core {
 
     /// Queues the report that ends (id, attempt), built by `make` from what
     /// the lease knows (None when this attempt is not held), after a log
-    /// line saying how many of the attempt's lines were dropped, if any.
+    /// line saying how many of the attempt's lines were dropped, if any
+    /// (unless the cap is 0: no line at all is stored then).
     /// The lease is kept, and renewed, until the reporter has written that
     /// report.
     fn end(
@@ -195,7 +196,7 @@ impl Core {
             let lease = inflight.end(id, attempt);
             (lease.as_ref().map_or(0, |l| l.dropped), make(lease))
         };
-        if dropped > 0 {
+        if dropped > 0 && self.log_lines > 0 {
             let line = self.dropped_line(id, attempt, dropped, Instant::now());
             self.send(Report::Log(line))?;
         }

@@ -72,6 +72,14 @@ def test_lines_are_capped_per_attempt_and_cut_at_4_kib(supervisor, db):
     wait_for(lambda: "line 11" in sup.log(), what="every line in the stream: the cap is the table's")
 
 
+def test_a_cap_of_0_stores_no_line_at_all(supervisor, db):
+    sup = supervisor(modules=MODULES, job_log_lines=0)
+    job_id = forge.dispatch(db, logjobs.log_lines, logjobs.Lines(n=3))
+    wait_for(lambda: completed(db, job_id), what="the logging job")
+    assert stored(db, job_id) == []
+    assert "line 2" in sup.log()
+
+
 def test_lines_of_an_attempt_whose_lease_was_taken_are_not_stored(supervisor, db):
     # Renewals 5 s apart: the worker of attempt 1 goes on logging for up to 5 s after its lease is taken, and
     # this node's core holds that lease meanwhile, so only the statement's lease guard keeps those lines out.
