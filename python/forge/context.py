@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("forge.job")
 
 #: Where a job's log lines go to be stored: (job id, attempt, level: "debug", "info", "warn" or "error",
-#: message, the call's fields). It must not raise, nor block the job (the worker's sends each to the supervisor).
+#: message, the call's fields). It must not raise, nor block the job (the worker's sends each line to the supervisor).
 LogSink = Callable[[int, int, str, str, dict[str, Any]], None]
 
 
