@@ -63,6 +63,7 @@ class CoreSettings:
     another session keeps locked, so that the heartbeat cannot renew it, is
     given up (reported by lost()) at the last round before it would be
     older than that.
+    job_log_lines: most log lines (log()) stored per attempt of a job.
     max_crashes: crash-class endings (fail(crashed=True), a lost lease) after
     which a job is failed whatever max_attempts says, with a "reason" in
     last_error. maintenance_interval: how often this node sweeps (rescue of
@@ -80,7 +81,8 @@ class CoreSettings:
 
     Raises ValueError naming the setting when a value is out of range:
     intervals (fence_after included) must be at least 1 ms, dead_letter_after,
-    dead_letter_retain, unknown_type_grace and the retentions at least 0, counts at least 1,
+    dead_letter_retain, unknown_type_grace and the retentions at least 0, counts at least 1
+    (job_log_lines: 0 to 2^32 - 1),
     heartbeat_timeout greater than heartbeat_interval and fence_after, owner
     a UUID.
     """
@@ -110,6 +112,7 @@ class CoreSettings:
         retain_cancelled: float | None,
         retain_discarded: float | None,
         retain_idempotency: float | None,
+        job_log_lines: int,
     ) -> CoreSettings: ...
 
 @final
@@ -173,6 +176,17 @@ class Core:
     def progress(self, id: int, attempt: int, percent: int, message: str | None) -> None:
         """Record a running job's progress (only the latest per flush is written).
         Raises ValueError unless 0 <= percent <= 100."""
+    def log(self, id: int, attempt: int, level: str, message: str, fields: bytes | None = None) -> None:
+        """Queue a line of a running job's log (ctx.log), written to forge_job_logs in batches with the other
+        reports, under the same lease guard as progress (a line of an attempt this node no longer holds is
+        dropped). level is debug, info, warn or error (anything else is stored as info); fields is JSON.
+        Never raises for the data: NUL characters become U+FFFD, a message or fields' JSON over 4 KiB is cut
+        saying so (fields that are not JSON are stored as {"forge_invalid": text}), and a line the database
+        refuses anyway is dropped (counted in refused), never its job failed. Only the first job_log_lines
+        lines of an attempt are queued; the others are counted (stats log_dropped) and the attempt's end
+        report is preceded by one more line (level warn, fields {"dropped": N}) saying how many (none when
+        job_log_lines is 0: nothing is stored then). A line of an
+        attempt not held here is counted as fenced."""
     def lease_age_ms(self) -> int:
         """Milliseconds since the last heartbeat round whose lease renewal was
         written was sent (on its own connection; a lease whose row another
@@ -204,7 +218,7 @@ class Core:
         for a locked row too); False on timeout."""
     def stats(self) -> dict[str, int]:
         """Counters: claimed, claims, started, completed, failed, retried, released,
-        progress, fenced, flushes, statements, heartbeats, lost, errors,
+        progress, logged, log_dropped, fenced, flushes, statements, heartbeats, lost, errors,
         poisoned, rescued, dead_lettered, pruned, pruned_completed,
         pruned_cancelled, pruned_discarded, unknown_failed, nodes_reaped,
         sweeps, connects, claims_closed, claims_pruned, refused, held,

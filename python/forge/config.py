@@ -118,6 +118,7 @@ class NodeConfig(_Section):
     # last node that ran it stopped or went silent) fail as UnknownJobType;
     # a restart, or a rolling deploy, must take less.
     unknown_type_grace: Duration = Duration(3600.0)
+    job_log_lines: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 200  # ctx.log lines stored per attempt
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -25,29 +25,42 @@ _log = logging.getLogger("forge.job")
 A = TypeVar("A")
 T = TypeVar("T")
 
+#: Where a job's log lines go to be stored: (job id, attempt, level: "debug", "info", "warn" or "error",
+#: message, the call's fields). It must not raise, nor block the job (the worker's sends each line to the supervisor).
+LogSink = Callable[[int, int, str, str, dict[str, Any]], None]
+
 
 class JobLogger:
-    """Structured logging for one job: ctx.log.info("charged", amount=12)."""
+    """Structured logging for one job: ctx.log.info("charged", amount=12).
 
-    def __init__(self, fields: dict[str, Any]) -> None:
+    A line at or above the log level ([log] level) goes to the log stream (stderr, with the job's fields) and to
+    the sink, which stores it in forge_job_logs; a line below it costs one level check. Never raises.
+    """
+
+    def __init__(self, fields: dict[str, Any], sink: Callable[[str, str, dict[str, Any]], None] | None = None) -> None:
         self._fields = fields
+        self._sink = sink
 
     def debug(self, message: str, **fields: Any) -> None:
-        self._emit(logging.DEBUG, message, fields)
+        self._emit(logging.DEBUG, "debug", message, fields)
 
     def info(self, message: str, **fields: Any) -> None:
-        self._emit(logging.INFO, message, fields)
+        self._emit(logging.INFO, "info", message, fields)
 
     def warn(self, message: str, **fields: Any) -> None:
-        self._emit(logging.WARNING, message, fields)
+        self._emit(logging.WARNING, "warn", message, fields)
 
     warning = warn
 
     def error(self, message: str, **fields: Any) -> None:
-        self._emit(logging.ERROR, message, fields)
+        self._emit(logging.ERROR, "error", message, fields)
 
-    def _emit(self, level: int, message: str, fields: dict[str, Any]) -> None:
+    def _emit(self, level: int, name: str, message: str, fields: dict[str, Any]) -> None:
+        if not _log.isEnabledFor(level):
+            return
         _log.log(level, message, extra={"forge_fields": {**self._fields, **fields}})
+        if self._sink is not None:
+            self._sink(name, message, fields)
 
 
 class BaseContext:
@@ -63,6 +76,7 @@ class BaseContext:
         parent_id: int | None,
         report: Callable[[str, int | None, str | None], None],
         completion: Completion,
+        log_sink: LogSink | None = None,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
@@ -70,11 +84,14 @@ class BaseContext:
         self.parent_id = parent_id
         self._report = report
         self._completion = completion
+        self._log_sink = log_sink
 
     @functools.cached_property
     def log(self) -> JobLogger:
         """The job's logger, made on first use: most jobs never log, and a context is made per job."""
-        return JobLogger({"job_id": self.job_id, "job_type": self.job_type, "attempt": self.attempt})
+        fields = {"job_id": self.job_id, "job_type": self.job_type, "attempt": self.attempt}
+        sink = None if self._log_sink is None else functools.partial(self._log_sink, self.job_id, self.attempt)
+        return JobLogger(fields, sink)
 
     def progress(self, percent: int, message: str | None = None) -> None:
         """Report progress, 0-100, with an optional message (written in batches by the supervisor)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["configure"]
+__all__ = ["configure", "safe_repr"]
 
 #: The keys every JSON line has; a ctx.log field of the same name is written as "field.<name>".
 JSON_KEYS = ("time", "level", "logger", "pid", "message")
@@ -39,7 +39,7 @@ def _value(value: object) -> str:
     try:
         return msgspec.json.encode(value).decode()
     except Exception:  # TypeError for a type JSON has not, OverflowError for a huge int, ...
-        return _repr(value)
+        return safe_repr(value)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -64,17 +64,17 @@ class _JsonFormatter(logging.Formatter):
                 name = str(key)
                 entry[f"field.{name}" if name in entry else name] = value
         try:
-            return msgspec.json.encode(entry, enc_hook=_repr).decode()
+            return msgspec.json.encode(entry, enc_hook=safe_repr).decode()
         except Exception:  # a huge int, a cycle, ...: each value that cannot be encoded written as its repr
-            return msgspec.json.encode({k: _encodable(v) for k, v in entry.items()}, enc_hook=_repr).decode()
+            return msgspec.json.encode({k: _encodable(v) for k, v in entry.items()}, enc_hook=safe_repr).decode()
 
 
 def _encodable(value: object) -> object:
     """`value` if it encodes as JSON (objects of other types as their repr), else its repr."""
     try:
-        msgspec.json.encode(value, enc_hook=_repr)
+        msgspec.json.encode(value, enc_hook=safe_repr)
     except Exception:
-        return _repr(value)
+        return safe_repr(value)
     return value
 
 
@@ -83,14 +83,16 @@ def _message(record: logging.LogRecord) -> str:
     try:
         return record.getMessage()
     except Exception:
-        return f"{_repr(record.msg)} {_repr(record.args)}"
+        return f"{safe_repr(record.msg)} {safe_repr(record.args)}"
 
 
-def _repr(value: object) -> str:
+def safe_repr(value: object) -> str:
+    """repr(value), or a placeholder naming its type and what its repr() raised (job code may make it raise
+    anything): what a log line shows of a value it cannot encode, in the stream and in forge_job_logs."""
     try:
         return repr(value)
-    except Exception:  # a __repr__ that raises
-        return f"<{type(value).__name__} object>"
+    except BaseException as exc:
+        return f"<{type(value).__name__} object: repr() raised {type(exc).__name__}>"
 
 
 def configure(level: str, format: str = "text") -> None:

@@ -1,8 +1,8 @@
 """Operating jobs from Python: forge.Jobs(conn) and forge.AsyncJobs(aconn).
 
-Find jobs (get, list, get_dead_letter_jobs), act on them (retry, retry_all, discard, discard_all, cancel)
-and pause job types (pause, resume, paused), through the caller's own psycopg connection and in its
-transaction, like dispatch: nothing is committed here, and on an autocommit connection each call is one
+Find jobs (get, list, get_dead_letter_jobs) and their log lines (logs), act on them (retry, retry_all, discard,
+discard_all, cancel) and pause job types (pause, resume, paused), through the caller's own psycopg connection and
+in its transaction, like dispatch: nothing is committed here, and on an autocommit connection each call is one
 transaction of its own. The forge CLI is a thin layer over Jobs.
 
 Each operation is written once, as a plan: a generator that yields the statements it needs (the blocks of
@@ -31,7 +31,7 @@ from .units import parse_duration
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["BATCH_SIZE", "AsyncJobs", "JobRecord", "Jobs"]
+__all__ = ["BATCH_SIZE", "AsyncJobs", "JobLogLine", "JobRecord", "Jobs"]
 
 _SQL = load_queries("operations.sql")
 
@@ -93,7 +93,18 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     cancel_requested_at: datetime | None
 
 
+class JobLogLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One forge_job_logs row (a ctx.log line): when the supervisor got it, its attempt, level, message, fields."""
+
+    at: datetime
+    attempt: int
+    level: str
+    message: str
+    fields: Any
+
+
 Records: TypeAlias = "list[JobRecord]"
+LogLines: TypeAlias = "list[JobLogLine]"
 Names: TypeAlias = "list[str]"
 
 
@@ -119,6 +130,10 @@ def _list(statuses: Any, job_types: Any, since: Any, limit: int) -> Plan[Records
     types = None if job_types is None else _names(job_types, "job_types")
     rows = yield _Statement("list_jobs", (wanted, types, *_since(since), _limit(limit)))
     return [_record(row) for row in rows]
+
+
+def _logs(job_id: int) -> Plan[LogLines]:
+    return [JobLogLine(**row) for row in (yield _Statement("job_logs", (_ids((job_id,))[0],)))]
 
 
 def _dead_letters(limit: int) -> Plan[Records]:
@@ -339,6 +354,10 @@ class Jobs:
         `since` (an aware datetime, or a duration back from now: "1h", seconds, a timedelta)."""
         return self._run(_list(statuses, job_types, since, limit))
 
+    def logs(self, id: int) -> LogLines:
+        """The log lines of the job with this id (every attempt's, oldest first; [] for an unknown id)."""
+        return self._run(_logs(id))
+
     def get_dead_letter_jobs(self, limit: int = 100) -> Records:
         """Jobs in the dead letter queue, newest failure first (the spec's monitoring query)."""
         return self._run(_dead_letters(limit))
@@ -422,6 +441,9 @@ class AsyncJobs:
     async def list(self, *, statuses: Iterable[str] | str | None = None,
                    job_types: Iterable[str] | str | None = None, since: Any = None, limit: int = 50) -> Records:
         return await self._run(_list(statuses, job_types, since, limit))
+
+    async def logs(self, id: int) -> LogLines:
+        return await self._run(_logs(id))
 
     async def get_dead_letter_jobs(self, limit: int = 100) -> Records:
         return await self._run(_dead_letters(limit))

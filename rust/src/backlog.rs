@@ -1,9 +1,11 @@
 //! The reports waiting to be written, in queue order, with progress
 //! coalesced per job: a progress report replaces the one of the same
-//! (id, attempt) still waiting (the latest wins). So however long the
-//! database cannot be written, the backlog holds at most a start, one
-//! progress report and an end per job this node holds, and the producer
-//! claims nothing new meanwhile (claim.rs): its memory stays flat.
+//! (id, attempt) still waiting (the latest wins); log lines are all kept.
+//! So however long the database cannot be written, the backlog holds at
+//! most a start, one progress report, the log lines (at most [node]
+//! job_log_lines and one more: leases.rs) and an end per job this node
+//! holds, and the producer claims nothing new meanwhile (claim.rs): its
+//! memory stays flat.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -116,6 +118,27 @@ mod tests {
         assert_eq!(upto, 100_001);
         assert_eq!(percents(&reports), [(1, (100_001 % 101) as i16), (2, 7)]);
         assert!(b.is_empty() && b.progress.is_empty());
+    }
+
+    #[test]
+    fn log_lines_are_never_coalesced() {
+        let mut b = Backlog::default();
+        let t = Instant::now();
+        b.push(1, progress(1, 10));
+        b.push(2, crate::batch::reports::log(1, "a", t));
+        b.push(3, progress(1, 20));
+        b.push(4, crate::batch::reports::log(1, "b", t));
+        let (upto, reports) = b.take(10);
+        assert_eq!(upto, 4);
+        let lines: Vec<&str> = reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Log(l) => Some(l.message.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!((reports.len(), lines), (3, vec!["a", "b"]));
+        assert_eq!(percents(&reports), [(1, 20)]);
     }
 
     #[test]

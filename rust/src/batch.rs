@@ -3,7 +3,9 @@
 //!
 //! Rules: a start is dropped when the same (id, attempt) also ends in the
 //! flush (the end statement sets started_at itself); progress comes
-//! deduplicated per job from the backlog (backlog.rs). Each end, once
+//! deduplicated per job from the backlog (backlog.rs); log lines are kept
+//! in order, all of them (their number per attempt is capped when they are
+//! queued: core.rs, leases.rs). Each end, once
 //! written, ends its lease and may close its claim row: those are written
 //! after everything else.
 //!
@@ -36,6 +38,19 @@ pub struct Progress {
     pub attempt: i32,
     pub percent: i16,
     pub message: Option<String>,
+}
+
+/// One line of a job's log (ctx.log), as it will be stored: storable.rs
+/// made its text storable and bounded before it was queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    pub id: i64,
+    pub attempt: i32,
+    pub level: &'static str,
+    pub message: String,
+    /// JSON of the line's fields, if it has any.
+    pub fields: Option<String>,
+    pub at: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +111,7 @@ pub struct Release {
 pub enum Report {
     Start(Start),
     Progress(Progress),
+    Log(LogLine),
     Complete(Complete),
     Fail(Fail),
     Release(Release),
@@ -106,6 +122,7 @@ impl Report {
         match self {
             Report::Start(r) => (r.id, r.attempt),
             Report::Progress(r) => (r.id, r.attempt),
+            Report::Log(r) => (r.id, r.attempt),
             Report::Complete(r) => (r.id, r.attempt),
             Report::Fail(r) => (r.id, r.attempt),
             Report::Release(r) => (r.id, r.attempt),
@@ -132,6 +149,7 @@ pub fn ms_ago(now: Instant, at: Instant) -> f64 {
 pub struct Batch {
     pub starts: Vec<Start>,
     pub progress: Vec<Progress>,
+    pub logs: Vec<LogLine>,
     pub completes: Vec<Complete>,
     pub fails: Vec<Fail>,
     pub releases: Vec<Release>,
@@ -161,6 +179,7 @@ impl Batch {
                 Report::Start(_) if ending.contains(&key) => {}
                 Report::Start(s) => batch.starts.push(s),
                 Report::Progress(p) => batch.progress.push(p),
+                Report::Log(l) => batch.logs.push(l),
                 Report::Complete(c) => {
                     batch.ended.push(key);
                     batch.completes.push(c);
@@ -223,6 +242,17 @@ pub mod reports {
 
     pub fn release(id: i64, attempt: i32) -> Report {
         Report::Release(Release { id, attempt })
+    }
+
+    pub fn log(id: i64, message: &str, at: Instant) -> Report {
+        Report::Log(LogLine {
+            id,
+            attempt: 1,
+            level: "info",
+            message: message.into(),
+            fields: None,
+            at,
+        })
     }
 
     pub fn progress(id: i64, percent: i16) -> Report {
@@ -314,6 +344,24 @@ mod tests {
         b.set_aside(vec![complete(2, t), progress(3, 10)]);
         assert_eq!(b.ended, [(1, 1), (3, 1)]);
         assert_eq!(b.busy.len(), 2);
+    }
+
+    #[test]
+    fn log_lines_are_all_kept_in_order_and_end_nothing() {
+        let t = Instant::now();
+        let b = Batch::build(vec![
+            start(1, 1, t),
+            log(1, "a", t),
+            log(2, "b", t),
+            log(1, "c", t),
+            complete(1, t),
+        ]);
+        let lines: Vec<(i64, &str)> = b.logs.iter().map(|l| (l.id, l.message.as_str())).collect();
+        assert_eq!(lines, [(1, "a"), (2, "b"), (1, "c")]);
+        assert_eq!(b.ended, [(1, 1)]);
+        let mut b = Batch::build(vec![log(3, "d", t), release(3, 1)]);
+        b.set_aside(vec![log(3, "d", t)]);
+        assert_eq!(b.ended, [(3, 1)], "a log line set aside keeps no lease");
     }
 
     #[test]

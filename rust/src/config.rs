@@ -44,6 +44,8 @@ pub struct Config {
     /// How long a finished job keeps its idempotency key ([retention]
     /// idempotency); None: as long as its row.
     pub idempotency: Option<Duration>,
+    /// Most log lines stored per attempt of a job.
+    pub job_log_lines: u32,
 }
 
 /// How long completed, cancelled and discarded rows are kept before the

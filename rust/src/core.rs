@@ -13,14 +13,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::announce::Peer;
 use crate::awaited::Awaited;
-use crate::batch::{Complete, Fail, Progress, Release, Report, Start};
+use crate::batch::{Complete, Fail, LogLine, Progress, Release, Report, Start};
 use crate::claim::{ClaimState, Claimed};
 use crate::config::{Config, Policies};
 use crate::db::Db;
 use crate::errors::CoreError;
 use crate::leases::Ending;
 use crate::shared::{lock, Sequenced, Shared};
-use crate::storable::{error_text, result_text};
+use crate::stats::Stat;
+use crate::storable::{error_text, log_fields, log_message, result_text};
 use crate::wake::Wake;
 use crate::{heartbeat, listener, maintenance, node, producer, reporter};
 
@@ -56,6 +57,8 @@ struct Reporter {
 pub struct Core {
     shared: Arc<Shared>,
     policies: Policies,
+    /// Most log lines queued per attempt ([node] job_log_lines).
+    log_lines: u32,
     reporter: Mutex<Reporter>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -72,6 +75,7 @@ impl Core {
             capabilities: config.capabilities.clone(),
             job_types: config.job_types.clone(),
         };
+        let log_lines = config.job_log_lines;
         let claim = ClaimState::new(config.claim_batch, config.poll_interval, Awaited::new(me));
         let shared = Arc::new(Shared::new(wake, claim));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -90,6 +94,7 @@ impl Core {
         Ok(Core {
             shared,
             policies,
+            log_lines,
             reporter: Mutex::new(Reporter { seq: 0, tx }),
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
@@ -174,8 +179,11 @@ impl Core {
     }
 
     /// Queues the report that ends (id, attempt), built by `make` from what
-    /// the lease knows (None when this attempt is not held). The lease is
-    /// kept, and renewed, until the reporter has written that report.
+    /// the lease knows (None when this attempt is not held), after a log
+    /// line saying how many of the attempt's lines were dropped, if any
+    /// (unless the cap is 0: no line at all is stored then).
+    /// The lease is kept, and renewed, until the reporter has written that
+    /// report.
     fn end(
         &self,
         id: i64,
@@ -183,8 +191,75 @@ impl Core {
         make: impl FnOnce(Option<Ending>) -> Report,
     ) -> Result<(), CoreError> {
         self.check()?;
-        let report = make(lock(&self.shared.inflight).end(id, attempt));
+        let (dropped, report) = {
+            let mut inflight = lock(&self.shared.inflight);
+            let lease = inflight.end(id, attempt);
+            (lease.as_ref().map_or(0, |l| l.dropped), make(lease))
+        };
+        if dropped > 0 && self.log_lines > 0 {
+            let line = self.dropped_line(id, attempt, dropped, Instant::now());
+            self.send(Report::Log(line))?;
+        }
         self.send(report)
+    }
+
+    /// The log line that ends an attempt that logged more than the cap.
+    fn dropped_line(&self, id: i64, attempt: i32, dropped: u32, at: Instant) -> LogLine {
+        LogLine {
+            id,
+            attempt,
+            level: "warn",
+            message: format!(
+                "{dropped} more log line(s) of this attempt dropped: {} at most are kept \
+                 ([node] job_log_lines)",
+                self.log_lines
+            ),
+            fields: Some(format!("{{\"dropped\": {dropped}}}")),
+            at,
+        }
+    }
+
+    /// Queues a line of a running job's log (ctx.log), made storable and
+    /// cut (storable.rs), unless its attempt already has the cap's worth
+    /// (then it is only counted: stats log_dropped, and a last line at the
+    /// end) or is not held here (counted fenced). `level` is one of debug,
+    /// info, warn, error (anything else is taken as info). Never refuses a
+    /// line for its data.
+    pub fn log(
+        &self,
+        id: i64,
+        attempt: i32,
+        level: &str,
+        message: String,
+        fields: Option<Vec<u8>>,
+    ) -> Result<(), CoreError> {
+        self.check()?;
+        let at = Instant::now();
+        match lock(&self.shared.inflight).log_line(id, attempt, self.log_lines) {
+            Some(true) => {}
+            Some(false) => {
+                self.shared.stats.add(Stat::LogDropped, 1);
+                return Ok(());
+            }
+            None => {
+                self.shared.stats.add(Stat::Fenced, 1);
+                return Ok(());
+            }
+        }
+        let level = match level {
+            "debug" => "debug",
+            "warn" => "warn",
+            "error" => "error",
+            _ => "info",
+        };
+        self.send(Report::Log(LogLine {
+            id,
+            attempt,
+            level,
+            message: log_message(message),
+            fields: fields.map(log_fields),
+            at,
+        }))
     }
 
     /// `result` is the JSON of the return value. One that cannot be stored

@@ -5,8 +5,8 @@
 //! (reporter.rs). A later report of a held job joins them, so one job's
 //! reports are still written in the order they came; its progress is
 //! coalesced as in the backlog (latest wins), so a job that reports in a
-//! loop while its row is locked holds at most a start, a progress and an
-//! end here.
+//! loop while its row is locked holds at most a start, a progress, its
+//! capped log lines and an end here.
 //!
 //! An end held here keeps its lease: the heartbeat renews it while it can
 //! and the node gives it up before another could rescue the job

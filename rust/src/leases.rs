@@ -14,6 +14,9 @@
 //! ending leases are renewed (Renew::Ending): a running job's lease is kept
 //! only while the loop that watches its worker runs.
 //!
+//! Each lease also counts its attempt's log lines, so that no more than the
+//! cap are queued (log_line), and how many were dropped: its end says so.
+//!
 //! The set also counts, per forge_claims row, the jobs of that claim still
 //! held: the end of the last one says the row can be closed. A claim whose
 //! last job was a lost lease is left to the maintenance sweep (prune_claims).
@@ -67,6 +70,9 @@ struct Lease {
     started: Option<Instant>,
     /// Python reported the end; the reporter has not written it yet.
     ending: bool,
+    /// Log lines of this attempt queued, and dropped over the cap.
+    logged: u32,
+    dropped: u32,
 }
 
 /// What ending a held lease tells the end report.
@@ -77,6 +83,8 @@ pub struct Ending<'a> {
     /// When the job started, so that its end statement writes started_at
     /// with completed_at, from the same now() (exactly ordered).
     pub started: Option<Instant>,
+    /// Log lines of the attempt dropped over the cap.
+    pub dropped: u32,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +102,8 @@ impl InFlight {
             claim,
             started: None,
             ending: false,
+            logged: 0,
+            dropped: 0,
         };
         if let Some(old) = self.jobs.insert(id, lease) {
             self.release_claim(old.claim);
@@ -116,7 +126,25 @@ impl InFlight {
         Some(Ending {
             job_type: &lease.job_type,
             started: lease.started,
+            dropped: lease.dropped,
         })
+    }
+
+    /// Whether to queue a log line of (id, attempt): Some(true) for the
+    /// first `cap` lines of the attempt, Some(false) for the others (counted
+    /// as dropped), None when the attempt is not held or has ended (the
+    /// line would be fenced).
+    pub fn log_line(&mut self, id: i64, attempt: i32, cap: u32) -> Option<bool> {
+        let lease = self
+            .jobs
+            .get_mut(&id)
+            .filter(|l| l.attempt == attempt && !l.ending)?;
+        if lease.logged < cap {
+            lease.logged += 1;
+            return Some(true);
+        }
+        lease.dropped = lease.dropped.saturating_add(1);
+        Some(false)
     }
 
     /// The end of (id, attempt) is written: the lease leaves the set. The
@@ -207,11 +235,41 @@ mod tests {
         let ending = Ending {
             job_type: "email",
             started: Some(t),
+            dropped: 0,
         };
         assert_eq!(f.end(1, 2), Some(ending));
         assert_eq!(f.finish(1, 2), Some(7));
         assert_eq!(f.len(), 0);
         assert_eq!(f.finish(1, 2), None);
+    }
+
+    #[test]
+    fn log_lines_are_capped_per_held_attempt_and_the_end_counts_the_dropped() {
+        let mut f = InFlight::default();
+        f.add(1, 2, "a".into(), 7);
+        assert_eq!(f.log_line(1, 1, 2), None, "another attempt");
+        assert_eq!(f.log_line(9, 2, 2), None, "another job");
+        let kept: Vec<Option<bool>> = (0..5).map(|_| f.log_line(1, 2, 2)).collect();
+        assert_eq!(
+            kept,
+            [
+                Some(true),
+                Some(true),
+                Some(false),
+                Some(false),
+                Some(false)
+            ]
+        );
+        assert_eq!(f.end(1, 2).map(|e| e.dropped), Some(3));
+        assert_eq!(f.log_line(1, 2, 2), None, "ended");
+        f.finish(1, 2);
+        f.add(1, 3, "a".into(), 8);
+        assert_eq!(
+            f.log_line(1, 3, 2),
+            Some(true),
+            "the next attempt counts anew"
+        );
+        assert_eq!(f.end(1, 3).map(|e| e.dropped), Some(0));
     }
 
     #[test]

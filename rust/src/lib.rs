@@ -138,7 +138,7 @@ impl CoreSettings {
         *, dsn, owner, hostname, roles, workers, capabilities, policies, default_policy,
         claim_batch, poll_interval, heartbeat_interval, heartbeat_timeout, fence_after, max_crashes,
         maintenance_interval, dead_letter_after, dead_letter_retain, unknown_type_grace,
-        retain_completed, retain_cancelled, retain_discarded, retain_idempotency
+        retain_completed, retain_cancelled, retain_discarded, retain_idempotency, job_log_lines
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -164,6 +164,7 @@ impl CoreSettings {
         retain_cancelled: Option<f64>,
         retain_discarded: Option<f64>,
         retain_idempotency: Option<f64>,
+        job_log_lines: i64,
     ) -> PyResult<Self> {
         let heartbeat_interval = interval(heartbeat_interval, "heartbeat_interval")?;
         let heartbeat_timeout = interval(heartbeat_timeout, "heartbeat_timeout")?;
@@ -208,6 +209,12 @@ impl CoreSettings {
                 discarded: kept(retain_discarded, "retain_discarded")?,
             },
             idempotency: kept(retain_idempotency, "retain_idempotency")?,
+            job_log_lines: u32::try_from(job_log_lines).map_err(|_| {
+                CoreError::Invalid(format!(
+                    "job_log_lines must be 0 to {}, not {job_log_lines}",
+                    u32::MAX
+                ))
+            })?,
         };
         let policies = Policies {
             by_type: policies
@@ -299,6 +306,18 @@ impl Core {
             .filter(|p| (0..=100).contains(p))
             .ok_or_else(|| CoreError::Invalid(format!("percent must be 0-100, not {percent}")))?;
         Ok(self.0.progress(id, attempt, percent, message)?)
+    }
+
+    #[pyo3(signature = (id, attempt, level, message, fields = None))]
+    fn log(
+        &self,
+        id: i64,
+        attempt: i32,
+        level: &str,
+        message: String,
+        fields: Option<Vec<u8>>,
+    ) -> PyResult<()> {
+        Ok(self.0.log(id, attempt, level, message, fields)?)
     }
 
     fn lease_age_ms(&self) -> PyResult<u64> {

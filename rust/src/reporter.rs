@@ -1,4 +1,4 @@
-//! The reporter: writes what Python reported (starts, progress,
+//! The reporter: writes what Python reported (starts, progress, log lines,
 //! completions, failures, hand-backs) in batches, one statement per kind,
 //! each guarded by the lease; once a batch's ends are written their leases
 //! end, and the claim rows they emptied are closed.
@@ -188,7 +188,8 @@ impl Inbox {
 
 /// Starts first (claimed -> running), then the rest pipelined on the one
 /// connection. join! polls in order and tokio-postgres sends in poll order,
-/// so progress reaches the server before the statements that end a job.
+/// so progress and log lines reach the server before the statements that
+/// end a job (after which their lease guard would drop them).
 /// Then the failures that replace refused reports, the end of the leases
 /// and the claim rows to close. Each written part is cleared, so a retry
 /// redoes only the rest.
@@ -197,14 +198,15 @@ async fn write_batch(db: &Db, batch: &mut Batch, locks: Locks) -> Result<(), Cor
     let starts = write_part(db, &conn, &mut batch.starts, locks).await?;
     batch.refused.extend(starts.refused);
     batch.set_aside(starts.busy);
-    let (progress, completes, fails, releases) = tokio::join!(
+    let (progress, logs, completes, fails, releases) = tokio::join!(
         write_part(db, &conn, &mut batch.progress, locks),
+        write_part(db, &conn, &mut batch.logs, locks),
         write_part(db, &conn, &mut batch.completes, locks),
         write_part(db, &conn, &mut batch.fails, locks),
         write_part(db, &conn, &mut batch.releases, locks),
     );
     let mut failed = None;
-    for part in [progress, completes, fails, releases] {
+    for part in [progress, logs, completes, fails, releases] {
         match part {
             Ok(written) => {
                 batch.refused.extend(written.refused);
@@ -253,9 +255,14 @@ async fn write_part<R: Row>(
     shared.stats.add(Stat::Refused, refused.len() as u64);
     let refused = refused
         .into_iter()
-        .map(|(row, why)| {
+        .filter_map(|(row, why)| {
             let fail = row.refused(&why);
-            shared.log("warning", format!("{}; its job fails", row.refusal(&why)));
+            let then = if fail.is_some() {
+                "its job fails"
+            } else {
+                "dropped"
+            };
+            shared.log("warning", format!("{}; {then}", row.refusal(&why)));
             fail
         })
         .collect();

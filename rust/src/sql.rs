@@ -33,6 +33,7 @@ pub const COMPLETE: Query = query("complete", 6);
 pub const FAIL: Query = query("fail", 10);
 pub const RELEASE: Query = query("release", 3);
 pub const PROGRESS: Query = query("progress", 5);
+pub const LOG_LINES: Query = query("log_lines", 7);
 pub const BUSY_JOBS: Query = query("busy_jobs", 1);
 pub const HEARTBEAT: Query = query("heartbeat", 3);
 pub const CLOSE_CLAIMS: Query = query("close_claims", 2);
@@ -66,6 +67,7 @@ pub const MAIN_CONNECTION: &[Query] = &[
     FAIL,
     RELEASE,
     PROGRESS,
+    LOG_LINES,
     BUSY_JOBS,
     CLOSE_CLAIMS,
     NOTIFY,

@@ -1,14 +1,15 @@
 //! The report statements, one per kind of row: its columns built from a
 //! slice of a batch's rows (any slice: the reporter writes halves when the
 //! database refuses a statement), what it changed counted in stats, and the
-//! failure recorded for its job when the database refuses one row.
+//! failure recorded for its job when the database refuses one row (none for
+//! a log line: it is dropped, and its job goes on).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
 
-use crate::batch::{ms_ago, Complete, Fail, Key, Progress, Release, Report, Start};
+use crate::batch::{ms_ago, Complete, Fail, Key, LogLine, Progress, Release, Report, Start};
 use crate::db::{Conn, Db};
 use crate::errors::CoreError;
 use crate::shared::Shared;
@@ -38,11 +39,18 @@ pub trait Row: Sized {
     }
 
     /// The failure recorded in place of this report, refused for `why`: not
-    /// retried, since the same job would hand back the same data.
-    fn refused(&self, why: &str) -> Fail {
+    /// retried, since the same job would hand back the same data. None: the
+    /// report is dropped and its job goes on.
+    fn refused(&self, why: &str) -> Option<Fail> {
         let (id, attempt) = self.key();
         let (started, at) = self.times();
-        Fail::not_storable(id, attempt, &self.refusal(why), started, at)
+        Some(Fail::not_storable(
+            id,
+            attempt,
+            &self.refusal(why),
+            started,
+            at,
+        ))
     }
 }
 
@@ -97,6 +105,51 @@ impl Row for Progress {
             [&ids, &attempts, &percents, &messages, &db.config().owner];
         let changed = db.query(conn, sql::PROGRESS, &params).await?.len();
         count(db.shared(), Stat::Progress, rows.len(), changed);
+        Ok(())
+    }
+}
+
+impl Row for LogLine {
+    const KIND: &'static str = "log line";
+    fn key(&self) -> Key {
+        (self.id, self.attempt)
+    }
+    fn report(self) -> Report {
+        Report::Log(self)
+    }
+    fn times(&self) -> (Option<Instant>, Instant) {
+        (None, self.at)
+    }
+    /// A line is not worth its job: one the database refuses is dropped.
+    fn refused(&self, _why: &str) -> Option<Fail> {
+        None
+    }
+    async fn write(db: &Db, conn: &Conn, rows: &[Self]) -> Result<(), CoreError> {
+        let now = Instant::now();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+        let levels: Vec<&str> = rows.iter().map(|r| r.level).collect();
+        let messages: Vec<&str> = rows.iter().map(|r| r.message.as_str()).collect();
+        let fields: Vec<Option<&str>> = rows.iter().map(|r| r.fields.as_deref()).collect();
+        let ago: Vec<f64> = rows.iter().map(|r| ms_ago(now, r.at)).collect();
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &ids,
+            &attempts,
+            &levels,
+            &messages,
+            &fields,
+            &ago,
+            &db.config().owner,
+        ];
+        let written: i64 = db
+            .query(conn, sql::LOG_LINES, &params)
+            .await?
+            .first()
+            .map(|row| row.try_get("written"))
+            .transpose()
+            .map_err(|e| CoreError::Database(format!("log_lines row: {e}")))?
+            .unwrap_or(0);
+        count(db.shared(), Stat::Logged, rows.len(), written as usize);
         Ok(())
     }
 }

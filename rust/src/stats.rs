@@ -17,6 +17,10 @@ pub enum Stat {
     Released,
     /// Progress rows written.
     Progress,
+    /// Job log lines written.
+    Logged,
+    /// Job log lines dropped over [node] job_log_lines (never queued).
+    LogDropped,
     /// Reports the lease guard rejected (late, duplicate or lost lease).
     Fenced,
     /// Report batches written.
@@ -71,7 +75,7 @@ pub enum Stat {
     KeysReleased,
 }
 
-const NAMES: [&str; 32] = [
+const NAMES: [&str; 34] = [
     "claimed",
     "claims",
     "started",
@@ -80,6 +84,8 @@ const NAMES: [&str; 32] = [
     "retried",
     "released",
     "progress",
+    "logged",
+    "log_dropped",
     "fenced",
     "flushes",
     "statements",
@@ -106,9 +112,18 @@ const NAMES: [&str; 32] = [
     "keys_released",
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     counters: [AtomicU64; NAMES.len()],
+}
+
+impl Default for Stats {
+    /// By hand: the standard library derives Default for arrays of at most 32.
+    fn default() -> Self {
+        Stats {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Stats {
@@ -151,6 +166,8 @@ mod tests {
         assert_eq!(s.snapshot()[Stat::Held as usize], ("held", 2));
         s.add(Stat::LoopUnseen, 1);
         assert_eq!(s.snapshot()[Stat::LoopUnseen as usize], ("loop_unseen", 1));
+        s.add(Stat::LogDropped, 5);
+        assert_eq!(s.snapshot()[Stat::LogDropped as usize], ("log_dropped", 5));
         s.add(Stat::Cancelled, 1);
         assert_eq!(s.snapshot()[Stat::Cancelled as usize], ("cancelled", 1));
     }

@@ -2,10 +2,18 @@
 //! report is queued, so that no report is refused for its data: a result
 //! must be valid JSON of at most MAX_RESULT_BYTES without a \u0000 escape
 //! (jsonb refuses it), or the job fails with ResultNotStorable instead. The
-//! last_error of a report that cannot be stored is made here too.
+//! last_error of a report that cannot be stored is made here too. A log
+//! line never fails its job: its text is made storable and cut to
+//! MAX_LOG_BYTES (log_message, log_fields).
+
+use serde_json::Value;
 
 /// The largest encoded result stored, as for inputs (dispatch.py).
 pub const MAX_RESULT_BYTES: usize = 1 << 20;
+
+/// The longest message, and the longest fields' JSON, of a log line
+/// (bytes): what is longer is cut, saying how much was.
+pub const MAX_LOG_BYTES: usize = 4096;
 
 /// The error type of a job whose report cannot be stored (forge.errors).
 const NOT_STORABLE: &str = "forge.errors.ResultNotStorable";
@@ -49,6 +57,89 @@ pub fn not_storable(message: &str, attempt: i32) -> String {
         "attempt": attempt,
     })
     .to_string()
+}
+
+/// A log line's message as stored: NUL (which text refuses) replaced by
+/// U+FFFD, cut to MAX_LOG_BYTES with a marker saying how many bytes were cut.
+pub fn log_message(text: String) -> String {
+    let text = without_nul(text);
+    if text.len() <= MAX_LOG_BYTES {
+        return text;
+    }
+    let widest = format!(" [{} bytes cut]", text.len()).len();
+    let keep = char_floor(&text, MAX_LOG_BYTES - widest);
+    format!("{} [{} bytes cut]", &text[..keep], text.len() - keep)
+}
+
+/// A log line's fields (JSON from the worker) as jsonb takes them: valid
+/// JSON without a \u0000 escape as it is; one with such escapes without
+/// them (its NUL characters replaced by U+FFFD); anything else, or JSON
+/// over MAX_LOG_BYTES, as an object holding the text ({"forge_invalid"} or
+/// {"forge_cut", "bytes"}: what the job logged stays readable).
+pub fn log_fields(bytes: Vec<u8>) -> String {
+    let text = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    let valid = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
+    let text = match (valid, has_nul_escape(&text)) {
+        (true, false) => text,
+        (true, true) => match serde_json::from_str::<Value>(&text) {
+            Ok(value) => replace_nul(value).to_string(),
+            Err(_) => wrapped("forge_invalid", &text, None),
+        },
+        (false, _) => wrapped("forge_invalid", &without_nul(text), None),
+    };
+    if text.len() <= MAX_LOG_BYTES {
+        return text;
+    }
+    wrapped("forge_cut", &text, Some(text.len()))
+}
+
+/// {key: text} (and the original size as "bytes"), with as much of `text`
+/// as fits in MAX_LOG_BYTES once encoded.
+fn wrapped(key: &str, text: &str, bytes: Option<usize>) -> String {
+    let mut keep = char_floor(text, MAX_LOG_BYTES);
+    loop {
+        let mut object = serde_json::Map::new();
+        object.insert(key.into(), Value::String(text[..keep].into()));
+        if let Some(n) = bytes {
+            object.insert("bytes".into(), n.into());
+        }
+        let encoded = Value::Object(object).to_string();
+        if encoded.len() <= MAX_LOG_BYTES {
+            return encoded;
+        }
+        keep = char_floor(text, keep * 3 / 4);
+    }
+}
+
+fn replace_nul(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(without_nul(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(replace_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (without_nul(k), replace_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text
+    }
+}
+
+/// The largest char boundary of `text` at or below `at`.
+fn char_floor(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 fn json_text(bytes: Vec<u8>) -> Result<String, String> {
@@ -111,6 +202,38 @@ mod tests {
     fn error_payloads_are_taken_as_they_are() {
         assert_eq!(error_text(b"{}".to_vec()), "{}");
         assert_eq!(error_text(vec![b'"', 0xff, b'"']), "\"\u{fffd}\"");
+    }
+
+    #[test]
+    fn log_messages_lose_nul_and_are_cut_to_4_kib_saying_so() {
+        assert_eq!(log_message("a\0b".into()), "a\u{fffd}b");
+        let exact = "x".repeat(MAX_LOG_BYTES);
+        assert_eq!(log_message(exact.clone()), exact);
+        let long = "é".repeat(MAX_LOG_BYTES); // 2 bytes each: the cut falls on a char boundary
+        let cut = log_message(long);
+        assert!(cut.len() <= MAX_LOG_BYTES, "{}", cut.len());
+        let kept = cut.find(" [").unwrap();
+        assert!(cut.ends_with(&format!(" [{} bytes cut]", 2 * MAX_LOG_BYTES - kept)));
+    }
+
+    #[test]
+    fn log_fields_are_always_json_jsonb_takes() {
+        let ok = br#"{"amount": 12, "who": "a\\u0000b"}"#.to_vec(); // an escaped backslash: kept
+        assert_eq!(log_fields(ok.clone()), String::from_utf8(ok).unwrap());
+        let nul: Value =
+            serde_json::from_str(&log_fields(br#"{"k\u0000": ["a\u0000b"]}"#.to_vec())).unwrap();
+        assert_eq!(nul, serde_json::json!({"k\u{fffd}": ["a\u{fffd}b"]}));
+        let bad: Value = serde_json::from_str(&log_fields(b"{\"a\": \0\xff".to_vec())).unwrap();
+        assert_eq!(
+            bad,
+            serde_json::json!({"forge_invalid": "{\"a\": \u{fffd}\u{fffd}"})
+        );
+        let big = format!("{{\"q\": \"{}\"}}", "\\\"".repeat(MAX_LOG_BYTES));
+        let cut = log_fields(big.clone().into_bytes());
+        assert!(cut.len() <= MAX_LOG_BYTES, "{}", cut.len());
+        let cut: Value = serde_json::from_str(&cut).unwrap();
+        assert_eq!(cut["bytes"], big.len());
+        assert!(big.starts_with(cut["forge_cut"].as_str().unwrap()));
     }
 
     #[test]

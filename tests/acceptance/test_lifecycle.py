@@ -7,7 +7,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
-import pytest
 from testapp import jobs
 
 import forge
@@ -123,8 +122,6 @@ def test_progress_reaches_the_row_and_log_lines_the_supervisors_log(supervisor, 
     assert f"job_id={job_id}" in sup.log()
 
 
-@pytest.mark.xfail(strict=True, reason="job logs reach no row: nothing writes forge_job_logs (ctx.log goes to "
-                                       "the supervisor's log only), though migration 0001 made the table for them")
 def test_job_logs_reach_forge_job_logs(supervisor, db):
     sup = supervisor()
     job_id = forge.dispatch(db, jobs.report_progress, jobs.N(n=4))

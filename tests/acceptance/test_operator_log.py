@@ -91,7 +91,7 @@ def test_json_format_is_one_object_a_line_from_every_process(app_db, tmp_path, d
     odd = by_message["odd fields"]
     assert odd["level"] == "warning" and odd["job_id"] == logged, odd
     assert odd["huge"] == 2**70 and odd["keys"] == {"1": 2}, odd
-    assert odd["broken"] == "<Unrepresentable object>" and odd["cycle"] == "[[...]]", odd
+    assert odd["broken"] == "<Unrepresentable object: repr() raised RuntimeError>" and odd["cycle"] == "[[...]]", odd
     assert any(m.startswith("Forge ") for m in by_message), by_message.keys()
     assert any("failed for good at attempt 1/3 (not retryable)" in m for m in by_message), by_message.keys()
     assert {e["pid"] for e in entries if e["logger"] == "forge.job"} != {sup.runs[-1][0]}  # a worker's lines

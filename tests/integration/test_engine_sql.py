@@ -369,3 +369,26 @@ def test_a_backlog_of_a_running_type_does_not_hide_an_orphan_of_another_priority
     due_for(db, 3600, count=3000, priority=0)  # more than the window of a priority
     orphan = due_for(db, 3600, job_type="never_registered", priority=3)
     assert fail_unknown(db, sweeper, grace_s=60) == set(orphan)
+
+
+def log_lines(db, owner: uuid.UUID, lines: list[tuple]) -> int:
+    """Writes (id, attempt, message) lines as the core does; how many were stored."""
+    n = len(lines)
+    args = ([line[0] for line in lines], [line[1] for line in lines], ["info"] * n, [line[2] for line in lines],
+            ['{"k": 1}'] * n, [0.0] * n, owner)
+    return db.execute(SQL["log_lines"], args).fetchone()[0]
+
+
+def test_log_lines_are_stored_in_order_only_for_the_attempt_their_owner_holds(db):
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    dispatch(db, 3)
+    (a, attempt, _), (b, _, _) = claim(db, owner, limit=2)
+    sent = [(a, attempt, "first"), (b, attempt, "of b"), (a, attempt + 1, "another attempt"), (a, attempt, "second")]
+    assert log_lines(db, owner, sent) == 3
+    assert log_lines(db, other, [(a, attempt, "not the owner")]) == 0
+    complete(db, owner, [(b, attempt)])
+    assert log_lines(db, owner, [(b, attempt, "after its end")]) == 0
+    rows = db.execute("SELECT job_id, attempt, level, message, fields FROM forge_job_logs ORDER BY id").fetchall()
+    assert rows == [(a, 1, "info", "first", {"k": 1}), (b, 1, "info", "of b", {"k": 1}),
+                    (a, 1, "info", "second", {"k": 1})]
+    assert job_state(db, a)[0] == "claimed"  # the job's row is only read

@@ -164,3 +164,15 @@ def test_discarded_failures_are_not_walked_by_the_dead_letter_sweeps(db):
     assert [r[0] for r in db.execute(SQL["dead_letter"], (0.0,)).fetchall()] == failed
     assert db.execute(SQL["prune_dead_letters"], (0.0,)).fetchall() == [(1,)]  # the one just moved
     assert existing(db, failed) == [] and set(statuses(db, discarded)) == {"discarded"}
+
+
+def test_a_pruned_job_takes_its_log_lines_along(db):
+    old, kept = insert(db, "completed", age_s=7200), insert(db, "completed")
+    dead = insert(db, "dead_letter", age_s=7200)
+    for job_id in old + kept + dead:
+        db.execute("INSERT INTO forge_job_logs (job_id, attempt, level, message) VALUES ($1, 1, 'info', 'x'),"
+                   " ($1, 1, 'info', 'y')", (job_id,))
+    assert prune(db)[0] == 1
+    assert db.execute(SQL["prune_dead_letters"], (HOUR_MS,)).fetchone() == (1,)
+    left = db.execute("SELECT DISTINCT job_id FROM forge_job_logs").fetchall()
+    assert left == [(kept[0],)]

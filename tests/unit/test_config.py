@@ -61,6 +61,7 @@ def test_minimal_config_gets_every_default(tmp_path):
         "dead_letter_after": 0.0,
         "dead_letter_retain": 7 * 86400.0,
         "unknown_type_grace": 3600.0,
+        "job_log_lines": 200,
     }
     assert config.log.level == "info"
     assert config.alerts == []
@@ -277,3 +278,10 @@ def test_a_duration_of_100_years_is_accepted(tmp_path):
     path = tmp_path / "forge.toml"
     path.write_text(MINIMAL + f"[node]\ndead_letter_retain = {100 * 365.25 * 86400}\n")
     assert load_config(path).node.dead_letter_retain == 100 * 365.25 * 86400
+
+
+def test_job_log_lines_is_a_count_the_core_holds(tmp_path):
+    assert load_config(write(tmp_path, MINIMAL + "[node]\njob_log_lines = 0\n"), environ={}).node.job_log_lines == 0
+    for bad in (-1, 2**32, '"many"'):
+        message = error_of(tmp_path, MINIMAL + f"[node]\njob_log_lines = {bad}\n")
+        assert "node.job_log_lines" in message and "forge.toml:4" in message, message

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from forge.supervisor.lease import LeaseClock
-from forge.supervisor.protocol import Completed, Failed, FrameReader, FromWorker, Progress, encode
+from forge.supervisor.protocol import Completed, Failed, FrameReader, FromWorker, Log, Progress, encode
 from forge.supervisor.settle import describe_exit
 from forge.supervisor.zygote import Zygote, ensure_single_threaded
 
@@ -21,6 +21,8 @@ def test_frames_survive_arbitrary_splits():
         Completed(1, 1, b'{"a":1}'),
         Failed(2, 3, True, b'{"type":"X"}'),
         Progress(3, 1, 50, "half"),
+        Log(3, 1, "warn", "careful", b'{"k":1}'),
+        Log(3, 1, "info", "bare", None),
         Completed(4, 1, None, retiring=True),
     ]
     stream = b"".join(encode(m) for m in messages)

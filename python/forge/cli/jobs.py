@@ -74,14 +74,16 @@ def list_jobs(config: Config | None, statuses: tuple[str, ...], job_types: tuple
 @jobs.command("show")
 @config_option
 @click.argument("job_id", callback=job_id)
-@click.option("--json", "as_json", is_flag=True, help="Print the job as a JSON object (forge_jobs columns).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the job as a JSON object (forge_jobs columns, and its log lines under \"logs\").")
 def show(config: Config | None, job_id: int, as_json: bool) -> None:
     """Show one job: type, status, priority, attempts, times, node, input, result, last error with its
-    traceback, progress."""
+    traceback, progress, and its log lines (ctx.log, every attempt's)."""
     with connect(config, autocommit=True) as conn:
         job = output.job_json(_get(conn, job_id))
+        logs: list[dict[str, Any]] = msgspec.to_builtins(jobs_api(conn).logs(job_id))
     if as_json:
-        output.echo_json(job)
+        output.echo_json({**job, "logs": logs})
         return
     click.echo(f"job {job['id']}  {job['job_type']}  {job['status']}  priority {job['priority']}")
     _field("attempts", f"{job['attempts']}/{job['max_attempts']} (crashes {job['crashes']})")
@@ -99,6 +101,11 @@ def show(config: Config | None, job_id: int, as_json: bool) -> None:
         _field("last error", _error_line(error) + attempt)
         if error.get("traceback"):
             click.echo(str(error["traceback"]).rstrip())
+    if logs:
+        click.echo(f"logs ({len(logs)})")
+    for line in logs:
+        fields = f"  {_compact(line['fields'])}" if line["fields"] is not None else ""
+        click.echo(f"  {_moment(line['at'])}  attempt {line['attempt']}  {line['level']:<5}  {line['message']}{fields}")
 
 
 def _field(label: str, value: str) -> None:

@@ -20,9 +20,9 @@ Signal handlers only record the signal; the loop acts on it. Each pass:
 The loop wakes at least every lease.refresh_period, so the lease page the
 zygote watches is never older than the renewals allow.
 Per job the arbiter does O(1) work: decode one frame, one call into the core,
-encode one frame. A worker that dies fails only the job it was running, and
-only if it had read that job's frame; the jobs waiting behind it go back unrun.
-Its socket is read to the end before that is decided.
+encode one frame (and one call per log line or progress report). A worker that
+dies fails only the job it was running, and only if it had read that job's
+frame, its socket read to the end first; the jobs behind it go back unrun.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .arbiter_log import Throughput, dump_state, log_failure, log_take_back
 from .demand import Demand, credits
 from .lease import LeaseClock, RenewalDates, fence_after, refresh_period
 from .lease import now as lease_now
-from .protocol import Completed, Failed, Fenced, Heartbeat, Progress, Spawned, WorkerSettings
+from .protocol import Completed, Failed, Fenced, Log, Progress, Spawned, WorkerSettings
 from .settle import fail_unknown, settle_head
 from .signal_inbox import SignalInbox
 from .slot import JobDurations, Slot
@@ -270,7 +270,9 @@ class Arbiter:
         elif isinstance(message, Progress):
             self.core.progress(job.id, job.attempt, message.percent, message.message)
             self._renew_beat(slot, now)
-        elif isinstance(message, Heartbeat):
+        elif isinstance(message, Log):  # the core caps, cuts and stores it
+            self.core.log(job.id, job.attempt, message.level, message.message, message.fields)
+        else:  # a Heartbeat
             self._renew_beat(slot, now)
 
     def _job_done(self, slot: Slot, retiring: bool, now: float) -> None:
@@ -347,9 +349,8 @@ class Arbiter:
         age = now - renewed
         stale = age > self._fence_after
         if stale and not self._fenced:
-            _log.error(
-                "leases not renewed for %.1fs (limit %.1fs): killing the workers running jobs", age, self._fence_after
-            )
+            _log.error("leases not renewed for %.1fs (limit %.1fs): killing the workers running jobs",
+                       age, self._fence_after)
             for slot in self.slots:
                 if slot.jobs and slot.kill_reason not in ("fenced", "lost"):
                     self._kill(slot, "fenced", at_once=True)
@@ -363,9 +364,8 @@ class Arbiter:
         """Another node owns this job now: it must not run here (any more)."""
         for slot in self.slots:
             if slot.place_of(job_id, attempt) is not None:
-                _log.error(
-                    "job %s attempt %s: lease lost to another node; killing worker %s", job_id, attempt, slot.pid
-                )
+                _log.error("job %s attempt %s: lease lost to another node; killing worker %s",
+                           job_id, attempt, slot.pid)
                 self._kill(slot, "lost", at_once=True)
                 return
         self._queue.take(job_id, attempt)

@@ -208,6 +208,7 @@ def core_settings(
         retain_cancelled=retention.cancelled,
         retain_discarded=retention.discarded,
         retain_idempotency=retention.idempotency,
+        job_log_lines=node.job_log_lines,
     )
 
 

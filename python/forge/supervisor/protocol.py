@@ -69,6 +69,16 @@ class Progress(msgspec.Struct, tag="progress", array_like=True):
     message: str | None
 
 
+class Log(msgspec.Struct, tag="log", array_like=True):
+    """Worker -> supervisor: a line of the running job's log (ctx.log); fields is the JSON of its fields."""
+
+    id: int
+    attempt: int
+    level: str
+    message: str
+    fields: bytes | None
+
+
 class Heartbeat(msgspec.Struct, tag="beat", array_like=True):
     """Worker -> supervisor: the running job is alive (ctx.heartbeat())."""
 
@@ -103,7 +113,7 @@ class Fenced(msgspec.Struct, tag="fenced", array_like=True):
     pids: list[int]
 
 
-FromWorker = Union[Completed, Failed, Progress, Heartbeat]
+FromWorker = Union[Completed, Failed, Progress, Log, Heartbeat]
 FromZygote = Union[Spawned, Exited, Fenced]
 
 _encoder = msgspec.msgpack.Encoder()
@@ -222,4 +232,6 @@ class WorkerSettings(msgspec.Struct, array_like=True):
     max_jobs: int | None
     max_memory: int | None
     log_level: str
-    owner: str  # the node's lease owner (forge_jobs.claimed_by): completions written in a job's own transaction
+    # The node's lease owner (forge_jobs.claimed_by): for completions written in a job's own transaction,
+    # and named in the job log lines of the stream.
+    owner: str

@@ -21,15 +21,17 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..completion import Completion, JobLease
-from ..context import BaseContext, JobContext, idle
+from ..context import BaseContext, JobContext, LogSink, idle
 from ..context_async import AsyncJobContext
 from ..errors import InputDecodeError, ResultNotStorable, UnknownJobType
 from ..job import Job, registry
+from ..logs import safe_repr
 from .protocol import (
     Completed,
     Failed,
     FrameReader,
     Heartbeat,
+    Log,
     Progress,
     RunJob,
     WorkerSettings,
@@ -52,6 +54,7 @@ EXIT_CANNOT_REPORT = 72
 
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
+    _name_node(settings.owner)
     runner = JobRunner(sock, settings.dsn, settings.owner)
     code = _serve(sock, settings, runner)
     # The worker ends in os._exit: its connection (ctx.db, ctx.jobs) is closed here rather than dropped. Not
@@ -96,6 +99,7 @@ class JobRunner:
         self._conn: psycopg.Connection[Any] | None = None
         self._async_conn: psycopg.AsyncConnection[Any] | None = None
         self._loop: Any = None
+        self._log_sink: LogSink = self._send_log  # bound once: a job that does not log costs nothing more
 
     def run(self, frame: RunJob) -> Completed | Failed:
         job = registry().get(frame.job_type)
@@ -173,7 +177,7 @@ class JobRunner:
                 self._sock.sendall(encode(Heartbeat(frame.id, frame.attempt)))
 
         run = {"job_id": frame.id, "job_type": frame.job_type, "attempt": frame.attempt,
-               "parent_id": frame.parent_id, "report": report, "completion": completion}
+               "parent_id": frame.parent_id, "report": report, "completion": completion, "log_sink": self._log_sink}
         if is_async:
             return AsyncJobContext(connect=self._async_connection, **run)
         return JobContext(connect=self._connection, **run)
@@ -184,6 +188,12 @@ class JobRunner:
             self._conn.close()
         if self._async_conn is not None:
             self._async_conn.pgconn.finish()
+
+    def _send_log(self, job_id: int, attempt: int, level: str, message: str, fields: dict[str, Any]) -> None:
+        """Where ctx.log's lines go to be stored: a Log frame each, to the supervisor, whose core caps them
+        ([node] job_log_lines, where job code cannot get around it) and cuts them to 4 KiB (storable.rs)."""
+        text, encoded = storable(_text(message)), _fields_json(fields) if fields else None
+        _send_unless_full(self._sock, encode(Log(job_id, attempt, level, text, encoded)))
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -253,6 +263,39 @@ def _after_commit(frame: RunJob, completion: Completion, exc: BaseException) -> 
     _log.warning("job %s (attempt %s) raised %s after its completion committed (ctx.complete); it stays "
                  "completed", frame.id, frame.attempt, _text(exc))
     return Completed(frame.id, frame.attempt, completion.committed.result)
+
+
+def _name_node(node: str) -> None:
+    """Job log lines of the stream name this node too, beside the job's fields that ctx.log gives them."""
+    def add_node(record: logging.LogRecord) -> bool:
+        fields = getattr(record, "forge_fields", None)
+        if fields is not None:  # a dict made for this line (JobLogger._emit)
+            fields["node"] = node
+        return True
+
+    logging.getLogger("forge.job").addFilter(add_node)
+
+
+def _fields_json(fields: dict[str, Any]) -> bytes:
+    """The JSON of a log line's fields: a value msgspec cannot encode as its repr(); if encoding fails anyway (a
+    surrogate), every value as text (a string as it is, anything else as its repr()) made storable. NUL escapes
+    are the core's (storable.rs)."""
+    try:
+        return msgspec.json.encode(fields, enc_hook=safe_repr)
+    except BaseException:  # job values run their own code
+        return msgspec.json.encode({storable(_text(k)): storable(v if isinstance(v, str) else safe_repr(v))
+                                    for k, v in fields.items()})
+
+
+def _send_unless_full(sock: socket.socket, frame: bytes) -> None:
+    """Send a frame unless the socket has no room at all (the supervisor is far behind): then it is dropped, and
+    the job does not wait for it. A frame begun is finished, so the stream stays whole."""
+    try:
+        sent = sock.send(frame, socket.MSG_DONTWAIT)
+        if sent < len(frame):
+            sock.sendall(memoryview(frame)[sent:])
+    except OSError:  # full (BlockingIOError), or broken by the job: the outcome's send tells (EXIT_CANNOT_REPORT)
+        pass
 
 
 def _failure(frame: RunJob, exc: BaseException, retryable: bool) -> Failed:

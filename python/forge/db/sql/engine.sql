@@ -1,6 +1,6 @@
 -- Statements of the supervisor's hot path, run by the Rust core (forge._core).
 -- Fencing: every report after the claim (start, heartbeat, complete, fail,
--- release, progress) is guarded by the lease: id, attempt (attempts) and
+-- release, progress, log lines) is guarded by the lease: id, attempt (attempts) and
 -- owner (claimed_by) must all match and the job must still be held (claimed
 -- or running), so a late, duplicate or rescued report changes no row; the
 -- core counts each such report in stats()["fenced"] (a heartbeat that renews
@@ -173,6 +173,26 @@ FROM unnest($1::bigint[], $2::integer[], $3::smallint[], $4::text[])
 WHERE j.id = p.id AND j.attempts = p.attempt AND j.claimed_by = $5
   AND j.status IN ('claimed', 'running')
 RETURNING j.id;
+
+-- name: log_lines
+-- Job log lines (ctx.log), stored in the order they came, only for jobs
+-- owner $7 holds at the line's attempt (claimed or running), as progress
+-- is: a late line, or one of a rescued attempt, is dropped. at is when the
+-- supervisor got the line ($6: ms ago). The job's row is only read, never
+-- locked or written: a line neither waits for a row lock nor costs the
+-- job's completion its HOT update. How many were stored comes back.
+WITH written AS (
+    INSERT INTO forge_job_logs (job_id, attempt, level, message, fields, at)
+    SELECT l.id, l.attempt, l.level, l.message, l.fields::jsonb,
+           now() - l.ago_ms * interval '1 millisecond'
+    FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::text[], $6::float8[])
+         WITH ORDINALITY AS l(id, attempt, level, message, fields, ago_ms, n)
+    JOIN forge_jobs AS j ON j.id = l.id AND j.attempts = l.attempt AND j.claimed_by = $7
+                         AND j.status IN ('claimed', 'running')
+    ORDER BY l.n
+    RETURNING 1
+)
+SELECT count(*) AS written FROM written;
 
 -- name: busy_jobs
 -- Which of jobs $1 another session holds a row lock on, so that a report

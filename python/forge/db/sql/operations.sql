@@ -19,6 +19,10 @@ WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
 ORDER BY id DESC
 LIMIT $5;
 
+-- name: job_logs
+-- The log lines (ctx.log) of job $1, every attempt's, in the order written.
+SELECT at, attempt, level, message, fields FROM forge_job_logs WHERE job_id = $1 ORDER BY id;
+
 -- name: dead_letter_jobs
 -- The spec's monitoring query (newest failure first), $1 rows at most.
 SELECT * FROM forge_jobs WHERE status = 'dead_letter' ORDER BY failed_at DESC, id DESC LIMIT $1;
