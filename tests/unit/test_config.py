@@ -61,6 +61,9 @@ def test_minimal_config_gets_every_default(tmp_path):
         "dead_letter_after": 0.0,
         "dead_letter_retain": 7 * 86400.0,
         "unknown_type_grace": 3600.0,
+        "cpus": None,  # detected at boot (supervisor/machine.py)
+        "memory": None,
+        "gpus": [],
     }
     assert config.log.level == "info"
     assert config.alerts == []
@@ -277,3 +280,13 @@ def test_a_duration_of_100_years_is_accepted(tmp_path):
     path = tmp_path / "forge.toml"
     path.write_text(MINIMAL + f"[node]\ndead_letter_retain = {100 * 365.25 * 86400}\n")
     assert load_config(path).node.dead_letter_retain == 100 * 365.25 * 86400
+
+
+def test_node_capacity_keys(tmp_path):
+    text = '[app]\nmodules = ["m"]\n[node]\ncpus = 2\nmemory = "8Gi"\ngpus = ["0", "1"]\n'
+    node = load_config(write(tmp_path, text), environ={}).node
+    assert (node.cpus, node.memory, node.gpus) == (2, 8 * 2**30, ["0", "1"])
+    with pytest.raises(ConfigError, match="node.cpus"):
+        load_config(write(tmp_path, text.replace("cpus = 2", "cpus = 0")), environ={})
+    with pytest.raises(ConfigError, match="node.gpus"):
+        load_config(write(tmp_path, text.replace('"1"', '""')), environ={})
