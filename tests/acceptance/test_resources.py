@@ -56,6 +56,22 @@ def test_jobs_that_ask_for_all_cpus_run_one_after_the_other_while_others_run_bes
 
 
 @pytest.mark.skipif(not os.path.exists("/sys/fs/cgroup/memory"), reason="no cgroup v1 memory controller")
+def test_jobs_waiting_for_capacity_are_not_claimed_past_the_workers_and_prefetch(supervisor, db):
+    supervisor(modules=MODULES, workers=3, cpus=2, prefetch=0)
+    big = [forge.dispatch(db, resources.two_cpus, resources.Hold(seconds=0.6)) for _ in range(6)]
+    held = []
+
+    def done() -> bool:
+        held.append(db.execute("SELECT count(*) FROM forge_jobs WHERE id = ANY(%s) AND status IN ('claimed', "
+                               "'running')", (big,)).fetchone()[0])
+        return completed(db, *big)
+
+    wait_for(done, timeout=30, what="the jobs", every=0.05)
+    # one runs, and the credits of the two idle workers are all the node claims: the jobs waiting for capacity
+    # count as queued (with prefetch = 0, nothing more)
+    assert 0 < max(held) <= 3, held
+
+
 def test_a_job_over_its_memory_fails_out_of_memory_and_the_node_runs_on(supervisor, db):
     sup = supervisor(modules=MODULES, workers=2)
     greedy = forge.dispatch(db, resources.greedy, resources.Hold(seconds=0))

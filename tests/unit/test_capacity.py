@@ -125,15 +125,17 @@ def test_more_cpu_positions_than_cpus_share_them():
     assert [grant.cores for _, grant in (adm.admit(0.0), adm.admit(0.0))] == [(0, 1), (0, 1)]
 
 
-def test_jobs_waiting_count_as_queued_up_to_the_prefetch_and_the_rest_go_back():
+def test_jobs_waiting_past_the_prefetch_go_back_once_stale():
     adm = admission(cpus=1, prefetch=2)
     for job_id in range(1, 6):
         adm.push(Job(job_id, "big"), float(job_id))  # type: ignore[arg-type]  # big never fits on one CPU
-    assert adm.counted() == 2
     assert [job.id for job in adm.take_stale(limit=4.0)] == [3, 4]  # 1 and 2 (the best placed) stay; 5 is young
     assert [job.id for job in adm.take(5, 1)] == [5]
+    assert adm.take_stale(limit=10.0) == []  # no more than the prefetch wait
     assert [job.id for job in adm.take_all()] == [1, 2]
-    assert admission(prefetch=0).counted() == 0 and admission(prefetch=0)._keep == 1  # one is kept, at least
+    lone = admission(prefetch=0)
+    lone.push(Job(1, "big"), 0.0)  # type: ignore[arg-type]
+    assert lone.take_stale(limit=10.0) == []  # with no prefetch, one is kept all the same: it may come to reserve
 
 
 def test_never_fits_says_what_is_too_much():

@@ -305,7 +305,8 @@ class Arbiter:
         if slot.jobs:
             started = slot.head_started()
             head, *rest = slot.drop_held()
-            reason = slot.kill_reason or self._cgroups.killed(head, slot.grant)
+            oom = self._cgroups.killed(head, slot.grant)  # and its memory cgroup goes, whatever killed it
+            reason = slot.kill_reason or oom
             settle_head(self.core, head, started, reason, status, self.jobs.get(head.job_type),
                         self._fence_after, self.node.dead_letter_after)
             self._release(rest)
@@ -478,7 +479,7 @@ class Arbiter:
         wanted = credits(
             Demand(
                 running=self.state is State.RUNNING, room=room,
-                queued=len(self._queue) + self._admission.counted(),  # of those waiting for capacity: see there
+                queued=len(self._queue) + len(self._admission),  # those waiting for capacity too (capacity.py)
                 outstanding=self._requested - self._received, per_worker=per_worker,
                 prefetching=self._prefetching, prefetch=self._spares, claim_batch=self.node.claim_batch,
                 prefetch_timeout=self.node.prefetch_timeout, slots=len(self.slots), pace=self.durations,

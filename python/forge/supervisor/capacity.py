@@ -15,6 +15,12 @@ waited RESERVE_AFTER holds a reservation: no other job with a request
 starts unless it fits beside it (in what is free less the reserved request),
 so capacity drains towards it. Jobs without a request are never held back.
 
+The jobs waiting here count as queued in the claim credits (demand.Demand.queued), as any claimed job not
+started: credits never grow because jobs wait for capacity, and a node holds at most its workers' room plus
+the prefetch of claimed jobs, as without resources. Those past the prefetch go back once they waited
+prefetch_timeout (take_stale), for nodes with the room (this node may claim them again: once a
+prefetch_timeout at most).
+
 Admission keeps the ledger (free cores, memory, GPUs) and the jobs waiting;
 no I/O, no clock (the arbiter passes `now`): unit-tested on its own.
 """
@@ -100,7 +106,7 @@ class Admission:
     def __init__(self, capacity: Capacity, requests: Mapping[str, Request], prefetch: int | None) -> None:
         self.capacity = capacity
         self.requests = dict(requests)  # job type -> its request, for the types that ask for something
-        self._keep = max(1, prefetch or 0)  # see counted()
+        self._keep = max(1, prefetch or 0)  # see take_stale()
         self._free = _Free(frozenset(range(capacity.cpus)), capacity.memory, tuple(capacity.gpus))
         self._parked: list[_Parked] = []  # few jobs wait here at once: sorted when looked at
         self._seq = 0
@@ -108,12 +114,6 @@ class Admission:
     def __len__(self) -> int:
         return len(self._parked)
 
-    def counted(self) -> int:
-        """How many of the jobs waiting here count as queued in the claim credits (demand.Demand.queued): up to
-        the prefetch ([node] prefetch, at least one). So credits never grow because jobs wait for capacity, yet
-        the room of idle workers is still claimed, for jobs that fit; the jobs past it go back once they waited
-        prefetch_timeout (take_stale), for nodes that have the room."""
-        return min(len(self._parked), self._keep)
 
     def push(self, job: ClaimedJob, now: float) -> None:
         """`job` (of a type in `requests`) waits for capacity from `now`."""
@@ -172,8 +172,10 @@ class Admission:
         return self._take(lambda parked: True)
 
     def take_stale(self, limit: float) -> list[ClaimedJob]:
-        """The jobs waiting since `limit` or before, less those counted() (the best placed, in the order they
-        are tried): those go back for other nodes; the ones kept may come to hold the reservation."""
+        """The jobs waiting since `limit` (now less prefetch_timeout) or before, less the `prefetch` best placed
+        (at least one): those go back, for nodes that have the room; the ones kept may come to reserve."""
+        if len(self._parked) <= self._keep:
+            return []
         kept = {id(parked) for parked in sorted(self._parked)[:self._keep]}
         return self._take(lambda parked: parked[1] <= limit and id(parked) not in kept)
 

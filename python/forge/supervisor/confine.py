@@ -16,6 +16,7 @@ Jobs without a request never come here (worker.py): they pay nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 from collections.abc import Callable
@@ -28,9 +29,9 @@ from ..errors import JobOutOfMemory
 from ..job import registry
 from .protocol import Completed, Failed, Limits, RunJob, error_payload
 
+_log = logging.getLogger("forge.worker")
+
 GPU_VARIABLE = "CUDA_VISIBLE_DEVICES"
-#: What memory.limit_in_bytes is given for no limit.
-UNLIMITED = "-1"
 
 
 def job_cgroup(base: str, job_id: int, attempt: int) -> Path:
@@ -71,13 +72,17 @@ def _limit_memory(undo: ExitStack, frame: RunJob, limits: Limits, base: str | No
     """Put the worker under the job's memory limit until `undo`; True if that is an address space limit."""
     if base is not None:
         group = job_cgroup(base, frame.id, frame.attempt)
-        group.mkdir(exist_ok=True)
-        undo.callback(_leave, group, Path(base))
-        _write(group / "memory.limit_in_bytes", str(limits.memory))
-        if (group / "memory.memsw.limit_in_bytes").exists():  # with swap accounting: no swapping past it either
-            _write(group / "memory.memsw.limit_in_bytes", str(limits.memory))
-        _write(group / "cgroup.procs", str(os.getpid()))
-        return False
+        try:
+            group.mkdir(exist_ok=True)
+            undo.callback(_leave, group, Path(base))
+            _write(group / "memory.limit_in_bytes", str(limits.memory))
+            if (group / "memory.memsw.limit_in_bytes").exists():  # with swap accounting: no swapping past it either
+                _write(group / "memory.memsw.limit_in_bytes", str(limits.memory))
+            _write(group / "cgroup.procs", str(os.getpid()))
+            return False
+        except OSError as exc:  # the group was removed under the node, or the kernel refused: not a job's failure
+            _log.warning("job %s: cannot confine it in the memory cgroup %s (%s); RLIMIT_AS instead", frame.id,
+                         group, exc)
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     undo.callback(resource.setrlimit, resource.RLIMIT_AS, (soft, hard))
     mapped = int(Path("/proc/self/statm").read_bytes().split()[0]) * resource.getpagesize()
