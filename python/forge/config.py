@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlertConfig", "AppConfig", "Config", "DatabaseConfig", "LogConfig", "NodeConfig", "RetentionConfig",
-    "DATABASE_URL_ENV", "embedded_postgres", "import_app_modules", "load_config",
-    "parse_config", "resolve_database_url",
+    "DATABASE_URL_ENV", "embedded_postgres", "import_app_modules", "load_config", "parse_config",
+    "resolve_database_url",
 ]
 
 DATABASE_URL_ENV = "FORGE_DATABASE_URL"
@@ -59,7 +59,8 @@ class Size(int):
 
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-Names = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+Name = Annotated[str, msgspec.Meta(min_length=1)]
+Names = Annotated[list[Name], msgspec.Meta(min_length=1)]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -98,27 +99,27 @@ class NodeConfig(_Section):
     heartbeat_interval: PositiveDuration = PositiveDuration(2.0)
     heartbeat_timeout: PositiveDuration = PositiveDuration(30.0)  # a lease not renewed this long is rescued
     poll_interval: PositiveDuration = PositiveDuration(1.0)
-    # Most rows one claim statement takes; each claim takes min(this, the
-    # room the workers have). A statement's fixed cost (round trip, commit)
-    # is spread over more jobs (docs/performance.md, "Design measurements").
+    # Most rows one claim statement takes; each claim takes min(this, the room the workers have). A statement's
+    # fixed cost (round trip, commit) is spread over more jobs (docs/performance.md, "Design measurements").
     claim_batch: PositiveInt = 250
-    # Extra jobs claimed beyond free workers, so a worker finishing a job gets
-    # the next at once. None means one per worker (= workers). While jobs are
-    # short the arbiter holds whole batches per spare, and up to two
+    # Extra jobs claimed beyond free workers, so a worker finishing a job gets the next at once. None means one per
+    # worker (= workers). While jobs are short the arbiter holds whole batches per spare, and up to two
     # claim_batches (see supervisor/demand.py); 0 turns prefetching off.
     prefetch: Annotated[int, msgspec.Meta(ge=0)] | None = None
     prefetch_timeout: Duration = Duration(1.0)  # a prefetched job not started by then is handed back
-    # Crash-class endings (signal, OOM, lost lease) a job may have before it
-    # fails for good, whatever its max_attempts says.
+    # Crash-class endings (signal, OOM, lost lease) a job may have before it fails for good, whatever max_attempts says.
     max_crashes: PositiveInt = 3
     maintenance_interval: PositiveDuration = PositiveDuration(1.0)  # rescue and dead-letter sweeps
     dead_letter_after: Duration = Duration(0.0)  # a failed job moves to dead_letter this long after failing
     dead_letter_retain: PositiveDuration = PositiveDuration(7 * 86400.0)  # unless the job sets its own retention
-    # Due jobs of a type no node has run for this long (counted from when the
-    # last node that ran it stopped or went silent) fail as UnknownJobType;
-    # a restart, or a rolling deploy, must take less.
+    # Due jobs of a type no node has run for this long (counted from when the last node that ran it stopped or went
+    # silent) fail as UnknownJobType; a restart, or a rolling deploy, must take less.
     unknown_type_grace: Duration = Duration(3600.0)
     job_log_lines: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 200  # ctx.log lines stored per attempt
+    # The capacity jobs' forge.Resources are admitted against (supervisor/capacity.py, supervisor/machine.py):
+    cpus: PositiveInt | None = None  # whole CPUs; None: as many as this process may use (affinity, cgroup quota)
+    memory: Size | None = None  # None: the machine's memory, or its cgroup's limit if lower
+    gpus: list[Name] = msgspec.field(default_factory=list)  # device ids for CUDA_VISIBLE_DEVICES; none unless listed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,8 +163,8 @@ class Config(_Section, dict=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     alerts: list[AlertConfig] = msgspec.field(default_factory=list)
 
-    # Set on each instance by parse_config (kept in the instance __dict__ that
-    # dict=True gives); ClassVar keeps msgspec from taking them for fields.
+    # Set on each instance by parse_config (kept in the instance __dict__ that dict=True gives); ClassVar keeps
+    # msgspec from taking them for fields.
     path: ClassVar[Path]
     folder: ClassVar[Path]
 
@@ -212,9 +213,9 @@ def parse_config(text: str, *, path: str | os.PathLike[str], environ: Mapping[st
     return config
 
 
-#: What the Rust core accepts (rust/src/lib.rs, CoreSettings): its loops wait at least 1 ms, and its counts fit
-#: in an i32 (claim_batch: a u32). Refused here, with the key, not at boot. (Every duration is at most 100
-#: years, _dec_hook, far below the 2^64 s the core holds.)
+#: What the Rust core accepts (rust/src/lib.rs, CoreSettings): its loops wait at least 1 ms, and its counts fit in
+#: an i32 (claim_batch: a u32). Refused here, with the key, not at boot. (Every duration is at most 100 years,
+#: _dec_hook, far below the 2^64 s the core holds.)
 _CORE_INTERVALS = ("poll_interval", "heartbeat_interval", "heartbeat_timeout", "maintenance_interval")
 _CORE_MIN_INTERVAL = 0.001
 _CORE_MAX_COUNTS = {"workers": 2**31 - 1, "max_crashes": 2**31 - 1, "claim_batch": 2**32 - 1}
@@ -258,8 +259,7 @@ def _check_lease(node: NodeConfig, source: Source) -> None:
 
 
 def _invalid(source: Source, key: str, detail: str) -> ConfigError:
-    at = ("node", key)
-    return ConfigError(f"invalid value for 'node.{key}'{source.where(at)}: {detail}")
+    return ConfigError(f"invalid value for 'node.{key}'{source.where(('node', key))}: {detail}")
 
 
 def _dec_hook(kind: type, value: Any) -> Any:

@@ -54,6 +54,12 @@ class WorkerCrashed(ForgeError):
     """The worker process running the job died (signal, os._exit, OOM killer)."""
 
 
+class JobOutOfMemory(ForgeError):
+    """The job went over the memory its forge.Resources asked for (the message names the limit): its process tree
+    was killed by the kernel's OOM killer in its memory cgroup, or an allocation past its address space limit
+    failed. Counted as a crash when its worker was killed."""
+
+
 class WorkerDisconnected(WorkerCrashed):
     """The job closed or broke its worker's socket to the supervisor (os.closerange(3, ...) closes it too), so
     the worker could not report how the job ended and exited. Counted as a crash, as the job did it."""

@@ -7,7 +7,6 @@ the row; nothing is ever imported by name from the database.
 from __future__ import annotations
 
 import inspect
-import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
@@ -34,25 +33,19 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, init=False)
 class Resources:
-    """What one run of a job needs from its worker: CPUs, bytes of memory (or a size such as "8Gi"), GPUs."""
+    """What one run of a job needs from its node: whole CPUs (cores its worker is pinned to), bytes of memory (or a
+    size such as "8Gi", "256MiB": the limit its worker's process tree runs under) and GPUs (devices it is given in
+    CUDA_VISIBLE_DEVICES). Whole CPUs: a job is pinned to the cores it is given, and a core is not shared."""
 
-    cpu: float | None
+    cpu: int | None
     memory: int | None
     gpu: int | None
 
-    def __init__(self, cpu: float | None = None, memory: int | str | None = None, gpu: int | None = None) -> None:
-        # Stored as jsonb, where NaN and infinity become null: a request for nothing, said nowhere.
-        if cpu is not None and not (_is_number(cpu) and math.isfinite(cpu) and cpu >= 0):
-            raise JobDefinitionError(f"resources.cpu={cpu!r}: must be a finite number >= 0")
-        if gpu is not None and not (isinstance(gpu, int) and not isinstance(gpu, bool) and gpu >= 0):
-            raise JobDefinitionError(f"resources.gpu={gpu!r}: must be a whole number >= 0")
-        try:
-            size = None if memory is None else parse_size(memory, what="resources.memory")
-        except ValueError as exc:
-            raise JobDefinitionError(str(exc)) from None
-        object.__setattr__(self, "cpu", None if cpu is None else float(cpu))
-        object.__setattr__(self, "memory", size)
-        object.__setattr__(self, "gpu", gpu)
+    def __init__(self, cpu: int | str | None = None, memory: int | str | None = None,
+                 gpu: int | str | None = None) -> None:
+        object.__setattr__(self, "cpu", _whole(cpu, "cpu", 1))
+        object.__setattr__(self, "memory", _memory(memory))
+        object.__setattr__(self, "gpu", _whole(gpu, "gpu", 0))
 
     def to_json(self) -> dict[str, float | int]:
         return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory), ("gpu", self.gpu)) if v is not None}
@@ -255,8 +248,28 @@ def _resources(value: Resources | dict[str, Any] | None) -> Resources | None:
     return Resources(cpu=value.get("cpu"), memory=value.get("memory"), gpu=value.get("gpu"))
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _whole(value: object, what: str, least: int) -> int | None:
+    """A count of CPUs or GPUs: an int, a whole float (4.0) or digits ("4"), at least `least`."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer() or isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise JobDefinitionError(f"resources.{what}={value!r}: must be a whole number >= {least}")
+    return value
+
+
+def _memory(value: object) -> int | None:
+    """Bytes, from a size ("8Gi", "256MiB", "1GB") or an int; more than zero."""
+    if value is None:
+        return None
+    try:
+        size = parse_size(value, what="resources.memory")
+    except ValueError as exc:
+        raise JobDefinitionError(str(exc)) from None
+    if size == 0:
+        raise JobDefinitionError(f"resources.memory={value!r}: must be more than zero bytes (omit it for no limit)")
+    return size
 
 
 def _where(func: Callable[..., Any]) -> str:

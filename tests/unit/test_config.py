@@ -62,6 +62,9 @@ def test_minimal_config_gets_every_default(tmp_path):
         "dead_letter_retain": 7 * 86400.0,
         "unknown_type_grace": 3600.0,
         "job_log_lines": 200,
+        "cpus": None,  # detected at boot (supervisor/machine.py)
+        "memory": None,
+        "gpus": [],
     }
     assert config.log.level == "info"
     assert config.alerts == []
@@ -285,3 +288,13 @@ def test_job_log_lines_is_a_count_the_core_holds(tmp_path):
     for bad in (-1, 2**32, '"many"'):
         message = error_of(tmp_path, MINIMAL + f"[node]\njob_log_lines = {bad}\n")
         assert "node.job_log_lines" in message and "forge.toml:4" in message, message
+
+
+def test_node_capacity_keys(tmp_path):
+    text = '[app]\nmodules = ["m"]\n[node]\ncpus = 2\nmemory = "8Gi"\ngpus = ["0", "1"]\n'
+    node = load_config(write(tmp_path, text), environ={}).node
+    assert (node.cpus, node.memory, node.gpus) == (2, 8 * 2**30, ["0", "1"])
+    with pytest.raises(ConfigError, match="node.cpus"):
+        load_config(write(tmp_path, text.replace("cpus = 2", "cpus = 0")), environ={})
+    with pytest.raises(ConfigError, match="node.gpus"):
+        load_config(write(tmp_path, text.replace('"1"', '""')), environ={})

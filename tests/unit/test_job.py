@@ -106,7 +106,7 @@ def test_resources_are_parsed():
     @forge.job(name="unit_resources", resources={"cpu": 4, "memory": "8Gi", "gpu": 1})
     def fn(ctx, input: In) -> None: ...
 
-    assert fn.resources.to_json() == {"cpu": 4.0, "memory": 8 * 1024**3, "gpu": 1}
+    assert fn.resources.to_json() == {"cpu": 4, "memory": 8 * 1024**3, "gpu": 1}
 
 
 def test_retry_matches_classes_subclasses_and_names():
@@ -174,11 +174,15 @@ _OVER = "5300w"  # a little over 100 years
         ({"name": ""}, "name='': must be a non-empty string"),
         ({"name": 5}, "name=5: must be a non-empty string"),
         ({"worker_capability": "gpu\x00"}, "worker_capability=.*: holds a NUL character"),
-        ({"resources": {"cpu": float("nan")}}, "resources.cpu=nan: must be a finite number >= 0"),
-        ({"resources": {"cpu": float("inf")}}, "resources.cpu=inf: must be a finite number >= 0"),
-        ({"resources": {"cpu": "1"}}, "resources.cpu='1': must be a finite number >= 0"),
-        ({"resources": {"cpu": -1}}, "resources.cpu=-1: must be a finite number >= 0"),
+        ({"resources": {"cpu": float("nan")}}, "resources.cpu=nan: must be a whole number >= 1"),
+        ({"resources": {"cpu": float("inf")}}, "resources.cpu=inf: must be a whole number >= 1"),
+        ({"resources": {"cpu": 0.5}}, "resources.cpu=0.5: must be a whole number >= 1"),
+        ({"resources": {"cpu": 0}}, "resources.cpu=0: must be a whole number >= 1"),
+        ({"resources": {"cpu": "four"}}, "resources.cpu='four': must be a whole number >= 1"),
+        ({"resources": {"cpu": -1}}, "resources.cpu=-1: must be a whole number >= 1"),
+        ({"resources": {"cpu": True}}, "resources.cpu=True: must be a whole number >= 1"),
         ({"resources": {"gpu": -1}}, "resources.gpu=-1: must be a whole number >= 0"),
+        ({"resources": {"memory": 0}}, "resources.memory=0: must be more than zero bytes"),
     ],
 )
 def test_options_the_database_or_core_cannot_hold_are_refused_at_definition(options, message):
@@ -200,10 +204,13 @@ def test_resources_made_by_hand_are_checked_too():
 
 def test_resources_made_by_hand_parse_a_memory_size():
     assert forge.Resources(cpu=4, memory="8Gi", gpu=1) == forge.Resources(cpu=4.0, memory=8 * 1024**3, gpu=1)
+    assert forge.Resources(cpu="4", memory="256MiB", gpu="2") == forge.Resources(cpu=4, memory=256 * 2**20, gpu=2)
+    assert forge.Resources(memory=1000).memory == 1000
+    assert forge.Resources(cpu=4.0).cpu == 4 and isinstance(forge.Resources(cpu=4.0).cpu, int)
     with pytest.raises(JobDefinitionError, match="resources.memory: expected a size like"):
         forge.Resources(memory="lots")
-    with pytest.raises(JobDefinitionError, match="resources.cpu='4': must be a finite number"):
-        forge.Resources(cpu="4")  # type: ignore[arg-type]
+    with pytest.raises(JobDefinitionError, match="resources.memory: expected a size like"):
+        forge.Resources(memory=1.5)  # type: ignore[arg-type]
 
 
 def test_durations_of_exactly_the_limit_are_accepted():

@@ -2,27 +2,22 @@
 
 Signal handlers only record the signal; the loop acts on it. Each pass:
   1. waits for the zygote, the workers, the Rust core or a signal to speak;
-  2. records what workers report (outcomes go to the core, which writes them
-     in batches) and what the zygote reports (spawned and exited workers);
-  3. enforces deadlines and stops jobs: a job past its timeout, or cancelled by
-     an operator, has its worker and group SIGTERMed (SIGKILL after kill_grace,
-     again until its exit is reported); prefetched jobs held too long go back;
-     at the end of the shutdown grace busy workers are killed; when the core has
-     not renewed this node's leases for fence_after, or finds a lease lost, the
-     workers concerned are SIGKILLed so that no job runs here while another
-     node runs it; jobs queued behind a head that turns out long are taken
-     back, unstarted, for other workers (slot.Slot.take_back_waiting);
-  4. hands claimed jobs to workers, best priority first: one at a time, or a
-     batch of frames in one write when the jobs are known to be short; writes
-     never block: what a worker's socket does not take waits in its outbox;
-  5. grants the core claim credits for the room the workers have, plus a
-     prefetch (how many: demand.py).
-The loop wakes at least every lease.refresh_period, so the lease page the
-zygote watches is never older than the renewals allow.
-Per job the arbiter does O(1) work: decode one frame, one call into the core,
-encode one frame (and one call per log line or progress report). A worker that
-dies fails only the job it was running, and only if it had read that job's
-frame, its socket read to the end first; the jobs behind it go back unrun.
+  2. records what workers report (outcomes go to the core, which writes them in batches) and what the zygote
+     reports (spawned and exited workers);
+  3. enforces deadlines and stops jobs: a job past its timeout, or cancelled by an operator, has its worker and
+     group SIGTERMed (SIGKILL after kill_grace, again until its exit is reported); prefetched jobs held too long
+     go back; at the end of the shutdown grace busy workers are killed; when the core has not renewed this
+     node's leases for fence_after, or finds a lease lost, the workers concerned are SIGKILLed so that no job
+     runs here while another node runs it; jobs queued behind a head that turns out long are taken back,
+     unstarted, for other workers (slot.Slot.take_back_waiting);
+  4. hands claimed jobs to workers, best priority first: one at a time, or a batch of frames in one write when
+     the jobs are known to be short; a job whose type asks for resources only once they are free (capacity.py);
+     writes never block: what a worker's socket does not take waits in its outbox;
+  5. grants the core claim credits for the room the workers have, plus a prefetch (how many: demand.py).
+The loop wakes at least every lease.refresh_period, so the lease page the zygote watches is never older than the
+renewals allow. Per job the arbiter does O(1) work: decode one frame, one call into the core, encode one frame
+(and one call per log line or progress report). A worker that dies fails only the job it was running, and only if
+it had read that job's frame; the jobs waiting behind it go back unrun. Its socket is read to the end first.
 """
 
 from __future__ import annotations
@@ -39,9 +34,11 @@ from .._core import ClaimedJob, Core
 from ..config import NodeConfig
 from ..job import Job
 from .arbiter_log import Throughput, dump_state, log_failure, log_take_back
+from .capacity import Admission, Capacity
 from .demand import Demand, credits
 from .lease import LeaseClock, RenewalDates, fence_after, refresh_period
 from .lease import now as lease_now
+from .machine import MemoryCgroups
 from .protocol import Completed, Failed, Fenced, Log, Progress, Spawned, WorkerSettings
 from .settle import fail_unknown, settle_head
 from .signal_inbox import SignalInbox
@@ -63,7 +60,8 @@ class State(Enum):
 
 class Arbiter:
     def __init__(self, node: NodeConfig, core: Core, zygote: Zygote, jobs: dict[str, Job[Any]],
-                 settings: WorkerSettings, lease: LeaseClock) -> None:
+                 settings: WorkerSettings, lease: LeaseClock, admission: Admission | None = None,
+                 cgroups: MemoryCgroups | None = None) -> None:
         self.node = node
         self.core = core
         self.zygote = zygote
@@ -80,7 +78,9 @@ class Arbiter:
         self._renewals = RenewalDates(time.monotonic(), lease_now())
         self._fenced = False
         self._by_pid: dict[int, Slot] = {}
-        self._queue = Waiting()
+        self._queue = Waiting()  # claimed jobs that ask for no resources; those that do wait in _admission
+        self._admission = Admission(Capacity(0, 0, (), (0,)), {}, 0) if admission is None else admission
+        self._cgroups = MemoryCgroups(None) if cgroups is None else cgroups
         self._requested = 0
         self._received = 0
         self._prefetching = True  # see demand.Demand.prefetching
@@ -146,17 +146,13 @@ class Arbiter:
 
     def _handle_signals(self) -> None:
         for signum in self._signals.take():
-            if signum == signal.SIGUSR1:
-                self._dump_state()
+            if signum == signal.SIGUSR1:  # log what every slot is doing, the lease and the core's counters
+                dump_state(self.state.value, self._fenced, self.core, len(self._queue) + len(self._admission),
+                           self._requested, self._received, self.slots)
             elif signum == signal.SIGQUIT or self.state is not State.RUNNING:
                 self._kill_all(signal.Signals(signum).name)
             else:
                 self._drain(signal.Signals(signum).name)
-
-    def _dump_state(self) -> None:
-        """SIGUSR1: log what every slot is doing, the lease and the core's counters."""
-        queued, requested, received = len(self._queue), self._requested, self._received
-        dump_state(self.state.value, self._fenced, self.core, queued, requested, received, self.slots)
 
     def _drain(self, reason: str) -> None:
         """Stop claiming, hand back every job that has not started, let workers finish theirs."""
@@ -220,9 +216,8 @@ class Arbiter:
                     self._worker_gone(gone, message.status)
 
     def _on_worker(self, slot: Slot, sock: socket.socket, mask: int) -> None:
-        # One select() returns a batch of events; handling an earlier one may
-        # have replaced this slot's socket (and its fd number reused), so an
-        # event for a socket the slot no longer has is stale.
+        # One select() returns a batch of events; handling an earlier one may have replaced this slot's socket (and
+        # its fd number reused), so an event for a socket the slot no longer has is stale.
         if slot.sock is not sock:
             return
         if mask & selectors.EVENT_WRITE:
@@ -233,9 +228,8 @@ class Arbiter:
     def _read(self, slot: Slot) -> bool:
         """Apply one read's worth of what the worker wrote; False when there was nothing to read.
 
-        The stream never ends here: the supervisor holds the worker's end too
-        (zygote.Zygote.spawn); that the worker is gone, the zygote says.
-        """
+        The stream never ends here: the supervisor holds the worker's end too (zygote.Zygote.spawn); that the
+        worker is gone, the zygote says."""
         assert slot.sock is not None
         try:
             messages = slot.reader.receive(slot.sock, socket.MSG_DONTWAIT)
@@ -278,6 +272,8 @@ class Arbiter:
     def _job_done(self, slot: Slot, retiring: bool, now: float) -> None:
         """The head job reported: the next one handed to this worker starts now."""
         done = slot.reported()
+        if slot.grant is not None:  # its capacity is free again
+            self._admission.give_back(slot.end_grant())
         self.durations.observe(done.job_type, now - slot.head_since)
         self._prefetching = True
         if retiring:  # the worker exits now: what it still held never started
@@ -311,9 +307,12 @@ class Arbiter:
         if slot.jobs:
             started = slot.head_started()
             head, *rest = slot.drop_held()
-            settle_head(self.core, head, started, slot.kill_reason, status, self.jobs.get(head.job_type),
+            oom = self._cgroups.killed(head, slot.grant)  # and its memory cgroup goes, whatever killed it
+            reason = slot.kill_reason or oom
+            settle_head(self.core, head, started, reason, status, self.jobs.get(head.job_type),
                         self._fence_after, self.node.dead_letter_after)
             self._release(rest)
+        self._admission.give_back(slot.end_grant())
         self._close(slot)
         slot.reset()
         if self.state is State.RUNNING:
@@ -368,7 +367,7 @@ class Arbiter:
                            job_id, attempt, slot.pid)
                 self._kill(slot, "lost", at_once=True)
                 return
-        self._queue.take(job_id, attempt)
+        self._queue.take(job_id, attempt) or self._admission.take(job_id, attempt)
 
     def _zygote_fenced(self, pids: list[int]) -> None:
         _log.error("the zygote found the lease clock stale and killed workers %s", pids)
@@ -402,7 +401,7 @@ class Arbiter:
                 self._write(slot)
             if place is not None:
                 return
-        self._release(self._queue.take(job_id, attempt))
+        self._release(self._queue.take(job_id, attempt) or self._admission.take(job_id, attempt))
 
     # -- deadlines ------------------------------------------------------------
 
@@ -430,6 +429,7 @@ class Arbiter:
     def _release_stale(self, now: float) -> None:
         """Prefetched jobs not handed out within prefetch_timeout go back for other nodes."""
         limit = now - self.node.prefetch_timeout
+        self._release(self._admission.take_stale(limit))
         oldest = self._queue.oldest()
         if oldest is None or oldest > limit:
             return
@@ -450,24 +450,26 @@ class Arbiter:
             if job.job_type not in self.jobs:
                 fail_unknown(self.core, job)
                 continue
-            self._queue.push(job, now)
+            (self._admission if job.job_type in self._admission.requests else self._queue).push(job, now)
 
     def _assign(self, now: float) -> None:
         """Hand queued jobs to workers that accept them, best first; one write per worker."""
-        if not self._queue or self._fenced:
+        if not (self._queue or self._admission) or self._fenced:
             return
         for slot in self.slots:
             if not slot.wants_jobs():
                 continue
             held = len(slot.jobs)
             durations = self.durations
+            if not held and self._admission and (admitted := self._admission.admit(now, self._queue.best())):
+                slot.hold(admitted[0], durations, admitted[1])
             while (job := self._queue.pop_if(lambda job: slot.accepts(job.job_type, durations))) is not None:
                 slot.hold(job, durations)
             if len(slot.jobs) > held:
                 if held == 0:
                     self._begin_head(slot, now)
                 self._write(slot)
-            if not self._queue:
+            if not (self._queue or self._admission):
                 return
 
     def _grant_credits(self) -> None:
@@ -476,17 +478,11 @@ class Arbiter:
         room = sum(per_worker - len(s.jobs) for s in self.slots if s.kill_reason is None and not s.retiring)
         wanted = credits(
             Demand(
-                running=self.state is State.RUNNING,
-                room=room,
-                queued=len(self._queue),
-                outstanding=self._requested - self._received,
-                per_worker=per_worker,
-                prefetching=self._prefetching,
-                prefetch=self._spares,
-                claim_batch=self.node.claim_batch,
-                prefetch_timeout=self.node.prefetch_timeout,
-                slots=len(self.slots),
-                pace=self.durations,
+                running=self.state is State.RUNNING, room=room,
+                queued=len(self._queue) + len(self._admission),  # those waiting for capacity too (capacity.py)
+                outstanding=self._requested - self._received, per_worker=per_worker,
+                prefetching=self._prefetching, prefetch=self._spares, claim_batch=self.node.claim_batch,
+                prefetch_timeout=self.node.prefetch_timeout, slots=len(self.slots), pace=self.durations,
             )
         )
         if wanted:
@@ -494,7 +490,7 @@ class Arbiter:
             self._requested += wanted
 
     def _hand_back_queue(self) -> None:
-        self._release(self._queue.take_all())
+        self._release(self._queue.take_all() + self._admission.take_all())
         for job in self.core.take():
             self._received += 1
             self.core.release(job.id, job.attempt)

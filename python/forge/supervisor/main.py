@@ -41,9 +41,11 @@ from ..errors import ConfigError, DatabaseError, NoServiceUser, PostgresNotInsta
 from ..job import Job, registry
 from ..retry import Retry
 from ..version import version, version_option
-from . import log_queue
+from . import log_queue, machine
 from .arbiter import Arbiter
+from .capacity import Admission, Capacity, Request, never_fits, requests_of
 from .lease import LeaseClock, fence_after
+from .machine import MemoryCgroups
 from .protocol import WorkerSettings
 from .zygote import Zygote
 
@@ -82,7 +84,8 @@ def main(config_path: str) -> None:
         sys.exit(EXIT_APP)
     jobs = dict(registry())
     _banner(config, jobs)
-    sys.exit(run(config, jobs))
+    capacity = machine.capacity(config.node)
+    sys.exit(run(config, jobs, Admission(capacity, fitting(jobs, capacity), config.node.prefetch)))
 
 
 def _banner(config: Config, jobs: dict[str, Job[Any]]) -> None:
@@ -97,10 +100,27 @@ def _banner(config: Config, jobs: dict[str, Job[Any]]) -> None:
     )
 
 
-def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
+def fitting(jobs: dict[str, Job[Any]], capacity: Capacity) -> dict[str, Request]:
+    """The requests of the job types that ask for resources. Those that ask for more than the whole node has are
+    taken out of `jobs`: never claimed here (the core claims only the types it is given; the log says so), so
+    none waits here for ever nor goes back and forth."""
+    _log.info("capacity: cpus %d (on CPUs %s), memory %d bytes, gpus %s", capacity.cpus,
+              ",".join(map(str, capacity.cores)), capacity.memory, ",".join(capacity.gpus) or "(none)")
+    requests = requests_of(jobs.items())
+    for name, request in list(requests.items()):
+        if (over := never_fits(request, capacity)) is not None:
+            _log.warning("job type %s is unschedulable on this node: it asks for more than the node has (%s); "
+                       "this node does not claim it", name, over)
+            del jobs[name], requests[name]
+    return requests
+
+
+def run(config: Config, jobs: dict[str, Job[Any]], admission: Admission) -> int:
     """Boot the node, run the arbiter until stopped, tear down; the exit status."""
+    # Only if a job asks for memory: the node's memory cgroup, removed after the zygote, once the workers are gone.
+    cgroups = MemoryCgroups.make() if any(r.memory for r in admission.requests.values()) else MemoryCgroups(None)
     lease = LeaseClock()
-    zygote = Zygote.start(lease, fence_after(config.node.heartbeat_timeout))
+    zygote = Zygote.start(lease, fence_after(config.node.heartbeat_timeout), cgroups.remove)
     # Only now, with the zygote forked, the log queue's thread: neither the zygote nor its workers may inherit it.
     queued_logs = log_queue.start()
     try:
@@ -123,9 +143,10 @@ def run(config: Config, jobs: dict[str, Job[Any]]) -> int:
             except (DatabaseError, ConfigError) as exc:
                 _log.error("%s", exc)
                 return EXIT_DATABASE
-            return _serve(config, jobs, zygote, lease, dsn)
+            return _serve(config, jobs, zygote, lease, dsn, admission, cgroups)
     finally:
         zygote.stop()
+        cgroups.remove()
         log_queue.stop(queued_logs)
 
 
@@ -138,7 +159,8 @@ def _log_database(config: Config, dsn: str) -> None:
         _log.info("database: embedded PostgreSQL at %s, %s", config.embedded_dir, dsn)
 
 
-def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str) -> int:
+def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: LeaseClock, dsn: str,
+           admission: Admission, cgroups: MemoryCgroups) -> int:
     node_id = uuid.uuid4()  # new at every start: the lease owner of this run's claims
     try:
         core = Core(core_settings(config.node, dsn, node_id, jobs, config.retention))
@@ -151,10 +173,12 @@ def _serve(config: Config, jobs: dict[str, Job[Any]], zygote: Zygote, lease: Lea
         max_memory=config.node.max_worker_memory,
         log_level=config.log.level,
         owner=str(node_id),
+        memory_cgroup=None if cgroups.base is None else str(cgroups.base),
+        gpu_node=bool(config.node.gpus),
     )
     _log.info("node %s started", node_id)
     try:
-        status = Arbiter(config.node, core, zygote, jobs, settings, lease).run()
+        status = Arbiter(config.node, core, zygote, jobs, settings, lease, admission, cgroups).run()
     finally:
         left = _final_flush(core, config.node.shutdown_grace)
         _log.info("core totals: %s", " ".join(f"{k}={v}" for k, v in sorted(core.stats().items())))

@@ -31,6 +31,14 @@ _READ_SIZE = 1 << 18
 PADDED_FRAME = 512
 
 
+class Limits(msgspec.Struct, array_like=True):
+    """With a job whose type asks for resources: what it was given (capacity.Grant), for confine.py."""
+
+    cores: list[int]  # the CPU ids it is pinned to (none: not pinned)
+    memory: int  # bytes its process tree may use (0: no limit)
+    gpus: list[str]  # its CUDA_VISIBLE_DEVICES
+
+
 class RunJob(msgspec.Struct, tag="run", array_like=True):
     """Supervisor -> worker: run this job now."""
 
@@ -39,6 +47,7 @@ class RunJob(msgspec.Struct, tag="run", array_like=True):
     job_type: str
     input: bytes
     parent_id: int | None = None
+    limits: Limits | None = None  # None for a job that asks for nothing (nearly all): a nil byte
 
 
 class Completed(msgspec.Struct, tag="done", array_like=True):
@@ -235,3 +244,5 @@ class WorkerSettings(msgspec.Struct, array_like=True):
     # The node's lease owner (forge_jobs.claimed_by): for completions written in a job's own transaction,
     # and named in the job log lines of the stream.
     owner: str
+    memory_cgroup: str | None = None  # the node's memory cgroup (machine.MemoryCgroups), if it has one
+    gpu_node: bool = False  # [node] gpus lists devices: jobs without a GPU get CUDA_VISIBLE_DEVICES=""

@@ -12,6 +12,7 @@ from .._core import ClaimedJob, Core
 from ..errors import JobCancelled, JobTimeout, LeaseLost, UnknownJobType, WorkerCrashed, WorkerDisconnected
 from ..job import Job
 from .arbiter_log import fate
+from .confine import out_of_memory
 from .protocol import error_payload
 from .worker import EXIT_CANNOT_REPORT
 
@@ -19,8 +20,8 @@ _log = logging.getLogger("forge.arbiter")
 
 #: Kill reasons whose job is handed back unrun, its attempt not charged.
 HAND_BACK = frozenset({"shutdown"})
-#: Endings that count towards the job's crash limit (poison pills).
-CRASH_CLASS = frozenset({None, "fenced", "lost"})
+#: Endings that count towards the job's crash limit (poison pills): "oom", the OOM killer in its memory cgroup.
+CRASH_CLASS = frozenset({None, "fenced", "lost", "oom"})
 
 
 def settle_head(core: Core, job: ClaimedJob, started: bool, reason: str | None, status: int | None,
@@ -59,6 +60,10 @@ def killed_job_error(job: ClaimedJob, reason: str | None, status: int | None, de
         return JobTimeout(f"job {job.id} ran past its timeout of {timeout:g}s; its worker was killed")
     if reason == "cancelled":
         return JobCancelled(f"job {job.id} was cancelled by an operator while it ran; its worker was killed")
+    if reason == "oom":
+        limit = definition.resources.memory if definition is not None and definition.resources is not None else 0
+        return out_of_memory(job.id, limit or 0, "the kernel's OOM killer killed its worker (or a process it started) "
+                             "in the job's memory cgroup")
     if reason == "hung":
         return JobTimeout(f"job {job.id} sent no heartbeat within its heartbeat_timeout; its worker was killed")
     if reason == "fenced":

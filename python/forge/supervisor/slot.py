@@ -19,9 +19,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .._core import ClaimedJob
+from .capacity import Grant
 from .descendants import parent_of, signal_worker
 from .outbox import OUTBOX_LIMIT, Outbox
-from .protocol import FrameReader, FromWorker, RunJob, encode_padded
+from .protocol import FrameReader, FromWorker, Limits, RunJob, encode_padded
 
 _log = logging.getLogger("forge.arbiter")
 
@@ -90,6 +91,7 @@ class Slot:
     retiring: bool = False
     all_short: bool = True  # every job held was short when handed over
     stalled: bool = False  # the jobs behind the head were taken back: none are added until it reports
+    grant: Grant | None = None  # what the head job was given of the node's capacity, if it asked (capacity.py)
 
     @property
     def job(self) -> ClaimedJob | None:
@@ -116,15 +118,24 @@ class Slot:
             return False
         if not self.jobs:
             return True
-        if self.stalled or self.outbox.waiting >= OUTBOX_LIMIT:
+        if self.stalled or self.grant is not None or self.outbox.waiting >= OUTBOX_LIMIT:
             return False
         return self.all_short and len(self.jobs) < MAX_BATCH and durations.short(job_type)
 
-    def hold(self, job: ClaimedJob, durations: JobDurations) -> None:
-        """Hand `job` to this worker (after accepts() said yes): its frame goes to the outbox."""
+    def hold(self, job: ClaimedJob, durations: JobDurations, grant: Grant | None = None) -> None:
+        """Hand `job` to this worker (after accepts() said yes, or to an idle one with what the job was granted):
+        its frame goes to the outbox."""
         self.all_short = (self.all_short or not self.jobs) and durations.short(job.job_type)
         self.jobs.append(job)
-        self.outbox.add(encode_padded(RunJob(job.id, job.attempt, job.job_type, job.input, job.parent_id)))
+        limits = None if grant is None else Limits(list(grant.cores), grant.memory, list(grant.gpus))
+        self.outbox.add(encode_padded(RunJob(job.id, job.attempt, job.job_type, job.input, job.parent_id, limits)))
+        if grant is not None:
+            self.grant = grant
+
+    def end_grant(self) -> Grant | None:
+        """The head job ended: what it was given of the node's capacity, to give back (None: nothing)."""
+        grant, self.grant = self.grant, None
+        return grant
 
     def reported(self) -> ClaimedJob:
         """The head job ended: the worker read its frame, and will read the next one."""

@@ -41,6 +41,10 @@ class Waiting:
         self._left(since)
         return job
 
+    def best(self) -> int | None:
+        """The priority of the job to hand out next, or None if none waits."""
+        return self._heap[0][0] if self._heap else None
+
     def oldest(self) -> float | None:
         """When the job waiting longest came in, or None if none waits."""
         return min(self._arrivals) if self._arrivals else None

@@ -26,6 +26,7 @@ from ..context_async import AsyncJobContext
 from ..errors import InputDecodeError, ResultNotStorable, UnknownJobType
 from ..job import Job, registry
 from ..logs import safe_repr
+from .confine import run_confined, worker_started
 from .protocol import (
     Completed,
     Failed,
@@ -55,6 +56,7 @@ EXIT_CANNOT_REPORT = 72
 def serve(sock: socket.socket, settings: WorkerSettings) -> int:
     """Run jobs until the supervisor hangs up or this worker retires; the exit code."""
     _name_node(settings.owner)
+    worker_started(settings.gpu_node)
     runner = JobRunner(sock, settings.dsn, settings.owner)
     code = _serve(sock, settings, runner)
     # The worker ends in os._exit: its connection (ctx.db, ctx.jobs) is closed here rather than dropped. Not
@@ -75,9 +77,12 @@ def _serve(sock: socket.socket, settings: WorkerSettings, runner: JobRunner) -> 
         frame = reader.receive_one(sock)
         if frame is None:
             return 0
-        outcome = runner.run(frame)
+        if frame.limits is None:
+            outcome = runner.run(frame)
+        else:  # the job asked for resources: confined to what it was given (and it may retire the worker)
+            outcome = run_confined(runner.run, frame, settings.memory_cgroup)
         done += 1
-        outcome.retiring = _should_retire(settings, done)
+        outcome.retiring = outcome.retiring or _should_retire(settings, done)
         try:
             sock.sendall(encode(outcome))
         except OSError as exc:  # EBADF, ENOTSOCK (its fd closed, maybe reused), EPIPE, ECONNRESET...

@@ -37,6 +37,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 
 import msgspec
 
@@ -69,8 +70,9 @@ class Zygote:
         self._reader = FrameReader(FromZygote)
 
     @classmethod
-    def start(cls, lease: LeaseClock, fence_after: float) -> "Zygote":
-        """Fork the zygote. Must run before this process starts any thread."""
+    def start(cls, lease: LeaseClock, fence_after: float, at_exit: Callable[[], None] = lambda: None) -> "Zygote":
+        """Fork the zygote. Must run before this process starts any thread. It calls `at_exit` once it killed
+        every worker and all they left (machine.MemoryCgroups.remove: their groups can go only then)."""
         ensure_single_threaded("the supervisor")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
@@ -80,6 +82,7 @@ class Zygote:
             code = 1
             try:
                 code = _Server(theirs, lease, fence_after).serve(parent)
+                at_exit()
             except BaseException:
                 traceback.print_exc()
             finally:
