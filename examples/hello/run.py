@@ -65,7 +65,8 @@ def _dispatch(url: str) -> list[int]:
         ids += [forge.dispatch(conn, jobs.sync_external_service, jobs.Sync(account=f"acct-{i}")) for i in range(4)]
         ids.append(forge.dispatch(conn, jobs.generate_report, jobs.Report(pages=10)))
         ids.append(forge.dispatch(conn, jobs.generate_report, jobs.Report(pages=5), delay="2s"))
-    print(f"dispatched {len(ids)} jobs")
+        again = forge.dispatch(conn, jobs.send_welcome_email, jobs.Welcome(user_id=3, email="user3@example.com"))
+    print(f"dispatched {len(ids)} jobs (user 3's welcome, dispatched again, is the same job: {again})")
     return ids
 
 

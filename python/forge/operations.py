@@ -17,15 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar
-from uuid import UUID
-
-import msgspec
 
 from .db.queries import load_queries
 from .errors import JobNotFound, JobStateError, OperationError
-from .job import PRIORITIES, registry
+from .job import registry
+from .records import JobLogLine, JobRecord, record
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -48,59 +46,10 @@ CANCELLABLE = ("pending", "retry", "claimed", "running")
 #: Most attempts a retry may add: max_attempts is a PostgreSQL integer.
 MAX_MORE_ATTEMPTS = 1_000_000
 
-_PRIORITY_NAMES = {rank: name for name, rank in PRIORITIES.items()}
 _MAX_ID = 2**63 - 1  # ids are bigint
 
 T = TypeVar("T")
 Row: TypeAlias = "dict[str, Any]"
-
-
-class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One forge_jobs row: a field per column, named as the column. priority by name ("high"), times as
-    aware datetimes, JSON columns decoded. msgspec.json.encode(record) is the row as a JSON object."""
-
-    id: int
-    job_type: str
-    status: str
-    priority: str
-    input: Any
-    result: Any
-    attempts: int
-    max_attempts: int
-    crashes: int
-    scheduled_at: datetime
-    created_at: datetime
-    claimed_at: datetime | None
-    started_at: datetime | None
-    completed_at: datetime | None
-    failed_at: datetime | None
-    dead_lettered_at: datetime | None
-    heartbeat_at: datetime | None
-    claimed_by: UUID | None
-    last_error: Any
-    progress: int
-    progress_message: str | None
-    parent_id: int | None
-    idempotency_key: str | None
-    capability: str
-    resources: Any
-    dead_letter_retain: timedelta | None
-    cron_name: str | None
-    cron_tick: datetime | None
-    cancelled_at: datetime | None
-    discarded_at: datetime | None
-    dead_letter_after: timedelta | None
-    cancel_requested_at: datetime | None
-
-
-class JobLogLine(msgspec.Struct, frozen=True, kw_only=True):
-    """One forge_job_logs row (a ctx.log line): when the supervisor got it, its attempt, level, message, fields."""
-
-    at: datetime
-    attempt: int
-    level: str
-    message: str
-    fields: Any
 
 
 Records: TypeAlias = "list[JobRecord]"
@@ -122,14 +71,14 @@ Plan: TypeAlias = Generator[_Statement, "list[Row]", T]
 
 def _get(job_id: int) -> Plan[JobRecord | None]:
     rows = yield _Statement("get_job", (_ids((job_id,))[0],))
-    return _record(rows[0]) if rows else None
+    return record(rows[0]) if rows else None
 
 
 def _list(statuses: Any, job_types: Any, since: Any, limit: int) -> Plan[Records]:
     wanted = None if statuses is None else _states(statuses, STATUSES, "statuses")
     types = None if job_types is None else _names(job_types, "job_types")
     rows = yield _Statement("list_jobs", (wanted, types, *_since(since), _limit(limit)))
-    return [_record(row) for row in rows]
+    return [record(row) for row in rows]
 
 
 def _logs(job_id: int) -> Plan[LogLines]:
@@ -138,7 +87,7 @@ def _logs(job_id: int) -> Plan[LogLines]:
 
 def _dead_letters(limit: int) -> Plan[Records]:
     rows = yield _Statement("dead_letter_jobs", (_limit(limit),))
-    return [_record(row) for row in rows]
+    return [record(row) for row in rows]
 
 
 def _retry(ids: Sequence[int], attempts: int | None) -> Plan[int]:
@@ -240,10 +189,6 @@ def _locked(ids: Sequence[int], accepted: Sequence[str], verb: str, note: dict[s
 
 
 # --- checks and conversions -------------------------------------------------------
-
-
-def _record(row: Row) -> JobRecord:
-    return JobRecord(**{**row, "priority": _PRIORITY_NAMES[row["priority"]]})
 
 
 def _policy_attempts(job_type: str) -> int | None:

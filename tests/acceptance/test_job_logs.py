@@ -139,6 +139,7 @@ def test_forge_jobs_show_prints_the_lines(supervisor, app_db, db):
     assert [(line["attempt"], line["level"], line["message"], line["fields"]) for line in shown["logs"]] == [
         (1, "warn", "line 0", {"i": 0}), (1, "warn", "line 1", {"i": 1})]
     assert shown["id"] == job_id and shown["logs"][0]["at"] <= shown["logs"][1]["at"]
+    assert {line["node"] for line in shown["logs"]} == {shown["claimed_by"]}  # the node that ran the attempt
 
 
 def test_progress_is_visible_from_another_connection_within_a_second_while_its_job_runs(supervisor, db):

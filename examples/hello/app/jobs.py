@@ -1,4 +1,5 @@
-"""The example app's jobs: a welcome email recorded once (ctx.mutate), a flaky sync that retries, a report with
+"""The example app's jobs: a welcome email, one per user however often it is dispatched (idempotent), recorded
+with the account sync it starts in one transaction (ctx.mutate); a flaky sync that retries; a report with
 progress that reads the app's table (ctx.query). run.py creates the table, welcome_emails."""
 
 import random
@@ -28,9 +29,11 @@ class NetworkError(Exception):
 
 
 @forge.mutation
-def record_welcome(db: psycopg.Connection, input: Welcome) -> None:
+def record_welcome(db: psycopg.Connection, input: Welcome) -> int:
+    """The email sent, and the user's account sync dispatched, in one transaction: both or neither."""
     db.execute("INSERT INTO welcome_emails (user_id, email) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                (input.user_id, input.email))
+    return forge.dispatch(db, sync_external_service, Sync(account=f"acct-{input.user_id}"))
 
 
 @forge.query
@@ -38,12 +41,12 @@ def welcomes_sent(db: psycopg.Connection, _: None) -> int:
     return db.execute("SELECT count(*) FROM welcome_emails").fetchone()[0]
 
 
-@forge.job(priority="high", timeout="30s")
+@forge.job(priority="high", timeout="30s", idempotent="input.user_id")
 def send_welcome_email(ctx: forge.JobContext, input: Welcome) -> dict:
     time.sleep(0.05)  # talking to the mail server
-    ctx.mutate(record_welcome, input)  # its own transaction on ctx.db, the worker's connection
-    ctx.log.info("welcome email sent", to=input.email)
-    return {"sent_to": input.email}
+    sync = ctx.mutate(record_welcome, input)  # its own transaction on ctx.db, the worker's connection
+    ctx.log.info("welcome email sent", to=input.email, sync_job=sync)
+    return {"sent_to": input.email, "sync_job": sync}
 
 
 @forge.job(retry=forge.Retry(max_attempts=4, backoff="exponential", base="1s", on=(NetworkError,)))

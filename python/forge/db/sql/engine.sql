@@ -178,13 +178,13 @@ RETURNING j.id;
 -- Job log lines (ctx.log), stored in the order they came, only for jobs
 -- owner $7 holds at the line's attempt (claimed or running), as progress
 -- is: a late line, or one of a rescued attempt, is dropped. at is when the
--- supervisor got the line ($6: ms ago). The job's row is only read, never
+-- supervisor got the line ($6: ms ago); node is the owner (0010). The job's row is only read, never
 -- locked or written: a line neither waits for a row lock nor costs the
 -- job's completion its HOT update. How many were stored comes back.
 WITH written AS (
-    INSERT INTO forge_job_logs (job_id, attempt, level, message, fields, at)
+    INSERT INTO forge_job_logs (job_id, attempt, level, message, fields, at, node)
     SELECT l.id, l.attempt, l.level, l.message, l.fields::jsonb,
-           now() - l.ago_ms * interval '1 millisecond'
+           now() - l.ago_ms * interval '1 millisecond', $7
     FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::text[], $6::float8[])
          WITH ORDINALITY AS l(id, attempt, level, message, fields, ago_ms, n)
     JOIN forge_jobs AS j ON j.id = l.id AND j.attempts = l.attempt AND j.claimed_by = $7

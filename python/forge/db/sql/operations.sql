@@ -21,7 +21,7 @@ LIMIT $5;
 
 -- name: job_logs
 -- The log lines (ctx.log) of job $1, every attempt's, in the order written.
-SELECT at, attempt, level, message, fields FROM forge_job_logs WHERE job_id = $1 ORDER BY id;
+SELECT at, attempt, level, message, fields, node FROM forge_job_logs WHERE job_id = $1 ORDER BY id;
 
 -- name: dead_letter_jobs
 -- The spec's monitoring query (newest failure first), $1 rows at most.
