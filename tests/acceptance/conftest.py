@@ -47,14 +47,21 @@ def supervisor(app_db: str, tmp_path: Path) -> Iterator[Callable[..., Supervisor
 
     modules: the app modules it imports; url: where it reaches PostgreSQL (e.g. a proxy), if not directly;
     new_session: in a session and process group of its own; output: a file descriptor for its stdout and
-    stderr instead of its log file; env: variables added to its environment.
+    stderr instead of its log file; env: variables added to its environment; retention: its [retention]
+    table; node_defaults: False for the node's own defaults (dead_letter_after included) where DEFAULT_NODE
+    would set them, only workers and poll_interval as there.
     """
     started: list[Supervisor] = []
 
     def start(*, modules: Sequence[str] = ("testapp.jobs",), url: str | None = None, new_session: bool = False,
-              output: int | None = None, env: Mapping[str, str] | None = None, **node: Any) -> Supervisor:
+              output: int | None = None, env: Mapping[str, str] | None = None,
+              retention: Mapping[str, str] | None = None, node_defaults: bool = True, **node: Any) -> Supervisor:
+        defaults = DEFAULT_NODE if node_defaults else {key: DEFAULT_NODE[key] for key in ("workers", "poll_interval")}
         sup = Supervisor(tmp_path / f"node{len(started)}", url or app_db, modules=modules, direct_url=app_db,
-                         node={**DEFAULT_NODE, **node}, app_path=APPS, start_timeout=15.0)
+                         node={**defaults, **node}, app_path=APPS, start_timeout=15.0)
+        if retention:
+            table = "".join(f'{key} = "{value}"\n' for key, value in retention.items())
+            sup.config.write_text(sup.config.read_text() + f"\n[retention]\n{table}")
         started.append(sup)
         return sup.start(start_new_session=new_session, output=output, env=env)
 

@@ -5,13 +5,12 @@ live node can run wait, reported by `forge status`, until such a node comes."""
 
 from __future__ import annotations
 
+import functools
 import json
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import psycopg
 import pytest
@@ -21,29 +20,15 @@ from testapp import idempotent
 import forge
 from forge.cli.main import cli
 
-from .conftest import APPS, DEFAULT_NODE, Supervisor, wait_for
+from .conftest import Supervisor, wait_for
 
 MODULES = ("testapp.jobs", "testapp.idempotent")
 
 
 @pytest.fixture
-def node(app_db: str, tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
+def node(supervisor: Callable[..., Supervisor]) -> Callable[..., Supervisor]:
     """Factory: node(retention={...}, **[node] settings) starts a supervisor of MODULES with a [retention] table."""
-    started: list[Supervisor] = []
-
-    def start(*, retention: dict[str, str] | None = None, **settings: Any) -> Supervisor:
-        sup = Supervisor(tmp_path / f"node{len(started)}", app_db, modules=MODULES,
-                         node={**DEFAULT_NODE, **settings}, app_path=APPS)
-        if retention:
-            table = "".join(f'{key} = "{value}"\n' for key, value in retention.items())
-            sup.config.write_text(sup.config.read_text() + f"\n[retention]\n{table}")
-        started.append(sup)
-        return sup.start()
-
-    yield start
-    for sup in started:
-        if sup.running():
-            sup.stop(signal.SIGKILL)
+    return functools.partial(supervisor, modules=MODULES)
 
 
 def dispatch_at_once(url: str, payment_id: str, seconds: float = 0.0, dispatchers: int = 8) -> set[int]:

@@ -4,19 +4,18 @@ expired dead-letter rows past their retention while jobs keep flowing."""
 
 from __future__ import annotations
 
-import signal
+import functools
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import pytest
 from testapp import lifecycle
 
 import forge
 
-from .conftest import APPS, Supervisor, wait_for
+from .conftest import Supervisor, wait_for
 
 # The README's query ("When jobs fail"): the dead letter queue, newest failure first.
 README_QUERY = "SELECT * FROM forge_jobs WHERE status = 'dead_letter' ORDER BY failed_at DESC"
@@ -24,24 +23,10 @@ MODULES = ("testapp.jobs", "testapp.lifecycle")
 
 
 @pytest.fixture
-def node(app_db: str, tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
+def node(supervisor: Callable[..., Supervisor]) -> Callable[..., Supervisor]:
     """Factory: node(retention={...}, **[node] settings) starts a supervisor with exactly those settings
     (the node's own defaults for the rest, dead_letter_after included) and a [retention] table."""
-    started: list[Supervisor] = []
-
-    def start(*, retention: dict[str, str] | None = None, **settings: Any) -> Supervisor:
-        sup = Supervisor(tmp_path / f"node{len(started)}", app_db, modules=MODULES,
-                         node={"workers": 2, "poll_interval": "200ms", **settings}, app_path=APPS)
-        if retention:
-            table = "".join(f'{key} = "{value}"\n' for key, value in retention.items())
-            sup.config.write_text(sup.config.read_text() + f"\n[retention]\n{table}")
-        started.append(sup)
-        return sup.start()
-
-    yield start
-    for sup in started:
-        if sup.running():
-            sup.stop(signal.SIGKILL)
+    return functools.partial(supervisor, modules=MODULES, node_defaults=False)
 
 
 def status(db, job_id: int) -> str | None:
